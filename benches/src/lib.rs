@@ -1,0 +1,1 @@
+//! pktgen-style throughput harness. Filled by the benchmark work; exports nothing yet.

@@ -1,0 +1,9 @@
+//! The netbackd engine. No I/O of its own: it drives the Xen interfaces of the `xen`
+//! crate and the DPDK ports of the `pmd` crate.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod netif;
+pub mod switch;
+pub mod credit;
+pub mod txparse;
+pub mod rxplan;

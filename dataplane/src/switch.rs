@@ -1,0 +1,666 @@
+//! L2 forwarding between DPDK ports and vifs.
+//!
+//! The switch decides, per frame, where it goes; it never touches mbufs, so the same logic
+//! serves guest TX (vif -> port/vif) and guest RX (port -> vif). Two modes:
+//! - `Learning`: a MAC table per VLAN domain, seeded with each vif's own MAC (static, never
+//!   aged or overridden) and learned from source addresses (aged); unknown unicast,
+//!   broadcast and multicast are flooded with split horizon (never back where they came
+//!   from, and never from one uplink port to another: the switch is not a transit bridge).
+//! - `CrossConnect`: fixed pairs (one vif <-> one port), no lookup, for NFV service chains.
+//!
+//! VLANs: a vif may be an access port of one VLAN. Its frames are untagged on the ring;
+//! toward an uplink they are tagged with the VLAN, and tagged frames from an uplink reach
+//! only the vifs of that VLAN, stripped. Vifs without a VLAN share the untagged domain.
+//!
+//! Time is passed in by the caller (nanoseconds from any monotonic clock) so ageing is
+//! testable and the hot path makes no clock syscall of its own.
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// A MAC address.
+pub type Mac = [u8; 6];
+
+/// Identifies a port or a vif queue-set to the switch. Dense small integers chosen by the
+/// caller (index into its own tables).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointId(pub u32);
+
+/// What kind of endpoint, with its L2 attributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointKind {
+    /// A DPDK port toward the network (trunk: carries tagged and untagged frames).
+    Uplink,
+    /// A guest vif with its own MAC and an optional access VLAN.
+    Vif { mac: Mac, vlan: Option<u16> },
+}
+
+/// Forwarding mode of the whole switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Learning,
+    CrossConnect,
+}
+
+/// Switch configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct SwitchConfig {
+    pub mode: Mode,
+    /// Learned entries not refreshed for this long are ignored and later evicted.
+    pub ageing_ns: u64,
+    /// Upper bound on learned entries: a guest spraying source MACs cannot grow memory.
+    pub max_learned: usize,
+}
+
+impl Default for SwitchConfig {
+    fn default() -> Self {
+        SwitchConfig {
+            mode: Mode::Learning,
+            ageing_ns: 300 * 1_000_000_000,
+            max_learned: 8192,
+        }
+    }
+}
+
+/// What to do to the frame's 802.1Q tag on the way out to one destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Egress {
+    /// Send as is.
+    AsIs,
+    /// Insert an 802.1Q tag with this VLAN id (vif access VLAN toward an uplink).
+    Tag(u16),
+    /// Remove the 802.1Q tag (uplink frame toward an access vif).
+    Strip,
+}
+
+/// Why the switch dropped a frame; each is counted separately by the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Shorter than an Ethernet header (or a tagged header when it claims a tag).
+    Runt,
+    /// The ingress endpoint is not known to the switch.
+    UnknownIngress,
+    /// A tagged frame from an access vif (guests on an access VLAN may not pick VLANs).
+    TaggedFromAccessVif,
+    /// Destination is the ingress endpoint itself (hairpin) or no other member exists.
+    NoDestination,
+    /// Cross-connect mode and the ingress endpoint has no peer.
+    NotConnected,
+}
+
+/// The decision for one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Drop(DropReason),
+    /// Send to exactly one endpoint.
+    Unicast(EndpointId, Egress),
+    /// Send to every endpoint `Switch::flood_targets` lists for this (ingress, domain).
+    Flood { domain: Domain },
+}
+
+/// A VLAN domain: `None` is the untagged domain.
+pub type Domain = Option<u16>;
+
+#[derive(Clone, Copy, Debug)]
+struct Learned {
+    endpoint: EndpointId,
+    last_seen_ns: u64,
+    is_static: bool,
+}
+
+/// FNV-1a over the 8-byte key: the MAC table is hit per packet, SipHash is needless there
+/// (keys are bounded by `max_learned`, so flooding the table with collisions costs the
+/// attacker more than it costs us).
+#[derive(Default)]
+pub struct MacHasher(u64);
+impl Hasher for MacHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type Key = (u16, Mac); // (domain as u16 with 0xFFFF = untagged, mac)
+
+fn domain_key(d: Domain) -> u16 {
+    d.unwrap_or(0xFFFF)
+}
+
+/// The L2 switch of one netbackd instance.
+pub struct Switch {
+    cfg: SwitchConfig,
+    endpoints: HashMap<EndpointId, EndpointKind, BuildHasherDefault<MacHasher>>,
+    /// Endpoint list in insertion order for flooding (small, iterated per flood).
+    order: Vec<EndpointId>,
+    table: HashMap<Key, Learned, BuildHasherDefault<MacHasher>>,
+    learned: usize,
+    peers: HashMap<EndpointId, EndpointId, BuildHasherDefault<MacHasher>>,
+    /// Learn attempts refused because the table was full.
+    pub table_full: u64,
+}
+
+/// Result of parsing the L2 header the switch needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L2 {
+    pub dst: Mac,
+    pub src: Mac,
+    /// 802.1Q VLAN id when the frame carries a tag.
+    pub vlan: Option<u16>,
+}
+
+const ETH_HLEN: usize = 14;
+const ETHERTYPE_VLAN: u16 = 0x8100;
+
+/// Reads destination, source and the optional 802.1Q tag; `None` for a runt.
+pub fn parse_l2(frame: &[u8]) -> Option<L2> {
+    if frame.len() < ETH_HLEN {
+        return None;
+    }
+    let mut dst = [0u8; 6];
+    let mut src = [0u8; 6];
+    dst.copy_from_slice(&frame[0..6]);
+    src.copy_from_slice(&frame[6..12]);
+    let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+    let vlan = if ethertype == ETHERTYPE_VLAN {
+        if frame.len() < ETH_HLEN + 4 {
+            return None;
+        }
+        Some(u16::from_be_bytes([frame[14], frame[15]]) & 0x0FFF)
+    } else {
+        None
+    };
+    Some(L2 { dst, src, vlan })
+}
+
+fn is_multicast(mac: &Mac) -> bool {
+    mac[0] & 1 != 0
+}
+
+impl Switch {
+    pub fn new(cfg: SwitchConfig) -> Self {
+        Switch {
+            cfg,
+            endpoints: HashMap::default(),
+            order: Vec::new(),
+            table: HashMap::default(),
+            learned: 0,
+            peers: HashMap::default(),
+            table_full: 0,
+        }
+    }
+
+    pub fn config(&self) -> &SwitchConfig {
+        &self.cfg
+    }
+
+    /// Adds (or replaces) an endpoint. A vif's own MAC becomes a static entry in its
+    /// domain, so traffic for it never floods and a learned entry can't steal it.
+    pub fn add_endpoint(&mut self, id: EndpointId, kind: EndpointKind) {
+        self.remove_endpoint(id);
+        self.endpoints.insert(id, kind);
+        self.order.push(id);
+        if let EndpointKind::Vif { mac, vlan } = kind {
+            if !is_multicast(&mac) {
+                let prev = self.table.insert(
+                    (domain_key(vlan), mac),
+                    Learned {
+                        endpoint: id,
+                        last_seen_ns: 0,
+                        is_static: true,
+                    },
+                );
+                if matches!(prev, Some(l) if !l.is_static) {
+                    self.learned -= 1;
+                }
+            }
+        }
+    }
+
+    /// Removes an endpoint, its cross-connect and every MAC entry that points at it.
+    pub fn remove_endpoint(&mut self, id: EndpointId) {
+        if self.endpoints.remove(&id).is_none() {
+            return;
+        }
+        self.order.retain(|e| *e != id);
+        let mut freed = 0;
+        self.table.retain(|_, l| {
+            let keep = l.endpoint != id;
+            if !keep && !l.is_static {
+                freed += 1;
+            }
+            keep
+        });
+        self.learned -= freed;
+        if let Some(peer) = self.peers.remove(&id) {
+            self.peers.remove(&peer);
+        }
+    }
+
+    /// Connects two endpoints for `CrossConnect` mode (replacing earlier pairings).
+    pub fn cross_connect(&mut self, a: EndpointId, b: EndpointId) {
+        for e in [a, b] {
+            if let Some(old) = self.peers.remove(&e) {
+                self.peers.remove(&old);
+            }
+        }
+        self.peers.insert(a, b);
+        self.peers.insert(b, a);
+    }
+
+    /// Number of learned (non-static) entries, aged ones included until evicted.
+    pub fn learned_entries(&self) -> usize {
+        self.learned
+    }
+
+    /// Drops learned entries older than the ageing time. Call from the slow path (e.g.
+    /// once a second); lookups already ignore stale entries in between.
+    pub fn evict_aged(&mut self, now_ns: u64) {
+        let ageing = self.cfg.ageing_ns;
+        let mut freed = 0;
+        self.table.retain(|_, l| {
+            let keep = l.is_static || now_ns.saturating_sub(l.last_seen_ns) < ageing;
+            if !keep {
+                freed += 1;
+            }
+            keep
+        });
+        self.learned -= freed;
+    }
+
+    /// Decides where a frame entering at `ingress` goes. `frame` needs only its first 18
+    /// bytes. Learns the source address as a side effect.
+    pub fn forward(&mut self, ingress: EndpointId, frame: &[u8], now_ns: u64) -> Decision {
+        let Some(kind) = self.endpoints.get(&ingress).copied() else {
+            return Decision::Drop(DropReason::UnknownIngress);
+        };
+        let Some(l2) = parse_l2(frame) else {
+            return Decision::Drop(DropReason::Runt);
+        };
+        if self.cfg.mode == Mode::CrossConnect {
+            return match self.peers.get(&ingress) {
+                Some(peer) => Decision::Unicast(*peer, self.egress(kind, l2.vlan, *peer)),
+                None => Decision::Drop(DropReason::NotConnected),
+            };
+        }
+        let domain = match kind {
+            EndpointKind::Uplink => l2.vlan,
+            EndpointKind::Vif { vlan: Some(_), .. } if l2.vlan.is_some() => {
+                return Decision::Drop(DropReason::TaggedFromAccessVif);
+            }
+            // An untagged vif may send tagged frames: they are in that VLAN's domain.
+            EndpointKind::Vif { vlan, .. } => vlan.or(l2.vlan),
+        };
+        self.learn(domain, l2.src, ingress, now_ns);
+        if is_multicast(&l2.dst) {
+            return Decision::Flood { domain };
+        }
+        match self.table.get(&(domain_key(domain), l2.dst)) {
+            Some(l) if l.is_static || now_ns.saturating_sub(l.last_seen_ns) < self.cfg.ageing_ns => {
+                let dst = l.endpoint;
+                if dst == ingress {
+                    return Decision::Drop(DropReason::NoDestination);
+                }
+                let dst_kind = self.endpoints[&dst];
+                if matches!(kind, EndpointKind::Uplink) && matches!(dst_kind, EndpointKind::Uplink)
+                {
+                    // Split horizon between uplinks: never bridge port to port.
+                    return Decision::Drop(DropReason::NoDestination);
+                }
+                Decision::Unicast(dst, self.egress(kind, domain, dst))
+            }
+            _ => Decision::Flood { domain },
+        }
+    }
+
+    fn learn(&mut self, domain: Domain, src: Mac, ingress: EndpointId, now_ns: u64) {
+        if is_multicast(&src) || src == [0; 6] {
+            return;
+        }
+        let key = (domain_key(domain), src);
+        match self.table.get_mut(&key) {
+            // A vif's own MAC is pinned: another endpoint claiming it is not believed.
+            Some(l) if l.is_static => {}
+            Some(l) => {
+                l.endpoint = ingress;
+                l.last_seen_ns = now_ns;
+            }
+            None => {
+                if self.learned >= self.cfg.max_learned {
+                    self.table_full += 1;
+                    return;
+                }
+                self.table.insert(
+                    key,
+                    Learned {
+                        endpoint: ingress,
+                        last_seen_ns: now_ns,
+                        is_static: false,
+                    },
+                );
+                self.learned += 1;
+            }
+        }
+    }
+
+    /// The tag operation for a frame of `domain` coming from an endpoint of `from` kind
+    /// and leaving through `dst`.
+    fn egress(&self, from: EndpointKind, domain: Domain, dst: EndpointId) -> Egress {
+        let dst_kind = self.endpoints.get(&dst).copied();
+        match (from, dst_kind) {
+            (EndpointKind::Vif { vlan: Some(v), .. }, Some(EndpointKind::Uplink)) => Egress::Tag(v),
+            (EndpointKind::Uplink, Some(EndpointKind::Vif { vlan: Some(_), .. }))
+                if domain.is_some() =>
+            {
+                Egress::Strip
+            }
+            _ => Egress::AsIs,
+        }
+    }
+
+    /// The destinations of a flooded frame with their tag operations: every endpoint of
+    /// the domain except the ingress, and no uplink when the ingress is an uplink.
+    pub fn flood_targets(
+        &self,
+        ingress: EndpointId,
+        domain: Domain,
+    ) -> impl Iterator<Item = (EndpointId, Egress)> + '_ {
+        let from = self.endpoints.get(&ingress).copied();
+        self.order.iter().filter_map(move |&e| {
+            let from = from?;
+            if e == ingress {
+                return None;
+            }
+            let kind = self.endpoints[&e];
+            let member = match kind {
+                EndpointKind::Uplink => !matches!(from, EndpointKind::Uplink),
+                EndpointKind::Vif { vlan, .. } => match vlan {
+                    Some(v) => domain == Some(v),
+                    None => domain.is_none(),
+                },
+            };
+            member.then(|| (e, self.egress(from, domain, e)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P0: EndpointId = EndpointId(0);
+    const P1: EndpointId = EndpointId(1);
+    const V1: EndpointId = EndpointId(10);
+    const V2: EndpointId = EndpointId(11);
+    const V3: EndpointId = EndpointId(12);
+    const MAC_V1: Mac = [0x00, 0x16, 0x3e, 0, 0, 1];
+    const MAC_V2: Mac = [0x00, 0x16, 0x3e, 0, 0, 2];
+    const MAC_V3: Mac = [0x00, 0x16, 0x3e, 0, 0, 3];
+    const HOST_A: Mac = [0x02, 0, 0, 0, 0, 0xa];
+    const BCAST: Mac = [0xff; 6];
+    const SEC: u64 = 1_000_000_000;
+
+    fn frame(dst: Mac, src: Mac, vlan: Option<u16>) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&src);
+        if let Some(v) = vlan {
+            f.extend_from_slice(&0x8100u16.to_be_bytes());
+            f.extend_from_slice(&v.to_be_bytes());
+        }
+        f.extend_from_slice(&0x0800u16.to_be_bytes());
+        f.resize(f.len() + 46, 0);
+        f
+    }
+
+    fn basic() -> Switch {
+        let mut s = Switch::new(SwitchConfig {
+            ageing_ns: 10 * SEC,
+            ..Default::default()
+        });
+        s.add_endpoint(P0, EndpointKind::Uplink);
+        s.add_endpoint(P1, EndpointKind::Uplink);
+        s.add_endpoint(V1, EndpointKind::Vif { mac: MAC_V1, vlan: None });
+        s.add_endpoint(V2, EndpointKind::Vif { mac: MAC_V2, vlan: None });
+        s
+    }
+
+    fn targets(s: &Switch, ingress: EndpointId, d: Domain) -> Vec<(EndpointId, Egress)> {
+        s.flood_targets(ingress, d).collect()
+    }
+
+    #[test]
+    fn vif_mac_is_seeded() {
+        let mut s = basic();
+        assert_eq!(
+            s.forward(P0, &frame(MAC_V2, HOST_A, None), 0),
+            Decision::Unicast(V2, Egress::AsIs)
+        );
+        // vif to vif inside the host.
+        assert_eq!(
+            s.forward(V1, &frame(MAC_V2, MAC_V1, None), 0),
+            Decision::Unicast(V2, Egress::AsIs)
+        );
+    }
+
+    #[test]
+    fn learns_and_ages() {
+        let mut s = basic();
+        // Unknown destination floods.
+        assert_eq!(
+            s.forward(V1, &frame(HOST_A, MAC_V1, None), 0),
+            Decision::Flood { domain: None }
+        );
+        // HOST_A answers through P0: learned.
+        s.forward(P0, &frame(MAC_V1, HOST_A, None), SEC);
+        assert_eq!(s.learned_entries(), 1);
+        assert_eq!(
+            s.forward(V1, &frame(HOST_A, MAC_V1, None), 2 * SEC),
+            Decision::Unicast(P0, Egress::AsIs)
+        );
+        // Station moves to P1.
+        s.forward(P1, &frame(MAC_V1, HOST_A, None), 3 * SEC);
+        assert_eq!(
+            s.forward(V1, &frame(HOST_A, MAC_V1, None), 4 * SEC),
+            Decision::Unicast(P1, Egress::AsIs)
+        );
+        // Aged out after 10 s without refresh: floods again, and eviction frees it.
+        assert_eq!(
+            s.forward(V1, &frame(HOST_A, MAC_V1, None), 13 * SEC + 1),
+            Decision::Flood { domain: None }
+        );
+        s.evict_aged(13 * SEC + 1);
+        assert_eq!(s.learned_entries(), 0);
+    }
+
+    #[test]
+    fn static_vif_mac_cannot_be_stolen() {
+        let mut s = basic();
+        s.forward(P0, &frame(BCAST, MAC_V1, None), 0); // spoofed source from the wire
+        assert_eq!(s.learned_entries(), 0);
+        assert_eq!(
+            s.forward(P0, &frame(MAC_V1, HOST_A, None), 0),
+            Decision::Unicast(V1, Egress::AsIs)
+        );
+    }
+
+    #[test]
+    fn flooding_uses_split_horizon() {
+        let s = basic();
+        // From a vif: every other vif and every uplink.
+        assert_eq!(
+            targets(&s, V1, None),
+            vec![(P0, Egress::AsIs), (P1, Egress::AsIs), (V2, Egress::AsIs)]
+        );
+        // From an uplink: vifs only, never the other uplink, never back.
+        assert_eq!(
+            targets(&s, P0, None),
+            vec![(V1, Egress::AsIs), (V2, Egress::AsIs)]
+        );
+        let mut s = s;
+        assert_eq!(
+            s.forward(P0, &frame(BCAST, HOST_A, None), 0),
+            Decision::Flood { domain: None }
+        );
+    }
+
+    #[test]
+    fn uplink_to_uplink_unicast_is_dropped() {
+        let mut s = basic();
+        s.forward(P1, &frame(BCAST, HOST_A, None), 0);
+        assert_eq!(
+            s.forward(P0, &frame(HOST_A, [2, 0, 0, 0, 0, 0xb], None), 0),
+            Decision::Drop(DropReason::NoDestination)
+        );
+    }
+
+    #[test]
+    fn hairpin_is_dropped() {
+        let mut s = basic();
+        assert_eq!(
+            s.forward(V1, &frame(MAC_V1, MAC_V1, None), 0),
+            Decision::Drop(DropReason::NoDestination)
+        );
+    }
+
+    #[test]
+    fn runts_and_unknown_ingress() {
+        let mut s = basic();
+        assert_eq!(s.forward(V1, &[0u8; 13], 0), Decision::Drop(DropReason::Runt));
+        let mut tagged_short = frame(BCAST, MAC_V1, None);
+        tagged_short.truncate(14);
+        tagged_short[12] = 0x81;
+        tagged_short[13] = 0x00;
+        assert_eq!(
+            s.forward(V1, &tagged_short, 0),
+            Decision::Drop(DropReason::Runt)
+        );
+        assert_eq!(
+            s.forward(EndpointId(99), &frame(BCAST, MAC_V1, None), 0),
+            Decision::Drop(DropReason::UnknownIngress)
+        );
+    }
+
+    #[test]
+    fn vlan_access_vifs() {
+        let mut s = basic();
+        s.add_endpoint(V3, EndpointKind::Vif { mac: MAC_V3, vlan: Some(100) });
+        // V3's untagged frame goes to the uplink tagged with 100.
+        s.forward(P0, &frame(MAC_V3, HOST_A, Some(100)), 0); // learn HOST_A in vlan 100
+        assert_eq!(
+            s.forward(V3, &frame(HOST_A, MAC_V3, None), 0),
+            Decision::Unicast(P0, Egress::Tag(100))
+        );
+        // Tagged frame for V3 from the wire is stripped.
+        assert_eq!(
+            s.forward(P0, &frame(MAC_V3, HOST_A, Some(100)), 0),
+            Decision::Unicast(V3, Egress::Strip)
+        );
+        // V3's MAC is not reachable from the untagged domain.
+        assert_eq!(
+            s.forward(P0, &frame(MAC_V3, HOST_A, None), 0),
+            Decision::Flood { domain: None }
+        );
+        assert!(!targets(&s, P0, None).iter().any(|(e, _)| *e == V3));
+        // Broadcast in vlan 100 from the wire reaches only V3, stripped.
+        assert_eq!(targets(&s, P0, Some(100)), vec![(V3, Egress::Strip)]);
+        // Flood from V3: uplinks tagged, no untagged vif.
+        assert_eq!(
+            targets(&s, V3, Some(100)),
+            vec![(P0, Egress::Tag(100)), (P1, Egress::Tag(100))]
+        );
+        // An access vif may not send tagged frames.
+        assert_eq!(
+            s.forward(V3, &frame(BCAST, MAC_V3, Some(200)), 0),
+            Decision::Drop(DropReason::TaggedFromAccessVif)
+        );
+        // Vif-to-vif across VLAN domains does not happen.
+        assert_eq!(
+            s.forward(V1, &frame(MAC_V3, MAC_V1, None), 0),
+            Decision::Flood { domain: None }
+        );
+    }
+
+    #[test]
+    fn cross_connect_mode() {
+        let mut s = Switch::new(SwitchConfig {
+            mode: Mode::CrossConnect,
+            ..Default::default()
+        });
+        s.add_endpoint(P0, EndpointKind::Uplink);
+        s.add_endpoint(V1, EndpointKind::Vif { mac: MAC_V1, vlan: None });
+        s.add_endpoint(V2, EndpointKind::Vif { mac: MAC_V2, vlan: None });
+        s.cross_connect(V1, P0);
+        // No lookup: any destination goes to the peer.
+        assert_eq!(
+            s.forward(V1, &frame(HOST_A, MAC_V1, None), 0),
+            Decision::Unicast(P0, Egress::AsIs)
+        );
+        assert_eq!(
+            s.forward(P0, &frame(MAC_V2, HOST_A, None), 0),
+            Decision::Unicast(V1, Egress::AsIs)
+        );
+        assert_eq!(
+            s.forward(V2, &frame(HOST_A, MAC_V2, None), 0),
+            Decision::Drop(DropReason::NotConnected)
+        );
+        // Re-pairing replaces the old pair on both sides.
+        s.cross_connect(V2, P0);
+        assert_eq!(
+            s.forward(V1, &frame(HOST_A, MAC_V1, None), 0),
+            Decision::Drop(DropReason::NotConnected)
+        );
+        assert_eq!(
+            s.forward(P0, &frame(HOST_A, HOST_A, None), 0),
+            Decision::Unicast(V2, Egress::AsIs)
+        );
+        s.remove_endpoint(V2);
+        assert_eq!(
+            s.forward(P0, &frame(HOST_A, HOST_A, None), 0),
+            Decision::Drop(DropReason::NotConnected)
+        );
+    }
+
+    #[test]
+    fn table_is_bounded() {
+        let mut s = Switch::new(SwitchConfig {
+            max_learned: 4,
+            ..Default::default()
+        });
+        s.add_endpoint(V1, EndpointKind::Vif { mac: MAC_V1, vlan: None });
+        s.add_endpoint(P0, EndpointKind::Uplink);
+        for i in 0..100u8 {
+            s.forward(V1, &frame(BCAST, [2, 0, 0, 0, 1, i], None), 0);
+        }
+        assert_eq!(s.learned_entries(), 4);
+        assert_eq!(s.table_full, 96);
+    }
+
+    #[test]
+    fn removing_endpoint_forgets_its_macs() {
+        let mut s = basic();
+        s.forward(P0, &frame(BCAST, HOST_A, None), 0);
+        assert_eq!(s.learned_entries(), 1);
+        s.remove_endpoint(P0);
+        assert_eq!(s.learned_entries(), 0);
+        assert_eq!(
+            s.forward(P0, &frame(BCAST, HOST_A, None), 0),
+            Decision::Drop(DropReason::UnknownIngress)
+        );
+        // V1's static entry is gone with it.
+        s.remove_endpoint(V1);
+        assert_eq!(
+            s.forward(V2, &frame(MAC_V1, MAC_V2, None), 0),
+            Decision::Flood { domain: None }
+        );
+    }
+}

@@ -1,0 +1,662 @@
+//! Guest TX: turns the requests of one packet into a plan, or a verdict.
+//!
+//! Pure logic over *copies* of ring slots: the caller copies each slot out of shared
+//! memory once (through `fetch`) and this module never sees shared memory, so a frontend
+//! rewriting a slot meanwhile changes nothing (XSA-155). The rules are those of Linux
+//! netback (`xenvif_tx_build_gops`, `xenvif_get_extras`, `xenvif_count_requests`), with
+//! the fixes since the 3.8 seed:
+//! - extras: type 0 or >= MAX, or a missing extra slot: rogue frontend; GSO with size 0 or
+//!   an unknown type: rogue; MCAST_ADD/DEL: the request carries no packet and is answered;
+//! - continuation slots: missing (more_data but the ring ends): rogue; 20 slots or more:
+//!   rogue; more than 18: dropped (every slot answered ERROR); a slot bigger than what is
+//!   left of the frame: dropped (buggy frontends send >= 64 KiB frames); a slot crossing
+//!   a 4 KiB page: rogue;
+//! - zero-length continuation slots are answered OKAY and never attached (XSA-448);
+//! - the first slot's own data shorter than an Ethernet header: ERROR; crossing a page:
+//!   rogue.
+//!
+//! The response plan always has exactly one entry per consumed slot, so the response
+//! producer can never run ahead of or behind the requests.
+use crate::netif::TxRequest;
+
+/// `NETTXF_csum_blank`.
+pub const TXF_CSUM_BLANK: u16 = 1;
+/// `NETTXF_data_validated`.
+pub const TXF_DATA_VALIDATED: u16 = 2;
+/// `NETTXF_more_data`.
+pub const TXF_MORE_DATA: u16 = 4;
+/// `NETTXF_extra_info`.
+pub const TXF_EXTRA_INFO: u16 = 8;
+
+const EXTRA_TYPE_GSO: u8 = 1;
+const EXTRA_TYPE_MCAST_ADD: u8 = 2;
+const EXTRA_TYPE_MCAST_DEL: u8 = 3;
+const EXTRA_TYPE_HASH: u8 = 4;
+/// First invalid extra type in Xen 4.17's netif.h (`XEN_NETIF_EXTRA_TYPE_MAX`).
+const EXTRA_TYPE_MAX: u8 = 5;
+const EXTRA_FLAG_MORE: u8 = 1;
+const GSO_TYPE_TCPV4: u8 = 1;
+const GSO_TYPE_TCPV6: u8 = 2;
+
+/// Slots beyond this make the packet dropped (`XEN_NETIF_NR_SLOTS_MIN`).
+pub const MAX_SLOTS: usize = 18;
+/// This many slots or more is a rogue frontend (`XEN_NETBK_LEGACY_SLOTS_MAX`).
+pub const FATAL_SLOTS: usize = 20;
+/// Most extra slots one packet may carry (one per valid type).
+pub const MAX_EXTRAS: usize = (EXTRA_TYPE_MAX - 1) as usize;
+/// Most slots a packet can consume: data slots up to the fatal limit plus extras.
+pub const MAX_PACKET_SLOTS: usize = FATAL_SLOTS + MAX_EXTRAS;
+const PAGE_SIZE: u32 = 4096;
+const ETH_HLEN: u16 = 14;
+
+/// A response to write, in slot order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rsp {
+    /// A data slot: OKAY unless its copy fails (the engine decides after the copy).
+    Data { id: u16 },
+    /// A zero-length slot: OKAY, settled now.
+    Empty { id: u16 },
+    /// A slot that carried an extra: NULL.
+    Extra,
+    /// The whole packet is refused: ERROR.
+    Error { id: u16 },
+    /// A multicast control request answered with this status.
+    Status { id: u16, status: i16 },
+}
+
+/// One data slot to copy from the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub gref: u32,
+    pub offset: u16,
+    pub len: u16,
+}
+
+/// GSO metadata from the GSO extra.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gso {
+    TcpV4 { mss: u16 },
+    TcpV6 { mss: u16 },
+}
+
+/// A multicast filter change requested through an extra.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum McastOp {
+    Add([u8; 6]),
+    Del([u8; 6]),
+}
+
+/// Why a packet is refused without disabling the vif (counted per reason).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// First slot holds less than an Ethernet header.
+    Runt,
+    /// More than 18 data slots.
+    TooManySlots,
+    /// A continuation slot larger than what remains of the frame.
+    FragOverflow,
+}
+
+/// Why a frontend is disabled (tier 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rogue {
+    MissingExtra,
+    BadExtraType(u8),
+    ZeroGsoSize,
+    BadGsoType(u8),
+    MissingSlots,
+    FatalSlotCount,
+    SlotCrossesPage,
+    FirstSlotCrossesPage,
+}
+
+/// Fixed-capacity list, so parsing allocates nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct SmallVec<T: Copy + Default, const N: usize> {
+    len: usize,
+    items: [T; N],
+}
+
+impl<T: Copy + Default, const N: usize> Default for SmallVec<T, N> {
+    fn default() -> Self {
+        SmallVec {
+            len: 0,
+            items: [T::default(); N],
+        }
+    }
+}
+
+impl<T: Copy + Default, const N: usize> SmallVec<T, N> {
+    /// Appends; the capacity is sized by construction, so overflow is an internal bug.
+    fn push(&mut self, t: T) {
+        assert!(self.len < N, "SmallVec capacity {N} exceeded");
+        self.items[self.len] = t;
+        self.len += 1;
+    }
+    pub fn as_slice(&self) -> &[T] {
+        &self.items[..self.len]
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Default for Rsp {
+    fn default() -> Self {
+        Rsp::Extra
+    }
+}
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            gref: 0,
+            offset: 0,
+            len: 0,
+        }
+    }
+}
+
+/// A packet ready for grant copies.
+#[derive(Clone, Debug)]
+pub struct TxPacket {
+    /// Total frame length (sum of the data slots).
+    pub len: u32,
+    /// First-slot flags (csum_blank, data_validated).
+    pub flags: u16,
+    pub gso: Option<Gso>,
+    /// Non-empty data slots in order; the first is the first request.
+    pub slots: SmallVec<Slot, MAX_SLOTS>,
+}
+
+/// What the parser decided for the packet at the head of the ring.
+#[derive(Clone, Debug)]
+pub enum Verdict {
+    /// Copy these slots; answer with `responses` (Data entries settled by copy status).
+    Packet(TxPacket),
+    /// Refused: `responses` are all settled; count `reason`.
+    Drop(DropReason),
+    /// A multicast filter request; answered by `responses`.
+    Mcast(McastOp),
+    /// Disable the vif; nothing is answered.
+    Rogue(Rogue),
+}
+
+/// The parser's result for one packet.
+#[derive(Clone, Debug)]
+pub struct Parsed {
+    /// Ring slots this packet used: the caller advances `req_cons` by this much (also on
+    /// `Rogue`, where it no longer matters).
+    pub consumed: u32,
+    pub verdict: Verdict,
+    /// One entry per consumed slot, in slot order (empty for `Rogue`).
+    pub responses: SmallVec<Rsp, MAX_PACKET_SLOTS>,
+}
+
+/// The 12 bytes of a TX slot as they are in shared memory (little endian).
+fn slot_bytes(r: &TxRequest) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    b[0..4].copy_from_slice(&r.gref.to_le_bytes());
+    b[4..6].copy_from_slice(&r.offset.to_le_bytes());
+    b[6..8].copy_from_slice(&r.flags.to_le_bytes());
+    b[8..10].copy_from_slice(&r.id.to_le_bytes());
+    b[10..12].copy_from_slice(&r.size.to_le_bytes());
+    b
+}
+
+/// Parses the packet whose first request is `first` (already copied, slot 0).
+/// `avail` is the number of unconsumed requests including `first`; `fetch(i)` copies slot
+/// `req_cons + i` out of the ring (called at most once per slot, `0 < i < avail`).
+/// `mcast_enabled`: the frontend negotiated multicast control.
+pub fn parse_tx(
+    first: TxRequest,
+    avail: u32,
+    mut fetch: impl FnMut(u32) -> TxRequest,
+    mcast_enabled: bool,
+) -> Parsed {
+    let mut responses = SmallVec::<Rsp, MAX_PACKET_SLOTS>::default();
+    let rogue = |consumed, r| Parsed {
+        consumed,
+        verdict: Verdict::Rogue(r),
+        responses: SmallVec::default(),
+    };
+    let mut idx: u32 = 1;
+
+    // Extras.
+    let mut gso = None;
+    let mut mcast = None;
+    let mut n_extras = 0usize;
+    if first.flags & TXF_EXTRA_INFO != 0 {
+        loop {
+            if idx >= avail {
+                return rogue(idx, Rogue::MissingExtra);
+            }
+            let e = slot_bytes(&fetch(idx));
+            idx += 1;
+            let (ty, eflags) = (e[0], e[1]);
+            if ty == 0 || ty >= EXTRA_TYPE_MAX {
+                return rogue(idx, Rogue::BadExtraType(ty));
+            }
+            n_extras += 1;
+            if n_extras > MAX_EXTRAS {
+                // Legal types repeated more often than there are types: only a hostile
+                // frontend chains that many.
+                return rogue(idx, Rogue::BadExtraType(ty));
+            }
+            match ty {
+                EXTRA_TYPE_GSO => {
+                    let size = u16::from_le_bytes([e[2], e[3]]);
+                    gso = Some((size, e[4]));
+                }
+                EXTRA_TYPE_MCAST_ADD | EXTRA_TYPE_MCAST_DEL => {
+                    let mut mac = [0u8; 6];
+                    mac.copy_from_slice(&e[2..8]);
+                    mcast = Some(if ty == EXTRA_TYPE_MCAST_ADD {
+                        McastOp::Add(mac)
+                    } else {
+                        McastOp::Del(mac)
+                    });
+                }
+                EXTRA_TYPE_HASH => {} // a hint only; netbackd computes its own
+                _ => unreachable!("type range checked above"),
+            }
+            if eflags & EXTRA_FLAG_MORE == 0 {
+                break;
+            }
+        }
+    }
+
+    // A multicast request carries no packet: answer it and stop (as Linux does).
+    if let Some(op) = mcast {
+        let status = if mcast_enabled { 0 } else { -1 };
+        responses.push(Rsp::Status {
+            id: first.id,
+            status,
+        });
+        for _ in 0..n_extras {
+            responses.push(Rsp::Extra);
+        }
+        return Parsed {
+            consumed: idx,
+            verdict: Verdict::Mcast(op),
+            responses,
+        };
+    }
+
+    // Continuation slots. `remaining` is what is left of the frame after each slot; it
+    // ends as the first slot's own data length.
+    let mut remaining: u16 = first.size;
+    let mut frags = SmallVec::<(TxRequest, bool), FATAL_SLOTS>::default();
+    let mut drop = None;
+    let mut more = first.flags & TXF_MORE_DATA != 0;
+    let mut slots = 1usize;
+    while more {
+        if idx >= avail {
+            return rogue(idx, Rogue::MissingSlots);
+        }
+        // `slots` counts the packet's slots so far; this one would be slot `slots + 1`.
+        if slots + 1 >= FATAL_SLOTS {
+            return rogue(idx, Rogue::FatalSlotCount);
+        }
+        if slots >= MAX_SLOTS && drop.is_none() {
+            drop = Some(DropReason::TooManySlots);
+        }
+        let txp = fetch(idx);
+        idx += 1;
+        if drop.is_none() && txp.size > remaining {
+            drop = Some(DropReason::FragOverflow);
+        }
+        remaining = remaining.wrapping_sub(txp.size);
+        slots += 1;
+        if u32::from(txp.offset) + u32::from(txp.size) > PAGE_SIZE {
+            return rogue(idx, Rogue::SlotCrossesPage);
+        }
+        frags.push((txp, txp.size == 0));
+        more = txp.flags & TXF_MORE_DATA != 0;
+    }
+
+    let first_len = remaining;
+    let refuse = |reason, frags: &SmallVec<(TxRequest, bool), FATAL_SLOTS>| {
+        let mut responses = SmallVec::<Rsp, MAX_PACKET_SLOTS>::default();
+        responses.push(Rsp::Error { id: first.id });
+        for _ in 0..n_extras {
+            responses.push(Rsp::Extra);
+        }
+        for (f, _) in frags.as_slice() {
+            responses.push(Rsp::Error { id: f.id });
+        }
+        Parsed {
+            consumed: idx,
+            verdict: Verdict::Drop(reason),
+            responses,
+        }
+    };
+    if let Some(reason) = drop {
+        return refuse(reason, &frags);
+    }
+    if first_len < ETH_HLEN {
+        return refuse(DropReason::Runt, &frags);
+    }
+    if u32::from(first.offset) + u32::from(first_len) > PAGE_SIZE {
+        return rogue(idx, Rogue::FirstSlotCrossesPage);
+    }
+    let gso = match gso {
+        None => None,
+        Some((0, _)) => return rogue(idx, Rogue::ZeroGsoSize),
+        Some((mss, GSO_TYPE_TCPV4)) => Some(Gso::TcpV4 { mss }),
+        Some((mss, GSO_TYPE_TCPV6)) => Some(Gso::TcpV6 { mss }),
+        Some((_, t)) => return rogue(idx, Rogue::BadGsoType(t)),
+    };
+
+    let mut slots = SmallVec::<Slot, MAX_SLOTS>::default();
+    slots.push(Slot {
+        gref: first.gref,
+        offset: first.offset,
+        len: first_len,
+    });
+    responses.push(Rsp::Data { id: first.id });
+    for _ in 0..n_extras {
+        responses.push(Rsp::Extra);
+    }
+    let mut len = u32::from(first_len);
+    for (f, empty) in frags.as_slice() {
+        if *empty {
+            responses.push(Rsp::Empty { id: f.id });
+        } else {
+            slots.push(Slot {
+                gref: f.gref,
+                offset: f.offset,
+                len: f.size,
+            });
+            len += u32::from(f.size);
+            responses.push(Rsp::Data { id: f.id });
+        }
+    }
+    Parsed {
+        consumed: idx,
+        verdict: Verdict::Packet(TxPacket {
+            len,
+            flags: first.flags,
+            gso,
+            slots,
+        }),
+        responses,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(gref: u32, offset: u16, flags: u16, id: u16, size: u16) -> TxRequest {
+        TxRequest {
+            gref,
+            offset,
+            flags,
+            id,
+            size,
+        }
+    }
+
+    /// An extra slot as a TxRequest image: type, flags, then 6 payload bytes.
+    fn extra(ty: u8, flags: u8, payload: [u8; 6]) -> TxRequest {
+        let b = [
+            ty, flags, payload[0], payload[1], payload[2], payload[3], payload[4], payload[5], 0,
+            0, 0, 0,
+        ];
+        req(
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            u16::from_le_bytes([b[4], b[5]]),
+            u16::from_le_bytes([b[6], b[7]]),
+            0,
+            0,
+        )
+    }
+
+    fn gso_extra(size: u16, ty: u8, more: bool) -> TxRequest {
+        let s = size.to_le_bytes();
+        extra(EXTRA_TYPE_GSO, more as u8, [s[0], s[1], ty, 0, 0, 0])
+    }
+
+    /// Runs the parser over a ring image; checks each slot is fetched at most once.
+    fn run(ring: &[TxRequest]) -> Parsed {
+        run_mc(ring, false)
+    }
+    fn run_mc(ring: &[TxRequest], mc: bool) -> Parsed {
+        let mut fetched = vec![false; ring.len()];
+        let p = parse_tx(
+            ring[0],
+            ring.len() as u32,
+            |i| {
+                let i = i as usize;
+                assert!(i > 0 && !fetched[i], "slot {i} fetched twice or slot 0 refetched");
+                fetched[i] = true;
+                ring[i]
+            },
+            mc,
+        );
+        if !matches!(p.verdict, Verdict::Rogue(_)) {
+            assert_eq!(p.responses.len(), p.consumed as usize, "one response per slot");
+        }
+        p
+    }
+
+    #[test]
+    fn single_slot() {
+        let p = run(&[req(7, 100, TXF_CSUM_BLANK, 1, 60)]);
+        assert_eq!(p.consumed, 1);
+        let Verdict::Packet(pk) = p.verdict else {
+            panic!("{:?}", p.verdict)
+        };
+        assert_eq!(pk.len, 60);
+        assert_eq!(pk.flags, TXF_CSUM_BLANK);
+        assert_eq!(
+            pk.slots.as_slice(),
+            &[Slot {
+                gref: 7,
+                offset: 100,
+                len: 60
+            }]
+        );
+        assert_eq!(p.responses.as_slice(), &[Rsp::Data { id: 1 }]);
+    }
+
+    #[test]
+    fn multi_slot_with_gso_and_empty_slot() {
+        // first.size = total = 3000: first slot 1000, then 2000, then an empty slot.
+        let ring = [
+            req(1, 0, TXF_MORE_DATA | TXF_EXTRA_INFO, 10, 3000),
+            gso_extra(1448, GSO_TYPE_TCPV6, false),
+            req(2, 0, TXF_MORE_DATA, 11, 2000),
+            req(3, 0, 0, 12, 0),
+        ];
+        let p = run(&ring);
+        assert_eq!(p.consumed, 4);
+        let Verdict::Packet(pk) = p.verdict else {
+            panic!()
+        };
+        assert_eq!(pk.len, 3000);
+        assert_eq!(pk.gso, Some(Gso::TcpV6 { mss: 1448 }));
+        assert_eq!(pk.slots.len(), 2);
+        assert_eq!(pk.slots.as_slice()[0].len, 1000);
+        assert_eq!(
+            p.responses.as_slice(),
+            &[
+                Rsp::Data { id: 10 },
+                Rsp::Extra,
+                Rsp::Data { id: 11 },
+                Rsp::Empty { id: 12 }
+            ]
+        );
+    }
+
+    #[test]
+    fn runt_gets_error() {
+        let p = run(&[req(1, 0, 0, 5, 13)]);
+        assert!(matches!(p.verdict, Verdict::Drop(DropReason::Runt)));
+        assert_eq!(p.responses.as_slice(), &[Rsp::Error { id: 5 }]);
+        // First slot below ETH_HLEN even though the frame is bigger.
+        let p = run(&[req(1, 0, TXF_MORE_DATA, 5, 100), req(2, 0, 0, 6, 90)]);
+        assert!(matches!(p.verdict, Verdict::Drop(DropReason::Runt)));
+        assert_eq!(
+            p.responses.as_slice(),
+            &[Rsp::Error { id: 5 }, Rsp::Error { id: 6 }]
+        );
+    }
+
+    #[test]
+    fn frag_bigger_than_frame_is_dropped_not_fatal() {
+        let p = run(&[req(1, 0, TXF_MORE_DATA, 1, 100), req(2, 0, 0, 2, 200)]);
+        assert!(matches!(p.verdict, Verdict::Drop(DropReason::FragOverflow)));
+        assert_eq!(p.consumed, 2);
+    }
+
+    fn chain(n: usize) -> Vec<TxRequest> {
+        let mut v = vec![req(0, 0, TXF_MORE_DATA, 0, (n * 100) as u16)];
+        for i in 1..n {
+            let more = if i + 1 < n { TXF_MORE_DATA } else { 0 };
+            v.push(req(i as u32, 0, more, i as u16, 100));
+        }
+        v
+    }
+
+    #[test]
+    fn slot_limits() {
+        assert!(matches!(run(&chain(18)).verdict, Verdict::Packet(_)));
+        let p = run(&chain(19));
+        assert!(matches!(p.verdict, Verdict::Drop(DropReason::TooManySlots)));
+        assert_eq!(p.consumed, 19);
+        assert!(p
+            .responses
+            .as_slice()
+            .iter()
+            .all(|r| matches!(r, Rsp::Error { .. })));
+        assert!(matches!(
+            run(&chain(20)).verdict,
+            Verdict::Rogue(Rogue::FatalSlotCount)
+        ));
+        assert!(matches!(
+            run(&chain(200)).verdict,
+            Verdict::Rogue(Rogue::FatalSlotCount)
+        ));
+    }
+
+    #[test]
+    fn missing_slots_and_extras_are_rogue() {
+        let mut c = chain(5);
+        c.truncate(3);
+        assert!(matches!(
+            run(&c).verdict,
+            Verdict::Rogue(Rogue::MissingSlots)
+        ));
+        assert!(matches!(
+            run(&[req(1, 0, TXF_EXTRA_INFO, 1, 60)]).verdict,
+            Verdict::Rogue(Rogue::MissingExtra)
+        ));
+        // Extra chain with MORE set but nothing after.
+        assert!(matches!(
+            run(&[
+                req(1, 0, TXF_EXTRA_INFO, 1, 60),
+                gso_extra(1000, GSO_TYPE_TCPV4, true)
+            ])
+            .verdict,
+            Verdict::Rogue(Rogue::MissingExtra)
+        ));
+    }
+
+    #[test]
+    fn bad_extras_and_gso_are_rogue() {
+        for ty in [0u8, 5, 6, 255] {
+            let p = run(&[req(1, 0, TXF_EXTRA_INFO, 1, 60), extra(ty, 0, [0; 6])]);
+            assert!(matches!(p.verdict, Verdict::Rogue(Rogue::BadExtraType(t)) if t == ty));
+        }
+        let p = run(&[
+            req(1, 0, TXF_EXTRA_INFO, 1, 60),
+            gso_extra(0, GSO_TYPE_TCPV4, false),
+        ]);
+        assert!(matches!(p.verdict, Verdict::Rogue(Rogue::ZeroGsoSize)));
+        let p = run(&[req(1, 0, TXF_EXTRA_INFO, 1, 60), gso_extra(1000, 3, false)]);
+        assert!(matches!(p.verdict, Verdict::Rogue(Rogue::BadGsoType(3))));
+        // An endless chain of valid extras is bounded.
+        let mut ring = vec![req(1, 0, TXF_EXTRA_INFO, 1, 60)];
+        ring.extend((0..50).map(|_| gso_extra(1000, GSO_TYPE_TCPV4, true)));
+        assert!(matches!(run(&ring).verdict, Verdict::Rogue(_)));
+    }
+
+    #[test]
+    fn page_crossing() {
+        assert!(matches!(
+            run(&[req(1, 4000, 0, 1, 100)]).verdict,
+            Verdict::Rogue(Rogue::FirstSlotCrossesPage)
+        ));
+        assert!(matches!(
+            run(&[req(1, 0, TXF_MORE_DATA, 1, 200), req(2, 4090, 0, 2, 100)]).verdict,
+            Verdict::Rogue(Rogue::SlotCrossesPage)
+        ));
+        // Exactly to the end of the page is fine.
+        assert!(matches!(
+            run(&[req(1, 4096 - 60, 0, 1, 60)]).verdict,
+            Verdict::Packet(_)
+        ));
+    }
+
+    #[test]
+    fn multicast_requests() {
+        let mac = [0x01, 0, 0x5e, 0, 0, 1];
+        let ring = [
+            req(1, 0, TXF_EXTRA_INFO, 9, 0),
+            extra(EXTRA_TYPE_MCAST_ADD, 0, mac),
+        ];
+        let p = run_mc(&ring, true);
+        assert!(matches!(p.verdict, Verdict::Mcast(McastOp::Add(m)) if m == mac));
+        assert_eq!(
+            p.responses.as_slice(),
+            &[Rsp::Status { id: 9, status: 0 }, Rsp::Extra]
+        );
+        let p = run_mc(&ring, false);
+        assert_eq!(
+            p.responses.as_slice(),
+            &[Rsp::Status { id: 9, status: -1 }, Rsp::Extra]
+        );
+    }
+
+    /// No input panics, every non-rogue verdict answers every consumed slot, and data
+    /// slots never cross a page.
+    #[test]
+    fn arbitrary_rings_never_panic() {
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let n = (rnd() % 30 + 1) as usize;
+            let ring: Vec<TxRequest> = (0..n)
+                .map(|_| {
+                    let r = rnd();
+                    req(
+                        r as u32,
+                        (r >> 32) as u16 % 4200,
+                        (r >> 48) as u16 & 0xf,
+                        (r >> 20) as u16,
+                        (rnd() % 5000) as u16,
+                    )
+                })
+                .collect();
+            let p = run(&ring);
+            assert!(p.consumed as usize <= n);
+            if let Verdict::Packet(pk) = &p.verdict {
+                for s in pk.slots.as_slice() {
+                    assert!(u32::from(s.offset) + u32::from(s.len) <= 4096);
+                    assert!(s.len > 0);
+                }
+                let sum: u32 = pk.slots.as_slice().iter().map(|s| u32::from(s.len)).sum();
+                assert_eq!(sum, pk.len);
+            }
+        }
+    }
+}
