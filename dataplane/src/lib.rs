@@ -7,3 +7,4 @@ pub mod switch;
 pub mod credit;
 pub mod txparse;
 pub mod rxplan;
+pub mod wire;
