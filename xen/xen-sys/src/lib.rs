@@ -12,6 +12,7 @@
     non_snake_case,
     dead_code,
     unnecessary_transmutes,
+    unsafe_op_in_unsafe_fn,
     clippy::all,
     clippy::undocumented_unsafe_blocks,
     clippy::missing_safety_doc

@@ -1,0 +1,20 @@
+/* The parts of DPDK that netbackd uses. */
+#include <rte_eal.h>
+#include <rte_errno.h>
+#include <rte_version.h>
+#include <rte_lcore.h>
+#include <rte_launch.h>
+#include <rte_cycles.h>
+#include <rte_ethdev.h>
+#include <rte_mbuf.h>
+#include <rte_mempool.h>
+#include <rte_ring.h>
+#include <rte_ether.h>
+#include <rte_ip.h>
+#include <rte_tcp.h>
+#include <rte_udp.h>
+#include <rte_net.h>
+#include <rte_gso.h>
+#include <rte_bus_vdev.h>
+#include <rte_eth_ring.h>
+#include "src/shim.h"

@@ -1,0 +1,289 @@
+use crate::error::PmdError;
+use crate::mempool::Mempool;
+use dpdk_sys::rte_mbuf;
+use std::ptr::NonNull;
+
+/// An owned DPDK packet buffer (possibly a chain of segments). Freed on drop; handing it to
+/// a port (`Port::tx_burst`) consumes it. Safe code can neither leak nor double-free one.
+#[repr(transparent)]
+pub struct Mbuf(NonNull<rte_mbuf>);
+
+// SAFETY: an Mbuf is exclusively owned; DPDK mbufs may move between threads (that is how
+// lcores hand packets to each other) and freeing one from any thread is allowed.
+unsafe impl Send for Mbuf {}
+
+impl Mbuf {
+    /// Allocates one mbuf from `pool`.
+    pub fn alloc(pool: &Mempool) -> Result<Mbuf, PmdError> {
+        // SAFETY: valid pool pointer.
+        let m = unsafe { dpdk_sys::nbd_pktmbuf_alloc(pool.as_ptr()) };
+        NonNull::new(m).map(Mbuf).ok_or(PmdError::NoMbufs)
+    }
+
+    /// Appends `n` fresh mbufs to `out` in one bulk operation (all or none).
+    pub fn alloc_bulk(pool: &Mempool, out: &mut Vec<Mbuf>, n: usize) -> Result<(), PmdError> {
+        out.reserve(n);
+        let len = out.len();
+        // SAFETY: `out` has room for n more elements; Mbuf is repr(transparent) over a
+        // non-null pointer, so the spare capacity can receive rte_mbuf pointers. On
+        // success DPDK wrote n valid pointers, which we then own.
+        unsafe {
+            let dst = out.as_mut_ptr().add(len) as *mut *mut rte_mbuf;
+            if dpdk_sys::nbd_pktmbuf_alloc_bulk(pool.as_ptr(), dst, n as u32) != 0 {
+                return Err(PmdError::NoMbufs);
+            }
+            out.set_len(len + n);
+        }
+        Ok(())
+    }
+
+    /// Takes ownership of a raw mbuf.
+    ///
+    /// # Safety
+    /// `m` must be a valid mbuf that nothing else owns or frees.
+    pub unsafe fn from_raw(m: NonNull<rte_mbuf>) -> Mbuf {
+        Mbuf(m)
+    }
+
+    /// Gives up ownership; the caller must free or hand over the mbuf.
+    pub fn into_raw(self) -> NonNull<rte_mbuf> {
+        let p = self.0;
+        std::mem::forget(self);
+        p
+    }
+
+    pub fn as_ptr(&self) -> *mut rte_mbuf {
+        self.0.as_ptr()
+    }
+
+    fn raw(&self) -> &rte_mbuf {
+        // SAFETY: we own a valid mbuf; no mutable alias exists while &self is live.
+        unsafe { self.0.as_ref() }
+    }
+
+    fn raw_mut(&mut self) -> &mut rte_mbuf {
+        // SAFETY: we own a valid mbuf exclusively.
+        unsafe { self.0.as_mut() }
+    }
+
+    /// Bytes in the whole chain.
+    pub fn pkt_len(&self) -> u32 {
+        self.raw().pkt_len
+    }
+
+    /// Bytes in the first segment.
+    pub fn data_len(&self) -> u16 {
+        self.raw().data_len
+    }
+
+    pub fn nb_segs(&self) -> u16 {
+        self.raw().nb_segs
+    }
+
+    /// The first segment's data.
+    pub fn data(&self) -> &[u8] {
+        let m = self.raw();
+        // SAFETY: buf_addr + data_off .. + data_len lies inside the mbuf's buffer, which
+        // we own for the lifetime of &self.
+        unsafe {
+            std::slice::from_raw_parts(
+                (m.buf_addr as *const u8).add(usize::from(m.data_off)),
+                usize::from(m.data_len),
+            )
+        }
+    }
+
+    /// The first segment's data, mutable.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        let m = self.raw_mut();
+        // SAFETY: as in data(), with exclusive access through &mut self.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                (m.buf_addr as *mut u8).add(usize::from(m.data_off)),
+                usize::from(m.data_len),
+            )
+        }
+    }
+
+    /// Pointer to the first segment's data (the grant-copy target/source).
+    pub fn data_ptr(&mut self) -> *mut u8 {
+        // SAFETY: valid owned mbuf.
+        unsafe { dpdk_sys::nbd_pktmbuf_mtod(self.0.as_ptr()) as *mut u8 }
+    }
+
+    pub fn headroom(&self) -> u16 {
+        // SAFETY: valid owned mbuf.
+        unsafe { dpdk_sys::nbd_pktmbuf_headroom(self.0.as_ptr()) }
+    }
+
+    /// Free bytes after the data of the last segment.
+    pub fn tailroom(&self) -> u16 {
+        let last = self.last_segment();
+        // SAFETY: `last` is a segment of our chain.
+        unsafe { dpdk_sys::nbd_pktmbuf_tailroom(last) }
+    }
+
+    fn last_segment(&self) -> *mut rte_mbuf {
+        let mut m = self.0.as_ptr();
+        // SAFETY: walking our own chain; `next` is null-terminated.
+        unsafe {
+            while !(*m).next.is_null() {
+                m = (*m).next;
+            }
+        }
+        m
+    }
+
+    /// Extends the last segment by `len` bytes and returns them (uninitialised contents
+    /// from earlier use), or None when the tailroom is too small.
+    pub fn append(&mut self, len: u16) -> Option<&mut [u8]> {
+        // SAFETY: valid owned mbuf; on success DPDK returns a pointer to `len` bytes
+        // inside the last segment, exclusively ours.
+        unsafe {
+            let p = dpdk_sys::nbd_pktmbuf_append(self.0.as_ptr(), len);
+            if p.is_null() {
+                None
+            } else {
+                Some(std::slice::from_raw_parts_mut(
+                    p as *mut u8,
+                    usize::from(len),
+                ))
+            }
+        }
+    }
+
+    /// Prepends `len` bytes to the first segment (into the headroom).
+    pub fn prepend(&mut self, len: u16) -> Option<&mut [u8]> {
+        // SAFETY: as in append().
+        unsafe {
+            let p = dpdk_sys::nbd_pktmbuf_prepend(self.0.as_ptr(), len);
+            if p.is_null() {
+                None
+            } else {
+                Some(std::slice::from_raw_parts_mut(
+                    p as *mut u8,
+                    usize::from(len),
+                ))
+            }
+        }
+    }
+
+    /// Removes `len` bytes from the start of the first segment.
+    pub fn adj(&mut self, len: u16) -> bool {
+        // SAFETY: valid owned mbuf.
+        !unsafe { dpdk_sys::nbd_pktmbuf_adj(self.0.as_ptr(), len) }.is_null()
+    }
+
+    /// Removes `len` bytes from the end of the last segment.
+    pub fn trim(&mut self, len: u16) -> bool {
+        // SAFETY: valid owned mbuf.
+        unsafe { dpdk_sys::nbd_pktmbuf_trim(self.0.as_ptr(), len) == 0 }
+    }
+
+    /// Appends `tail`'s chain to this one. On failure (too many segments) `tail` is
+    /// given back.
+    pub fn chain(&mut self, tail: Mbuf) -> Result<(), Mbuf> {
+        // SAFETY: both are valid owned chains; on success DPDK links tail into ours, so we
+        // stop owning it separately.
+        let ret = unsafe { dpdk_sys::nbd_pktmbuf_chain(self.0.as_ptr(), tail.0.as_ptr()) };
+        if ret == 0 {
+            std::mem::forget(tail);
+            Ok(())
+        } else {
+            Err(tail)
+        }
+    }
+
+    /// Iterates the segments' data in order.
+    pub fn segments(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let mut m = self.0.as_ptr();
+        std::iter::from_fn(move || {
+            if m.is_null() {
+                return None;
+            }
+            // SAFETY: m is a segment of our chain, valid while &self is.
+            unsafe {
+                let s = std::slice::from_raw_parts(
+                    ((*m).buf_addr as *const u8).add(usize::from((*m).data_off)),
+                    usize::from((*m).data_len),
+                );
+                m = (*m).next;
+                Some(s)
+            }
+        })
+    }
+
+    /// Copies the whole packet out (tests, slow paths).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.pkt_len() as usize);
+        for s in self.segments() {
+            v.extend_from_slice(s);
+        }
+        v
+    }
+
+    pub fn ol_flags(&self) -> u64 {
+        self.raw().ol_flags
+    }
+
+    pub fn set_ol_flags(&mut self, flags: u64) {
+        self.raw_mut().ol_flags = flags;
+    }
+
+    pub fn port(&self) -> u16 {
+        self.raw().port
+    }
+
+    /// Sets the TX offload lengths (`l2_len`:7, `l3_len`:9, `l4_len`:8, `tso_segsz`:16
+    /// bits of the `tx_offload` word, as rte_mbuf_core.h lays them out).
+    pub fn set_tx_offload(&mut self, l2_len: u16, l3_len: u16, l4_len: u16, tso_segsz: u16) {
+        let v = u64::from(l2_len & 0x7f)
+            | (u64::from(l3_len & 0x1ff) << 7)
+            | (u64::from(l4_len & 0xff) << 16)
+            | (u64::from(tso_segsz) << 24);
+        self.raw_mut().__bindgen_anon_3.tx_offload = v;
+    }
+
+    /// The raw `tx_offload` word.
+    pub fn tx_offload(&self) -> u64 {
+        // SAFETY: every bit pattern of the u64 view of the union is valid.
+        unsafe { self.raw().__bindgen_anon_3.tx_offload }
+    }
+
+    pub fn vlan_tci(&self) -> u16 {
+        self.raw().vlan_tci
+    }
+
+    pub fn set_vlan_tci(&mut self, tci: u16) {
+        self.raw_mut().vlan_tci = tci;
+    }
+}
+
+impl Drop for Mbuf {
+    fn drop(&mut self) {
+        // SAFETY: we own the chain; it is freed exactly once, here.
+        unsafe { dpdk_sys::nbd_pktmbuf_free(self.0.as_ptr()) };
+    }
+}
+
+impl std::fmt::Debug for Mbuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mbuf")
+            .field("pkt_len", &self.pkt_len())
+            .field("nb_segs", &self.nb_segs())
+            .finish()
+    }
+}
+
+/// Frees many mbufs in one DPDK call (`rte_pktmbuf_free_bulk`), emptying `v`.
+pub fn free_bulk(v: &mut Vec<Mbuf>) {
+    if v.is_empty() {
+        return;
+    }
+    // SAFETY: Mbuf is repr(transparent) over a valid owned pointer; after the call the
+    // mbufs are freed, so the Vec's length is set to 0 without running their Drop.
+    unsafe {
+        dpdk_sys::rte_pktmbuf_free_bulk(v.as_mut_ptr() as *mut *mut rte_mbuf, v.len() as u32);
+        v.set_len(0);
+    }
+}
