@@ -22,7 +22,15 @@ fn version_line() -> String {
     )
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(e) = real_main() {
+        // One line an operator can read (and journald can index), causes chained.
+        eprintln!("netbackd: error: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if cli.version {
         println!("{}", version_line());

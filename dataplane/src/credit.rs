@@ -71,7 +71,9 @@ pub struct Credit {
 pub enum Admit {
     Yes,
     /// Not before this instant; the packet stays at the head of the ring.
-    Throttled { until_ns: u64 },
+    Throttled {
+        until_ns: u64,
+    },
 }
 
 impl Credit {
@@ -151,7 +153,9 @@ mod tests {
                 usec: 20_000
             })
         );
-        for bad in ["", ",", "1,", ",1", "1;2", "-1,2", "1,2,3", " 1,2", "1,2 ", "x,1"] {
+        for bad in [
+            "", ",", "1,", ",1", "1;2", "-1,2", "1,2,3", " 1,2", "1,2 ", "x,1",
+        ] {
             assert!(parse_rate(bad).is_err(), "{bad:?}");
         }
         assert!(parse_rate("99999999999999999999999,1").is_err());
@@ -192,7 +196,13 @@ mod tests {
     #[test]
     fn burst_rule() {
         // 100 bytes per ms; a 1500-byte packet needs max(min(1500,128K),100) = 1500 burst.
-        let mut c = Credit::new(Rate { bytes: 100, usec: 1000 }, 0);
+        let mut c = Credit::new(
+            Rate {
+                bytes: 100,
+                usec: 1000,
+            },
+            0,
+        );
         assert_eq!(c.admit(1500, 0), Admit::Throttled { until_ns: MS });
         let mut now = 0;
         let sent_at = loop {
@@ -205,13 +215,25 @@ mod tests {
         assert_eq!(sent_at, 14 * MS);
         // The cap: idle for a long time, credit never exceeds one window (100) for small
         // packets, as max_burst = max(min(64,128K), 100) = 100.
-        let mut c = Credit::new(Rate { bytes: 100, usec: 1000 }, 0);
+        let mut c = Credit::new(
+            Rate {
+                bytes: 100,
+                usec: 1000,
+            },
+            0,
+        );
         assert_eq!(c.admit(100, 0), Admit::Yes);
         assert!(matches!(c.admit(64, 0), Admit::Throttled { .. }));
         assert_eq!(c.admit(64, 1000 * MS), Admit::Yes);
         assert_eq!(c.remaining(), 36);
         // A packet above 128 KiB can never pass a small rate (the seed's floor is 128 KiB).
-        let mut c = Credit::new(Rate { bytes: 100, usec: 1 }, 0);
+        let mut c = Credit::new(
+            Rate {
+                bytes: 100,
+                usec: 1,
+            },
+            0,
+        );
         let mut now = 0;
         for _ in 0..10_000 {
             now += 1000;
@@ -222,7 +244,13 @@ mod tests {
 
     #[test]
     fn throttled_until_deadline_even_if_small_packet_fits() {
-        let mut c = Credit::new(Rate { bytes: 1000, usec: 1000 }, 0);
+        let mut c = Credit::new(
+            Rate {
+                bytes: 1000,
+                usec: 1000,
+            },
+            0,
+        );
         assert_eq!(c.admit(900, 0), Admit::Yes);
         assert_eq!(c.admit(200, 0), Admit::Throttled { until_ns: MS });
         // 100 bytes remain, but the throttle holds until the deadline (packet order kept).
@@ -232,7 +260,13 @@ mod tests {
 
     #[test]
     fn set_rate_applies_live() {
-        let mut c = Credit::new(Rate { bytes: 100, usec: 1000 }, 0);
+        let mut c = Credit::new(
+            Rate {
+                bytes: 100,
+                usec: 1000,
+            },
+            0,
+        );
         assert_eq!(c.admit(100, 0), Admit::Yes);
         assert!(matches!(c.admit(100, 1), Admit::Throttled { .. }));
         c.set_rate(Rate::UNLIMITED, 2);

@@ -2,9 +2,9 @@
 //! crate and the DPDK ports of the `pmd` crate.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod netif;
-pub mod switch;
 pub mod credit;
-pub mod txparse;
+pub mod netif;
 pub mod rxplan;
+pub mod switch;
+pub mod txparse;
 pub mod wire;

@@ -114,7 +114,10 @@ mod tests {
         // Head segment larger than a buffer: split at 4096.
         let (n, c) = chunks(&[5000]);
         assert_eq!(n, 2);
-        assert_eq!((c[0].len, c[1].buf, c[1].buf_off, c[1].len), (4096, 1, 0, 904));
+        assert_eq!(
+            (c[0].len, c[1].buf, c[1].buf_off, c[1].len),
+            (4096, 1, 0, 904)
+        );
         assert_eq!(c[1].seg_off, 4096);
     }
 
@@ -137,7 +140,7 @@ mod tests {
 
     #[test]
     fn gso_64k_in_2k_segments() {
-        let segs = vec![2048u32; 32];
+        let segs = [2048u32; 32];
         assert_eq!(buffers_needed(segs.iter().copied()), 16);
         assert_eq!(slots_needed(segs.iter().copied(), true), 17);
     }

@@ -94,7 +94,9 @@ pub enum Decision {
     /// Send to exactly one endpoint.
     Unicast(EndpointId, Egress),
     /// Send to every endpoint `Switch::flood_targets` lists for this (ingress, domain).
-    Flood { domain: Domain },
+    Flood {
+        domain: Domain,
+    },
 }
 
 /// A VLAN domain: `None` is the untagged domain.
@@ -305,7 +307,9 @@ impl Switch {
             return Decision::Flood { domain };
         }
         match self.table.get(&(domain_key(domain), l2.dst)) {
-            Some(l) if l.is_static || now_ns.saturating_sub(l.last_seen_ns) < self.cfg.ageing_ns => {
+            Some(l)
+                if l.is_static || now_ns.saturating_sub(l.last_seen_ns) < self.cfg.ageing_ns =>
+            {
                 let dst = l.endpoint;
                 if dst == ingress {
                     return Decision::Drop(DropReason::NoDestination);
@@ -429,8 +433,20 @@ mod tests {
         });
         s.add_endpoint(P0, EndpointKind::Uplink);
         s.add_endpoint(P1, EndpointKind::Uplink);
-        s.add_endpoint(V1, EndpointKind::Vif { mac: MAC_V1, vlan: None });
-        s.add_endpoint(V2, EndpointKind::Vif { mac: MAC_V2, vlan: None });
+        s.add_endpoint(
+            V1,
+            EndpointKind::Vif {
+                mac: MAC_V1,
+                vlan: None,
+            },
+        );
+        s.add_endpoint(
+            V2,
+            EndpointKind::Vif {
+                mac: MAC_V2,
+                vlan: None,
+            },
+        );
         s
     }
 
@@ -535,7 +551,10 @@ mod tests {
     #[test]
     fn runts_and_unknown_ingress() {
         let mut s = basic();
-        assert_eq!(s.forward(V1, &[0u8; 13], 0), Decision::Drop(DropReason::Runt));
+        assert_eq!(
+            s.forward(V1, &[0u8; 13], 0),
+            Decision::Drop(DropReason::Runt)
+        );
         let mut tagged_short = frame(BCAST, MAC_V1, None);
         tagged_short.truncate(14);
         tagged_short[12] = 0x81;
@@ -553,7 +572,13 @@ mod tests {
     #[test]
     fn vlan_access_vifs() {
         let mut s = basic();
-        s.add_endpoint(V3, EndpointKind::Vif { mac: MAC_V3, vlan: Some(100) });
+        s.add_endpoint(
+            V3,
+            EndpointKind::Vif {
+                mac: MAC_V3,
+                vlan: Some(100),
+            },
+        );
         // V3's untagged frame goes to the uplink tagged with 100.
         s.forward(P0, &frame(MAC_V3, HOST_A, Some(100)), 0); // learn HOST_A in vlan 100
         assert_eq!(
@@ -597,8 +622,20 @@ mod tests {
             ..Default::default()
         });
         s.add_endpoint(P0, EndpointKind::Uplink);
-        s.add_endpoint(V1, EndpointKind::Vif { mac: MAC_V1, vlan: None });
-        s.add_endpoint(V2, EndpointKind::Vif { mac: MAC_V2, vlan: None });
+        s.add_endpoint(
+            V1,
+            EndpointKind::Vif {
+                mac: MAC_V1,
+                vlan: None,
+            },
+        );
+        s.add_endpoint(
+            V2,
+            EndpointKind::Vif {
+                mac: MAC_V2,
+                vlan: None,
+            },
+        );
         s.cross_connect(V1, P0);
         // No lookup: any destination goes to the peer.
         assert_eq!(
@@ -636,7 +673,13 @@ mod tests {
             max_learned: 4,
             ..Default::default()
         });
-        s.add_endpoint(V1, EndpointKind::Vif { mac: MAC_V1, vlan: None });
+        s.add_endpoint(
+            V1,
+            EndpointKind::Vif {
+                mac: MAC_V1,
+                vlan: None,
+            },
+        );
         s.add_endpoint(P0, EndpointKind::Uplink);
         for i in 0..100u8 {
             s.forward(V1, &frame(BCAST, [2, 0, 0, 0, 1, i], None), 0);

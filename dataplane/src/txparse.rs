@@ -17,46 +17,33 @@
 //!
 //! The response plan always has exactly one entry per consumed slot, so the response
 //! producer can never run ahead of or behind the requests.
-use crate::netif::TxRequest;
+use crate::netif::{
+    ExtraInfo, TxRequest, FATAL_SLOTS, NETTXF_EXTRA_INFO as TXF_EXTRA_INFO,
+    NETTXF_MORE_DATA as TXF_MORE_DATA, PAGE_SIZE, XEN_NETIF_EXTRA_TYPE_GSO as EXTRA_TYPE_GSO,
+    XEN_NETIF_EXTRA_TYPE_HASH as EXTRA_TYPE_HASH, XEN_NETIF_EXTRA_TYPE_MAX as EXTRA_TYPE_MAX,
+    XEN_NETIF_EXTRA_TYPE_MCAST_ADD as EXTRA_TYPE_MCAST_ADD,
+    XEN_NETIF_EXTRA_TYPE_MCAST_DEL as EXTRA_TYPE_MCAST_DEL,
+    XEN_NETIF_GSO_TYPE_TCPV4 as GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6 as GSO_TYPE_TCPV6,
+    XEN_NETIF_NR_SLOTS_MIN,
+};
 
-/// `NETTXF_csum_blank`.
-pub const TXF_CSUM_BLANK: u16 = 1;
-/// `NETTXF_data_validated`.
-pub const TXF_DATA_VALIDATED: u16 = 2;
-/// `NETTXF_more_data`.
-pub const TXF_MORE_DATA: u16 = 4;
-/// `NETTXF_extra_info`.
-pub const TXF_EXTRA_INFO: u16 = 8;
-
-const EXTRA_TYPE_GSO: u8 = 1;
-const EXTRA_TYPE_MCAST_ADD: u8 = 2;
-const EXTRA_TYPE_MCAST_DEL: u8 = 3;
-const EXTRA_TYPE_HASH: u8 = 4;
-/// First invalid extra type in Xen 4.17's netif.h (`XEN_NETIF_EXTRA_TYPE_MAX`).
-const EXTRA_TYPE_MAX: u8 = 5;
-const EXTRA_FLAG_MORE: u8 = 1;
-const GSO_TYPE_TCPV4: u8 = 1;
-const GSO_TYPE_TCPV6: u8 = 2;
-
-/// Slots beyond this make the packet dropped (`XEN_NETIF_NR_SLOTS_MIN`).
-pub const MAX_SLOTS: usize = 18;
-/// This many slots or more is a rogue frontend (`XEN_NETBK_LEGACY_SLOTS_MAX`).
-pub const FATAL_SLOTS: usize = 20;
+/// Slots beyond this make the packet dropped.
+pub const MAX_SLOTS: usize = XEN_NETIF_NR_SLOTS_MIN;
 /// Most extra slots one packet may carry (one per valid type).
 pub const MAX_EXTRAS: usize = (EXTRA_TYPE_MAX - 1) as usize;
 /// Most slots a packet can consume: data slots up to the fatal limit plus extras.
 pub const MAX_PACKET_SLOTS: usize = FATAL_SLOTS + MAX_EXTRAS;
-const PAGE_SIZE: u32 = 4096;
 const ETH_HLEN: u16 = 14;
 
 /// A response to write, in slot order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Rsp {
     /// A data slot: OKAY unless its copy fails (the engine decides after the copy).
     Data { id: u16 },
     /// A zero-length slot: OKAY, settled now.
     Empty { id: u16 },
     /// A slot that carried an extra: NULL.
+    #[default]
     Extra,
     /// The whole packet is refused: ERROR.
     Error { id: u16 },
@@ -65,7 +52,7 @@ pub enum Rsp {
 }
 
 /// One data slot to copy from the guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Slot {
     pub gref: u32,
     pub offset: u16,
@@ -144,21 +131,6 @@ impl<T: Copy + Default, const N: usize> SmallVec<T, N> {
     }
 }
 
-impl Default for Rsp {
-    fn default() -> Self {
-        Rsp::Extra
-    }
-}
-impl Default for Slot {
-    fn default() -> Self {
-        Slot {
-            gref: 0,
-            offset: 0,
-            len: 0,
-        }
-    }
-}
-
 /// A packet ready for grant copies.
 #[derive(Clone, Debug)]
 pub struct TxPacket {
@@ -195,17 +167,6 @@ pub struct Parsed {
     pub responses: SmallVec<Rsp, MAX_PACKET_SLOTS>,
 }
 
-/// The 12 bytes of a TX slot as they are in shared memory (little endian).
-fn slot_bytes(r: &TxRequest) -> [u8; 12] {
-    let mut b = [0u8; 12];
-    b[0..4].copy_from_slice(&r.gref.to_le_bytes());
-    b[4..6].copy_from_slice(&r.offset.to_le_bytes());
-    b[6..8].copy_from_slice(&r.flags.to_le_bytes());
-    b[8..10].copy_from_slice(&r.id.to_le_bytes());
-    b[10..12].copy_from_slice(&r.size.to_le_bytes());
-    b
-}
-
 /// Parses the packet whose first request is `first` (already copied, slot 0).
 /// `avail` is the number of unconsumed requests including `first`; `fetch(i)` copies slot
 /// `req_cons + i` out of the ring (called at most once per slot, `0 < i < avail`).
@@ -233,9 +194,9 @@ pub fn parse_tx(
             if idx >= avail {
                 return rogue(idx, Rogue::MissingExtra);
             }
-            let e = slot_bytes(&fetch(idx));
+            let e = ExtraInfo::from_tx_slot(&fetch(idx));
             idx += 1;
-            let (ty, eflags) = (e[0], e[1]);
+            let ty = e.ty;
             if ty == 0 || ty >= EXTRA_TYPE_MAX {
                 return rogue(idx, Rogue::BadExtraType(ty));
             }
@@ -247,12 +208,11 @@ pub fn parse_tx(
             }
             match ty {
                 EXTRA_TYPE_GSO => {
-                    let size = u16::from_le_bytes([e[2], e[3]]);
-                    gso = Some((size, e[4]));
+                    let g = e.as_gso();
+                    gso = Some((g.size, g.gso_type));
                 }
                 EXTRA_TYPE_MCAST_ADD | EXTRA_TYPE_MCAST_DEL => {
-                    let mut mac = [0u8; 6];
-                    mac.copy_from_slice(&e[2..8]);
+                    let mac = e.as_mcast();
                     mcast = Some(if ty == EXTRA_TYPE_MCAST_ADD {
                         McastOp::Add(mac)
                     } else {
@@ -262,7 +222,7 @@ pub fn parse_tx(
                 EXTRA_TYPE_HASH => {} // a hint only; netbackd computes its own
                 _ => unreachable!("type range checked above"),
             }
-            if eflags & EXTRA_FLAG_MORE == 0 {
+            if !e.more() {
                 break;
             }
         }
@@ -310,7 +270,7 @@ pub fn parse_tx(
         }
         remaining = remaining.wrapping_sub(txp.size);
         slots += 1;
-        if u32::from(txp.offset) + u32::from(txp.size) > PAGE_SIZE {
+        if usize::from(txp.offset) + usize::from(txp.size) > PAGE_SIZE {
             return rogue(idx, Rogue::SlotCrossesPage);
         }
         frags.push((txp, txp.size == 0));
@@ -339,7 +299,7 @@ pub fn parse_tx(
     if first_len < ETH_HLEN {
         return refuse(DropReason::Runt, &frags);
     }
-    if u32::from(first.offset) + u32::from(first_len) > PAGE_SIZE {
+    if usize::from(first.offset) + usize::from(first_len) > PAGE_SIZE {
         return rogue(idx, Rogue::FirstSlotCrossesPage);
     }
     let gso = match gso {
@@ -402,22 +362,12 @@ mod tests {
 
     /// An extra slot as a TxRequest image: type, flags, then 6 payload bytes.
     fn extra(ty: u8, flags: u8, payload: [u8; 6]) -> TxRequest {
-        let b = [
-            ty, flags, payload[0], payload[1], payload[2], payload[3], payload[4], payload[5], 0,
-            0, 0, 0,
-        ];
-        req(
-            u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            u16::from_le_bytes([b[4], b[5]]),
-            u16::from_le_bytes([b[6], b[7]]),
-            0,
-            0,
-        )
+        ExtraInfo { ty, flags, payload }.to_tx_slot()
     }
 
     fn gso_extra(size: u16, ty: u8, more: bool) -> TxRequest {
         let s = size.to_le_bytes();
-        extra(EXTRA_TYPE_GSO, more as u8, [s[0], s[1], ty, 0, 0, 0])
+        extra(EXTRA_TYPE_GSO, u8::from(more), [s[0], s[1], ty, 0, 0, 0])
     }
 
     /// Runs the parser over a ring image; checks each slot is fetched at most once.
@@ -431,27 +381,34 @@ mod tests {
             ring.len() as u32,
             |i| {
                 let i = i as usize;
-                assert!(i > 0 && !fetched[i], "slot {i} fetched twice or slot 0 refetched");
+                assert!(
+                    i > 0 && !fetched[i],
+                    "slot {i} fetched twice or slot 0 refetched"
+                );
                 fetched[i] = true;
                 ring[i]
             },
             mc,
         );
         if !matches!(p.verdict, Verdict::Rogue(_)) {
-            assert_eq!(p.responses.len(), p.consumed as usize, "one response per slot");
+            assert_eq!(
+                p.responses.len(),
+                p.consumed as usize,
+                "one response per slot"
+            );
         }
         p
     }
 
     #[test]
     fn single_slot() {
-        let p = run(&[req(7, 100, TXF_CSUM_BLANK, 1, 60)]);
+        let p = run(&[req(7, 100, crate::netif::NETTXF_CSUM_BLANK, 1, 60)]);
         assert_eq!(p.consumed, 1);
         let Verdict::Packet(pk) = p.verdict else {
             panic!("{:?}", p.verdict)
         };
         assert_eq!(pk.len, 60);
-        assert_eq!(pk.flags, TXF_CSUM_BLANK);
+        assert_eq!(pk.flags, crate::netif::NETTXF_CSUM_BLANK);
         assert_eq!(
             pk.slots.as_slice(),
             &[Slot {

@@ -244,7 +244,20 @@ pub(crate) mod tests {
         }
         f.extend_from_slice(&[0x08, 0x00]);
         let tot = (20 + 20 + payload) as u16;
-        f.extend_from_slice(&[0x45, 0, (tot >> 8) as u8, tot as u8, 0, 1, 0x40, 0, 64, 6, 0, 0]);
+        f.extend_from_slice(&[
+            0x45,
+            0,
+            (tot >> 8) as u8,
+            tot as u8,
+            0,
+            1,
+            0x40,
+            0,
+            64,
+            6,
+            0,
+            0,
+        ]);
         f.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
         f.extend_from_slice(&[0x30, 0x39, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18]);
         f.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
@@ -279,7 +292,13 @@ pub(crate) mod tests {
         assert_eq!((h.l2_len, h.l3_len, h.l4, h.l4_len), (14, 20, L4::Tcp, 20));
         assert_eq!(h.csum_field(), Some(14 + 20 + 16));
         assert_eq!(h.header_len(), 54);
-        assert!(matches!(h.l3, L3::V4 { src: [10, 0, 0, 1], dst: [10, 0, 0, 2] }));
+        assert!(matches!(
+            h.l3,
+            L3::V4 {
+                src: [10, 0, 0, 1],
+                dst: [10, 0, 0, 2]
+            }
+        ));
         let h = parse(&v4_tcp(0, Some(42))).unwrap();
         assert_eq!((h.l2_len, h.vlan), (18, Some(42)));
     }
@@ -325,10 +344,10 @@ pub(crate) mod tests {
             if seed & 1 == 0 {
                 f = v4_tcp(4, None);
             }
-            for i in 0..f.len() {
+            for b in f.iter_mut() {
                 seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
                 if seed >> 61 == 0 {
-                    f[i] = (seed >> 32) as u8;
+                    *b = (seed >> 32) as u8;
                 }
             }
             f.truncate(len.min(f.len()));

@@ -60,9 +60,8 @@ fn main() {
             println!("cargo:rustc-link-search=native={dir}");
         }
     }
-    // Drivers (net_ring, net_tap, ...) are plugins EAL loads from RTE_EAL_PMD_PATH at init,
-    // but a process that never references librte_ethdev's symbols directly would drop it
-    // under --as-needed; we do reference them, so nothing more is needed here.
+    // Drivers (net_ring, net_tap, ...) are plugins EAL loads from RTE_EAL_PMD_PATH (built
+    // into Debian's librte_eal) at init; no -d argument is needed.
 
     let bindings = bindgen::Builder::default()
         .header(manifest.join("wrapper.h").to_str().unwrap())

@@ -1,0 +1,6 @@
+//! The Xen netif interface: the wire ABI (`abi`) and the shared rings (`ring`).
+pub mod abi;
+pub mod ring;
+
+pub use abi::*;
+pub use ring::{BackRing, CtrlRing, FrontRing, RingError, RingKind, RxRing, SharedPage, TxRing};

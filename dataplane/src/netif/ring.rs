@@ -1,0 +1,743 @@
+//! Xen shared rings (`xen/io/ring.h`) over a 4096-byte page shared with another party.
+//!
+//! This is the one module that touches shared ring memory. The other side (a guest, another
+//! process, another thread) may write any bytes at any time, so:
+//! - indices are read and written as atomics with the barriers ring.h prescribes;
+//! - a request is copied out of its slot exactly once (a volatile read of the whole entry)
+//!   and only the copy is handed out (`RING_COPY_REQUEST`, XSA-155);
+//! - indices are wrapping `u32`s, and an impossible producer index is reported, never
+//!   trusted (`req_prod - req_cons > size`).
+//!
+//! Layout: `req_prod`@0, `req_event`@4, `rsp_prod`@8, `rsp_event`@12, padding to 64, then
+//! `SIZE` entries, each the size of the larger of request and response (they share a slot).
+use super::abi::{
+    CtrlRequest, CtrlResponse, RxRequest, RxResponse, TxRequest, TxResponse, CTRL_ENTRY_SIZE,
+    CTRL_RING_SIZE, PAGE_SIZE, RING_HEADER_SIZE, RX_ENTRY_SIZE, RX_RING_SIZE, TX_ENTRY_SIZE,
+    TX_RING_SIZE,
+};
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Ring protocol violations by the other side.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum RingError {
+    /// The producer index is further ahead than the ring can hold: only a broken or
+    /// hostile peer does this (fatal for the vif).
+    #[error("impossible ring index: prod {prod}, cons {cons}, size {size}")]
+    ImpossibleIndex { prod: u32, cons: u32, size: u32 },
+    /// No free slot to place a request in.
+    #[error("ring full")]
+    Full,
+}
+
+/// A ring type: its request and response types and geometry.
+pub trait RingKind {
+    type Req: Copy;
+    type Rsp: Copy;
+    /// Entries in the ring (a power of two).
+    const SIZE: u32;
+    /// Bytes per slot (requests and responses share it).
+    const ENTRY: usize;
+}
+
+/// The netif TX ring (guest -> backend packets).
+pub struct TxRing;
+/// The netif RX ring (backend -> guest packets).
+pub struct RxRing;
+/// The netif control ring.
+pub struct CtrlRing;
+
+impl RingKind for TxRing {
+    type Req = TxRequest;
+    type Rsp = TxResponse;
+    const SIZE: u32 = TX_RING_SIZE as u32;
+    const ENTRY: usize = TX_ENTRY_SIZE;
+}
+impl RingKind for RxRing {
+    type Req = RxRequest;
+    type Rsp = RxResponse;
+    const SIZE: u32 = RX_RING_SIZE as u32;
+    const ENTRY: usize = RX_ENTRY_SIZE;
+}
+impl RingKind for CtrlRing {
+    type Req = CtrlRequest;
+    type Rsp = CtrlResponse;
+    const SIZE: u32 = CTRL_RING_SIZE as u32;
+    const ENTRY: usize = CTRL_ENTRY_SIZE;
+}
+
+/// A page-aligned 4096-byte heap page, for tests and the simulated guest's own use.
+#[repr(C, align(4096))]
+struct PageBox([u8; PAGE_SIZE]);
+
+/// A handle to one 4096-byte page of shared memory. Cloning shares the same page.
+#[derive(Clone)]
+pub struct SharedPage {
+    ptr: NonNull<u8>,
+    /// Keeps the memory alive when this handle owns it (heap page, or a mapping object).
+    _keep: Option<Arc<dyn Send + Sync>>,
+}
+
+// SAFETY: the page is only accessed through atomics and volatile copies, which are sound
+// under concurrent access from any thread; the pointer stays valid while any handle lives
+// (owned) or for the lifetime promised to `from_raw`.
+unsafe impl Send for SharedPage {}
+// SAFETY: as above: no method hands out references into the page.
+unsafe impl Sync for SharedPage {}
+
+impl SharedPage {
+    /// A fresh zeroed page owned by the handle (and its clones).
+    pub fn new_owned() -> SharedPage {
+        let b: Arc<PageBox> = Arc::new(PageBox([0; PAGE_SIZE]));
+        let ptr = NonNull::from(&b.0).cast::<u8>();
+        SharedPage {
+            ptr,
+            _keep: Some(b),
+        }
+    }
+
+    /// Wraps memory someone else owns, e.g. a grant mapping; `keep` (if any) is held to
+    /// keep that mapping alive as long as this handle.
+    ///
+    /// # Safety
+    /// `ptr` must be 4-byte aligned (page aligned in practice) and point to `PAGE_SIZE`
+    /// bytes that stay mapped and writable while this handle or a clone exists (e.g.
+    /// because `keep` owns the mapping). Other parties may write them concurrently.
+    pub unsafe fn from_raw(ptr: NonNull<u8>, keep: Option<Arc<dyn Send + Sync>>) -> SharedPage {
+        SharedPage { ptr, _keep: keep }
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    fn index(&self, off: usize) -> &AtomicU32 {
+        debug_assert!(off.is_multiple_of(4) && off < RING_HEADER_SIZE);
+        // SAFETY: `off` is within the page, 4-aligned (page alignment >= 4); AtomicU32 has
+        // the layout of u32 and atomic access is sound even if the peer writes concurrently.
+        unsafe { &*(self.ptr.as_ptr().add(off) as *const AtomicU32) }
+    }
+
+    /// Copies slot `idx` (masked) out as a `T` with one volatile read.
+    fn read_slot<K: RingKind, T: Copy>(&self, idx: u32) -> T {
+        let off = RING_HEADER_SIZE + (idx & (K::SIZE - 1)) as usize * K::ENTRY;
+        debug_assert!(std::mem::size_of::<T>() <= K::ENTRY && off + K::ENTRY <= PAGE_SIZE);
+        // SAFETY: the slot lies inside the page; T is one of the netif plain-integer
+        // repr(C) types (every bit pattern valid) whose alignment (<= 4) divides the slot
+        // offset; a volatile read copies it even while the peer writes.
+        unsafe { std::ptr::read_volatile(self.ptr.as_ptr().add(off) as *const T) }
+    }
+
+    fn write_slot<K: RingKind, T: Copy>(&self, idx: u32, v: T) {
+        let off = RING_HEADER_SIZE + (idx & (K::SIZE - 1)) as usize * K::ENTRY;
+        debug_assert!(std::mem::size_of::<T>() <= K::ENTRY && off + K::ENTRY <= PAGE_SIZE);
+        // SAFETY: as in read_slot; the page is writable by contract.
+        unsafe { std::ptr::write_volatile(self.ptr.as_ptr().add(off) as *mut T, v) }
+    }
+}
+
+const REQ_PROD: usize = 0;
+const REQ_EVENT: usize = 4;
+const RSP_PROD: usize = 8;
+const RSP_EVENT: usize = 12;
+
+/// Whether a peer waiting for index `event` must be notified when the producer moves from
+/// `old` to `new` (ring.h: `new - event < new - old`, wrapping).
+pub fn needs_notify(old: u32, new: u32, event: u32) -> bool {
+    new.wrapping_sub(event) < new.wrapping_sub(old)
+}
+
+/// The backend's view of a ring: consumes requests, produces responses.
+pub struct BackRing<K: RingKind> {
+    page: SharedPage,
+    req_cons: u32,
+    rsp_prod_pvt: u32,
+    _k: PhantomData<K>,
+}
+
+impl<K: RingKind> BackRing<K> {
+    /// Attaches to a ring the frontend initialised (`BACK_RING_ATTACH` at its `rsp_prod`).
+    pub fn attach(page: SharedPage) -> Self {
+        let start = page.index(RSP_PROD).load(Ordering::Acquire);
+        BackRing {
+            page,
+            req_cons: start,
+            rsp_prod_pvt: start,
+            _k: PhantomData,
+        }
+    }
+
+    pub fn page(&self) -> &SharedPage {
+        &self.page
+    }
+
+    pub fn req_cons(&self) -> u32 {
+        self.req_cons
+    }
+
+    pub fn rsp_prod_pvt(&self) -> u32 {
+        self.rsp_prod_pvt
+    }
+
+    /// The frontend's producer index (with the read barrier that orders the slot reads
+    /// after it).
+    pub fn req_prod(&self) -> u32 {
+        self.page.index(REQ_PROD).load(Ordering::Acquire)
+    }
+
+    /// Fails when the frontend claims more outstanding requests than the ring holds.
+    pub fn check_indices(&self) -> Result<(), RingError> {
+        let prod = self.req_prod();
+        if prod.wrapping_sub(self.req_cons) > K::SIZE {
+            return Err(RingError::ImpossibleIndex {
+                prod,
+                cons: self.req_cons,
+                size: K::SIZE,
+            });
+        }
+        Ok(())
+    }
+
+    /// Requests available to consume (`RING_HAS_UNCONSUMED_REQUESTS`): bounded also by the
+    /// slots our unpushed responses still occupy.
+    pub fn unconsumed(&self) -> u32 {
+        let req = self.req_prod().wrapping_sub(self.req_cons);
+        let rsp = K::SIZE - self.req_cons.wrapping_sub(self.rsp_prod_pvt);
+        req.min(rsp)
+    }
+
+    /// Copies request `req_cons + i` out of the ring without consuming it, if available.
+    /// Each slot should be copied once per decision; the copy is what gets validated.
+    pub fn copy_request(&self, i: u32) -> Option<K::Req> {
+        (i < self.unconsumed()).then(|| {
+            self.page
+                .read_slot::<K, K::Req>(self.req_cons.wrapping_add(i))
+        })
+    }
+
+    /// Marks `n` requests consumed (after copying them with `copy_request`).
+    pub fn advance(&mut self, n: u32) {
+        debug_assert!(n <= K::SIZE);
+        self.req_cons = self.req_cons.wrapping_add(n);
+    }
+
+    /// Copies out and consumes the next request.
+    pub fn next_request(&mut self) -> Option<K::Req> {
+        let r = self.copy_request(0)?;
+        self.req_cons = self.req_cons.wrapping_add(1);
+        Some(r)
+    }
+
+    /// Responses that can still be written: one per consumed, unanswered request.
+    pub fn pending_responses(&self) -> u32 {
+        self.req_cons.wrapping_sub(self.rsp_prod_pvt)
+    }
+
+    /// Writes a response into the next response slot (not yet visible to the frontend).
+    /// Answering a request that was never consumed is a bug in the engine, not an input.
+    pub fn push_response(&mut self, rsp: K::Rsp) {
+        assert!(
+            self.pending_responses() > 0,
+            "response without a consumed request (engine bug)"
+        );
+        self.page.write_slot::<K, K::Rsp>(self.rsp_prod_pvt, rsp);
+        self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
+    }
+
+    /// Publishes the written responses (`RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`); true when
+    /// the frontend asked to be notified of them.
+    pub fn push_responses_and_check_notify(&mut self) -> bool {
+        let old = self.page.index(RSP_PROD).load(Ordering::Relaxed);
+        let new = self.rsp_prod_pvt;
+        // Release: the slot writes are visible before the index (wmb).
+        self.page.index(RSP_PROD).store(new, Ordering::Release);
+        // mb: the index store is visible before we read the frontend's event index.
+        fence(Ordering::SeqCst);
+        let event = self.page.index(RSP_EVENT).load(Ordering::Relaxed);
+        needs_notify(old, new, event)
+    }
+
+    /// `RING_FINAL_CHECK_FOR_REQUESTS`: when idle, ask for a notification on the next
+    /// request, then re-check to close the race. True when there is work.
+    pub fn final_check_for_requests(&mut self) -> bool {
+        if self.unconsumed() > 0 {
+            return true;
+        }
+        self.page
+            .index(REQ_EVENT)
+            .store(self.req_cons.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        self.unconsumed() > 0
+    }
+
+    /// Current `req_event` (what the frontend compares against to decide to notify).
+    pub fn req_event(&self) -> u32 {
+        self.page.index(REQ_EVENT).load(Ordering::Relaxed)
+    }
+}
+
+/// The frontend's view of a ring: produces requests, consumes responses. Used by the
+/// simulated guest and tests; a frontend may also be hostile to it, so it checks too.
+pub struct FrontRing<K: RingKind> {
+    page: SharedPage,
+    req_prod_pvt: u32,
+    rsp_cons: u32,
+    _k: PhantomData<K>,
+}
+
+impl<K: RingKind> FrontRing<K> {
+    /// `SHARED_RING_INIT` + `FRONT_RING_INIT`: zero the header, events at 1.
+    pub fn init(page: SharedPage) -> Self {
+        Self::init_at(page, 0)
+    }
+
+    /// Initialises with all indices at `start` (a real frontend starts at 0; starting near
+    /// `u32::MAX` exercises index wrap).
+    pub fn init_at(page: SharedPage, start: u32) -> Self {
+        for off in (0..RING_HEADER_SIZE).step_by(4) {
+            page.index(off).store(0, Ordering::Relaxed);
+        }
+        page.index(REQ_PROD).store(start, Ordering::Relaxed);
+        page.index(RSP_PROD).store(start, Ordering::Relaxed);
+        page.index(REQ_EVENT)
+            .store(start.wrapping_add(1), Ordering::Relaxed);
+        page.index(RSP_EVENT)
+            .store(start.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        FrontRing {
+            page,
+            req_prod_pvt: start,
+            rsp_cons: start,
+            _k: PhantomData,
+        }
+    }
+
+    pub fn page(&self) -> &SharedPage {
+        &self.page
+    }
+
+    pub fn req_prod_pvt(&self) -> u32 {
+        self.req_prod_pvt
+    }
+
+    pub fn rsp_cons(&self) -> u32 {
+        self.rsp_cons
+    }
+
+    /// Slots free for new requests (`RING_FREE_REQUESTS`).
+    pub fn free_requests(&self) -> u32 {
+        K::SIZE - self.req_prod_pvt.wrapping_sub(self.rsp_cons)
+    }
+
+    /// Writes a request into the next slot (not yet visible).
+    pub fn push_request(&mut self, req: K::Req) -> Result<(), RingError> {
+        if self.free_requests() == 0 {
+            return Err(RingError::Full);
+        }
+        self.page.write_slot::<K, K::Req>(self.req_prod_pvt, req);
+        self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
+        Ok(())
+    }
+
+    /// `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`.
+    pub fn push_requests_and_check_notify(&mut self) -> bool {
+        let old = self.page.index(REQ_PROD).load(Ordering::Relaxed);
+        let new = self.req_prod_pvt;
+        self.page.index(REQ_PROD).store(new, Ordering::Release);
+        fence(Ordering::SeqCst);
+        let event = self.page.index(REQ_EVENT).load(Ordering::Relaxed);
+        needs_notify(old, new, event)
+    }
+
+    /// Responses available; an impossible backend index is an error.
+    pub fn unconsumed_responses(&self) -> Result<u32, RingError> {
+        let prod = self.page.index(RSP_PROD).load(Ordering::Acquire);
+        let n = prod.wrapping_sub(self.rsp_cons);
+        if n > self.req_prod_pvt.wrapping_sub(self.rsp_cons) {
+            return Err(RingError::ImpossibleIndex {
+                prod,
+                cons: self.rsp_cons,
+                size: K::SIZE,
+            });
+        }
+        Ok(n)
+    }
+
+    /// Copies out and consumes the next response.
+    pub fn next_response(&mut self) -> Result<Option<K::Rsp>, RingError> {
+        if self.unconsumed_responses()? == 0 {
+            return Ok(None);
+        }
+        let r = self.page.read_slot::<K, K::Rsp>(self.rsp_cons);
+        self.rsp_cons = self.rsp_cons.wrapping_add(1);
+        Ok(Some(r))
+    }
+
+    /// `RING_FINAL_CHECK_FOR_RESPONSES`.
+    pub fn final_check_for_responses(&mut self) -> Result<bool, RingError> {
+        if self.unconsumed_responses()? > 0 {
+            return Ok(true);
+        }
+        self.page
+            .index(RSP_EVENT)
+            .store(self.rsp_cons.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        Ok(self.unconsumed_responses()? > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn tx(id: u16) -> TxRequest {
+        TxRequest {
+            gref: u32::from(id) * 3,
+            offset: 0,
+            flags: 0,
+            id,
+            size: 60,
+        }
+    }
+
+    #[test]
+    fn needs_notify_matches_ring_h() {
+        assert!(needs_notify(0, 1, 1));
+        assert!(!needs_notify(1, 2, 1));
+        assert!(needs_notify(1, 5, 3));
+        assert!(!needs_notify(1, 5, 6));
+        assert!(!needs_notify(5, 5, 5));
+        // Across the wrap.
+        assert!(needs_notify(u32::MAX - 1, 2, 0));
+        assert!(needs_notify(u32::MAX - 1, 2, u32::MAX));
+        assert!(!needs_notify(u32::MAX - 1, 2, 3));
+    }
+
+    #[test]
+    fn request_response_cycle_and_notifications() {
+        let page = SharedPage::new_owned();
+        let mut f = FrontRing::<TxRing>::init(page.clone());
+        let mut b = BackRing::<TxRing>::attach(page);
+        assert_eq!(b.unconsumed(), 0);
+        f.push_request(tx(1)).unwrap();
+        // req_event starts at 1: the first request notifies, later ones don't.
+        assert!(f.push_requests_and_check_notify());
+        f.push_request(tx(2)).unwrap();
+        assert!(!f.push_requests_and_check_notify());
+        assert_eq!(b.unconsumed(), 2);
+        assert_eq!(b.next_request(), Some(tx(1)));
+        assert_eq!(b.next_request(), Some(tx(2)));
+        assert_eq!(b.next_request(), None);
+        // Idle: final check arms req_event = req_cons + 1.
+        assert!(!b.final_check_for_requests());
+        assert_eq!(b.req_event(), 3);
+        f.push_request(tx(3)).unwrap();
+        assert!(f.push_requests_and_check_notify());
+        b.push_response(TxResponse { id: 1, status: 0 });
+        b.push_response(TxResponse { id: 2, status: 0 });
+        // rsp_event starts at 1: notify.
+        assert!(b.push_responses_and_check_notify());
+        assert_eq!(
+            f.next_response().unwrap(),
+            Some(TxResponse { id: 1, status: 0 })
+        );
+        assert_eq!(
+            f.next_response().unwrap(),
+            Some(TxResponse { id: 2, status: 0 })
+        );
+        assert!(!f.final_check_for_responses().unwrap());
+        assert!(b.next_request().is_some());
+        b.push_response(TxResponse { id: 3, status: -1 });
+        assert!(b.push_responses_and_check_notify());
+    }
+
+    #[test]
+    #[should_panic(expected = "engine bug")]
+    fn response_without_request_is_a_bug() {
+        let page = SharedPage::new_owned();
+        let _f = FrontRing::<TxRing>::init(page.clone());
+        let mut b = BackRing::<TxRing>::attach(page);
+        b.push_response(TxResponse::default());
+    }
+
+    #[test]
+    fn impossible_index_is_reported_not_trusted() {
+        let page = SharedPage::new_owned();
+        let _f = FrontRing::<TxRing>::init(page.clone());
+        let b = BackRing::<TxRing>::attach(page.clone());
+        page.index(REQ_PROD).store(1000, Ordering::Release);
+        assert_eq!(
+            b.check_indices(),
+            Err(RingError::ImpossibleIndex {
+                prod: 1000,
+                cons: 0,
+                size: 256
+            })
+        );
+        // Even unchecked, never more than a ring's worth is offered.
+        assert!(b.unconsumed() <= 256);
+        page.index(REQ_PROD).store(256, Ordering::Release);
+        assert_eq!(b.check_indices(), Ok(()));
+        page.index(REQ_PROD).store(u32::MAX, Ordering::Release);
+        assert!(b.check_indices().is_err());
+    }
+
+    #[test]
+    fn copy_is_immune_to_later_rewrites() {
+        let page = SharedPage::new_owned();
+        let mut f = FrontRing::<TxRing>::init(page.clone());
+        let mut b = BackRing::<TxRing>::attach(page.clone());
+        f.push_request(tx(7)).unwrap();
+        f.push_requests_and_check_notify();
+        let got = b.next_request().unwrap();
+        // The frontend rewrites the slot after the backend copied it.
+        page.write_slot::<TxRing, TxRequest>(
+            0,
+            TxRequest {
+                size: 0xFFFF,
+                ..tx(9)
+            },
+        );
+        assert_eq!(got, tx(7));
+    }
+
+    #[test]
+    fn hostile_backend_index_is_reported_to_frontend() {
+        let page = SharedPage::new_owned();
+        let mut f = FrontRing::<RxRing>::init(page.clone());
+        page.index(RSP_PROD).store(5, Ordering::Release);
+        assert!(f.next_response().is_err());
+    }
+
+    /// ring.h written out as literally as possible, for comparison.
+    #[derive(Clone, Debug)]
+    struct Model {
+        req_prod: u32,
+        req_event: u32,
+        rsp_prod: u32,
+        rsp_event: u32,
+        req_prod_pvt: u32,
+        rsp_cons: u32,
+        req_cons: u32,
+        rsp_prod_pvt: u32,
+        size: u32,
+    }
+
+    impl Model {
+        fn new(start: u32, size: u32) -> Model {
+            Model {
+                req_prod: start,
+                req_event: start.wrapping_add(1),
+                rsp_prod: start,
+                rsp_event: start.wrapping_add(1),
+                req_prod_pvt: start,
+                rsp_cons: start,
+                req_cons: start,
+                rsp_prod_pvt: start,
+                size,
+            }
+        }
+        fn free_requests(&self) -> u32 {
+            self.size - (self.req_prod_pvt.wrapping_sub(self.rsp_cons))
+        }
+        fn unconsumed_requests(&self) -> u32 {
+            let req = self.req_prod.wrapping_sub(self.req_cons);
+            let rsp = self.size - (self.req_cons.wrapping_sub(self.rsp_prod_pvt));
+            if req < rsp {
+                req
+            } else {
+                rsp
+            }
+        }
+        fn push_requests_and_check_notify(&mut self) -> bool {
+            let old = self.req_prod;
+            let new = self.req_prod_pvt;
+            self.req_prod = new;
+            new.wrapping_sub(self.req_event) < new.wrapping_sub(old)
+        }
+        fn push_responses_and_check_notify(&mut self) -> bool {
+            let old = self.rsp_prod;
+            let new = self.rsp_prod_pvt;
+            self.rsp_prod = new;
+            new.wrapping_sub(self.rsp_event) < new.wrapping_sub(old)
+        }
+        fn final_check_for_requests(&mut self) -> bool {
+            let mut w = self.unconsumed_requests() > 0;
+            if !w {
+                self.req_event = self.req_cons.wrapping_add(1);
+                w = self.unconsumed_requests() > 0;
+            }
+            w
+        }
+        fn final_check_for_responses(&mut self) -> bool {
+            let mut w = self.rsp_prod.wrapping_sub(self.rsp_cons) > 0;
+            if !w {
+                self.rsp_event = self.rsp_cons.wrapping_add(1);
+                w = self.rsp_prod.wrapping_sub(self.rsp_cons) > 0;
+            }
+            w
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Push(u8),
+        FrontNotify,
+        Consume(u8),
+        Respond(u8),
+        BackNotify,
+        BackFinal,
+        TakeResponses(u8),
+        FrontFinal,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..40).prop_map(Op::Push),
+            Just(Op::FrontNotify),
+            (0u8..40).prop_map(Op::Consume),
+            (0u8..40).prop_map(Op::Respond),
+            Just(Op::BackNotify),
+            Just(Op::BackFinal),
+            (0u8..40).prop_map(Op::TakeResponses),
+            Just(Op::FrontFinal),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Every operation gives the same notify decision and indices as the model, and
+        /// requests/responses arrive exactly once, in order, across index wrap.
+        #[test]
+        fn matches_ring_h_model(
+            start in prop_oneof![Just(0u32), Just(u32::MAX - 3), Just(u32::MAX - 300), any::<u32>()],
+            ops in proptest::collection::vec(op(), 1..200),
+        ) {
+            let page = SharedPage::new_owned();
+            let mut f = FrontRing::<TxRing>::init_at(page.clone(), start);
+            let mut b = BackRing::<TxRing>::attach(page.clone());
+            let mut m = Model::new(start, 256);
+            let mut next_id: u16 = 0;
+            let mut expect_req: u16 = 0;
+            let mut expect_rsp: u16 = 0;
+            let mut answered: u16 = 0;
+            for o in ops {
+                match o {
+                    Op::Push(k) => for _ in 0..k {
+                        let free = m.free_requests();
+                        let r = f.push_request(tx(next_id));
+                        if free == 0 { prop_assert_eq!(r, Err(RingError::Full)); break; }
+                        prop_assert!(r.is_ok());
+                        m.req_prod_pvt = m.req_prod_pvt.wrapping_add(1);
+                        next_id = next_id.wrapping_add(1);
+                    },
+                    Op::FrontNotify => prop_assert_eq!(f.push_requests_and_check_notify(), m.push_requests_and_check_notify()),
+                    Op::Consume(k) => for _ in 0..k {
+                        prop_assert_eq!(b.unconsumed(), m.unconsumed_requests());
+                        match b.next_request() {
+                            Some(r) => {
+                                prop_assert_eq!(r.id, expect_req);
+                                expect_req = expect_req.wrapping_add(1);
+                                m.req_cons = m.req_cons.wrapping_add(1);
+                            }
+                            None => { prop_assert_eq!(m.unconsumed_requests(), 0); break; }
+                        }
+                    },
+                    Op::Respond(k) => for _ in 0..k {
+                        if b.pending_responses() == 0 { break; }
+                        b.push_response(TxResponse { id: answered, status: 0 });
+                        answered = answered.wrapping_add(1);
+                        m.rsp_prod_pvt = m.rsp_prod_pvt.wrapping_add(1);
+                    },
+                    Op::BackNotify => prop_assert_eq!(b.push_responses_and_check_notify(), m.push_responses_and_check_notify()),
+                    Op::BackFinal => prop_assert_eq!(b.final_check_for_requests(), m.final_check_for_requests()),
+                    Op::TakeResponses(k) => for _ in 0..k {
+                        match f.next_response().unwrap() {
+                            Some(r) => {
+                                prop_assert_eq!(r.id, expect_rsp);
+                                expect_rsp = expect_rsp.wrapping_add(1);
+                                m.rsp_cons = m.rsp_cons.wrapping_add(1);
+                            }
+                            None => { prop_assert_eq!(m.rsp_prod, m.rsp_cons); break; }
+                        }
+                    },
+                    Op::FrontFinal => prop_assert_eq!(f.final_check_for_responses().unwrap(), m.final_check_for_responses()),
+                }
+                prop_assert_eq!(b.req_cons(), m.req_cons);
+                prop_assert_eq!(b.rsp_prod_pvt(), m.rsp_prod_pvt);
+                prop_assert_eq!(f.req_prod_pvt(), m.req_prod_pvt);
+                prop_assert_eq!(f.rsp_cons(), m.rsp_cons);
+                prop_assert_eq!(b.req_event(), m.req_event);
+                prop_assert!(b.check_indices().is_ok());
+            }
+        }
+    }
+
+    /// Frontend and backend in two threads on one page (control ring: 32-bit sequence
+    /// numbers both ways), starting near the wrap: nothing lost, duplicated or reordered.
+    fn two_threads(start: u32, count: u32) {
+        let page = SharedPage::new_owned();
+        let mut f = FrontRing::<CtrlRing>::init_at(page.clone(), start);
+        let mut b = BackRing::<CtrlRing>::attach(page);
+        let backend = std::thread::spawn(move || {
+            let mut expect = 0u32;
+            while expect < count {
+                b.check_indices().expect("honest frontend");
+                let mut did = false;
+                while let Some(r) = b.next_request() {
+                    assert_eq!(r.data, [expect, !expect, expect.wrapping_mul(7)]);
+                    b.push_response(CtrlResponse {
+                        id: r.id,
+                        ty: r.ty,
+                        status: 0,
+                        data: expect,
+                    });
+                    expect += 1;
+                    did = true;
+                }
+                if did {
+                    b.push_responses_and_check_notify();
+                } else {
+                    std::hint::spin_loop();
+                    std::thread::yield_now();
+                }
+            }
+        });
+        let mut sent = 0u32;
+        let mut got = 0u32;
+        while got < count {
+            while sent < count && f.free_requests() > 0 {
+                f.push_request(CtrlRequest {
+                    id: sent as u16,
+                    ty: 1,
+                    data: [sent, !sent, sent.wrapping_mul(7)],
+                })
+                .unwrap();
+                sent += 1;
+            }
+            f.push_requests_and_check_notify();
+            let mut did = false;
+            while let Some(r) = f.next_response().unwrap() {
+                assert_eq!((r.data, r.id), (got, got as u16));
+                got += 1;
+                did = true;
+            }
+            if !did {
+                std::thread::yield_now();
+            }
+        }
+        backend.join().unwrap();
+        assert_eq!(f.req_prod_pvt(), start.wrapping_add(count));
+    }
+
+    #[test]
+    fn two_threads_across_wrap() {
+        for start in [0, u32::MAX - 100, u32::MAX - 1, 1 << 31] {
+            two_threads(start, 20_000);
+        }
+    }
+}
