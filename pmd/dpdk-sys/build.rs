@@ -69,7 +69,7 @@ fn main() {
         .clang_arg(format!("-I{}", manifest.display()))
         .allowlist_function("(rte|nbd)_.*")
         .allowlist_type("(rte|nbd)_.*")
-        .allowlist_var("(RTE|rte|NBD)_.*")
+        .allowlist_var("(RTE|rte|NBD|RING_F)_.*")
         // Packed/aligned unions with bitfields that Rust cannot express exactly: opaque,
         // reached only through DPDK functions.
         .opaque_type("rte_arp_ipv4")
