@@ -9,12 +9,14 @@ mod error;
 mod mbuf;
 mod mempool;
 mod port;
+mod ring;
 
 pub use eal::Eal;
 pub use error::{rte_errno, strerror, PmdError};
 pub use mbuf::{free_bulk, Mbuf};
 pub use mempool::Mempool;
 pub use port::{LinkStatus, Port, PortConfig, PortInfo};
+pub use ring::MbufRing;
 
 /// Re-exported raw bindings, for the few places that need a constant or a field.
 pub use dpdk_sys as sys;

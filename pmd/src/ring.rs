@@ -66,7 +66,8 @@ impl MbufRing {
         // SAFETY: room for `max` more; the ring holds owned mbufs that become ours.
         unsafe {
             let dst = out.as_mut_ptr().add(len) as *mut *mut std::ffi::c_void;
-            let n = sys::nbd_ring_dequeue_burst(self.ptr.as_ptr(), dst, max, std::ptr::null_mut()) as usize;
+            let n = sys::nbd_ring_dequeue_burst(self.ptr.as_ptr(), dst, max, std::ptr::null_mut())
+                as usize;
             out.set_len(len + n);
             n
         }

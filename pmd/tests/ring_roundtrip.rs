@@ -78,6 +78,29 @@ fn net_ring_round_trip() {
         pmd::free_bulk(&mut got);
         assert_eq!(pool.in_use(), 0, "no mbuf leaked");
 
+        // MbufRing: many producers, one consumer, order kept per producer, bounded.
+        let ring = std::sync::Arc::new(pmd::MbufRing::new("handoff", 64, -1).unwrap());
+        let mut batch = Vec::new();
+        Mbuf::alloc_bulk(&pool, &mut batch, 80).unwrap();
+        for (i, m) in batch.iter_mut().enumerate() {
+            m.append(2)
+                .unwrap()
+                .copy_from_slice(&(i as u16).to_le_bytes());
+        }
+        assert_eq!(ring.enqueue(&mut batch), 64, "exactly the ring's size fits");
+        assert_eq!(batch.len(), 16, "the rest stays with the caller");
+        let mut ring = std::sync::Arc::try_unwrap(ring).ok().unwrap();
+        let mut out = Vec::new();
+        assert_eq!(ring.dequeue(&mut out, 100), 64);
+        for (i, m) in out.iter().enumerate() {
+            assert_eq!(m.data(), &(i as u16).to_le_bytes());
+        }
+        pmd::free_bulk(&mut out);
+        // Dropping a ring with mbufs inside frees them.
+        assert_eq!(ring.enqueue(&mut batch), 16);
+        drop(ring);
+        assert_eq!(pool.in_use(), 0, "ring drop freed its mbufs");
+
         // tx_offload bit layout agrees with DPDK's own bitfield accessors.
         let mut m = Mbuf::alloc(&pool).unwrap();
         m.set_tx_offload(14, 40, 20, 1448);
