@@ -4,6 +4,7 @@
 
 pub mod credit;
 pub mod netif;
+pub mod offload;
 pub mod rxplan;
 pub mod switch;
 pub mod txparse;

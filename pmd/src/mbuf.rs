@@ -213,6 +213,52 @@ impl Mbuf {
         })
     }
 
+    /// Allocates a fresh mbuf from the pool this one came from.
+    pub fn alloc_like(&self) -> Result<Mbuf, PmdError> {
+        // SAFETY: every pktmbuf records its (valid, still existing) pool.
+        let m = unsafe { dpdk_sys::nbd_pktmbuf_alloc(self.raw().pool) };
+        NonNull::new(m).map(Mbuf).ok_or(PmdError::NoMbufs)
+    }
+
+    /// Copies `dst.len()` bytes of the packet starting at `off` (across segments) into
+    /// `dst`; false if the packet is shorter.
+    pub fn read_at(&self, mut off: usize, dst: &mut [u8]) -> bool {
+        let mut done = 0;
+        for s in self.segments() {
+            if done == dst.len() {
+                break;
+            }
+            if off >= s.len() {
+                off -= s.len();
+                continue;
+            }
+            let n = (s.len() - off).min(dst.len() - done);
+            dst[done..done + n].copy_from_slice(&s[off..off + n]);
+            done += n;
+            off = 0;
+        }
+        done == dst.len()
+    }
+
+    /// Appends `data` at the end of the packet, chaining new mbufs from the same pool when
+    /// the last segment is full.
+    pub fn extend_from_slice(&mut self, mut data: &[u8]) -> Result<(), PmdError> {
+        while !data.is_empty() {
+            let room = usize::from(self.tailroom());
+            if room == 0 {
+                let next = self.alloc_like()?;
+                self.chain(next).map_err(|_| PmdError::NoMbufs)?;
+                continue;
+            }
+            let n = room.min(data.len());
+            self.append(n as u16)
+                .expect("within tailroom")
+                .copy_from_slice(&data[..n]);
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
     /// Copies the whole packet out (tests, slow paths).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.pkt_len() as usize);
