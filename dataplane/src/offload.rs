@@ -34,24 +34,36 @@ pub enum OffloadError {
     Segmentation(i32),
 }
 
+/// Drivers whose advertised TSO netbackd does not use. net_tap (22.11) segments with
+/// librte_gso (TCP over IPv4 only) and refuses any TSO packet whose *frame* segment
+/// (headers + MSS, L2 included) exceeds the *L3* MTU: every full-size segment of a Linux
+/// guest (MSS 1448 + 66 bytes of headers) would be dropped. Software GSO serves it instead.
+const TSO_UNUSABLE_DRIVERS: &[&str] = &["net_tap"];
+
 /// What the port can finish itself (its capabilities as configured).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TxCaps {
     pub ipv4_cksum: bool,
     pub tcp_cksum: bool,
     pub udp_cksum: bool,
+    /// TSO for TCP over IPv4.
     pub tso: bool,
+    /// TSO for TCP over IPv6 (one DPDK capability bit covers both; kept apart so a port
+    /// that manages only one can be described).
+    pub tso6: bool,
 }
 
 impl TxCaps {
     /// The offloads of `info` that netbackd uses.
     pub fn from_port(info: &PortInfo) -> TxCaps {
+        let tso =
+            info.has_tx(sys::NBD_TX_OFFLOAD_TCP_TSO) && info.has_tx(sys::NBD_TX_OFFLOAD_MULTI_SEGS);
         TxCaps {
             ipv4_cksum: info.has_tx(sys::NBD_TX_OFFLOAD_IPV4_CKSUM),
             tcp_cksum: info.has_tx(sys::NBD_TX_OFFLOAD_TCP_CKSUM),
             udp_cksum: info.has_tx(sys::NBD_TX_OFFLOAD_UDP_CKSUM),
-            tso: info.has_tx(sys::NBD_TX_OFFLOAD_TCP_TSO)
-                && info.has_tx(sys::NBD_TX_OFFLOAD_MULTI_SEGS),
+            tso: tso && !TSO_UNUSABLE_DRIVERS.contains(&info.driver.as_str()),
+            tso6: tso && !TSO_UNUSABLE_DRIVERS.contains(&info.driver.as_str()),
         }
     }
 
@@ -62,8 +74,8 @@ impl TxCaps {
             (self.ipv4_cksum, sys::NBD_TX_OFFLOAD_IPV4_CKSUM),
             (self.tcp_cksum, sys::NBD_TX_OFFLOAD_TCP_CKSUM),
             (self.udp_cksum, sys::NBD_TX_OFFLOAD_UDP_CKSUM),
-            (self.tso, sys::NBD_TX_OFFLOAD_TCP_TSO),
-            (self.tso, sys::NBD_TX_OFFLOAD_MULTI_SEGS),
+            (self.tso || self.tso6, sys::NBD_TX_OFFLOAD_TCP_TSO),
+            (self.tso || self.tso6, sys::NBD_TX_OFFLOAD_MULTI_SEGS),
         ] {
             if on {
                 v |= u64::from(bit);
@@ -216,7 +228,7 @@ pub fn prepare_guest_tx(
             ol |= sys::RTE_MBUF_F_TX_IP_CKSUM;
         }
         m.set_ol_flags(ol);
-        if caps.tso {
+        if (v4 && caps.tso) || (!v4 && caps.tso6) {
             let c = phdr_cksum(&mut m, &h, ol);
             put_csum(&mut m, at, c);
             ctr.hw_offloaded += 1;

@@ -256,6 +256,15 @@ impl Port {
         }
     }
 
+    /// Sends `pkts` on `queue`; whatever the port refuses is freed at once (bulk) and
+    /// counted. Returns (sent, dropped); `pkts` is empty afterwards.
+    pub fn tx_burst_or_drop(&self, queue: u16, pkts: &mut Vec<Mbuf>) -> (usize, usize) {
+        let sent = self.tx_burst(queue, pkts);
+        let dropped = pkts.len();
+        crate::mbuf::free_bulk(pkts);
+        (sent, dropped)
+    }
+
     /// Current link state without waiting.
     pub fn link(&self) -> Result<LinkStatus, PmdError> {
         let mut l = sys::rte_eth_link::default();
