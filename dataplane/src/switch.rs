@@ -397,6 +397,16 @@ impl Switch {
     }
 }
 
+/// Applies an egress tag operation to a frame; false when it cannot be done (no headroom,
+/// shared mbuf), in which case the caller drops and counts the frame.
+pub fn apply_egress(m: &mut pmd::Mbuf, e: Egress) -> bool {
+    match e {
+        Egress::AsIs => true,
+        Egress::Tag(vlan) => m.vlan_insert(vlan & 0x0FFF).is_ok(),
+        Egress::Strip => m.vlan_strip().is_some(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -259,6 +259,48 @@ impl Mbuf {
         Ok(())
     }
 
+    /// Removes the 802.1Q tag from the frame and returns its TCI; None (frame unchanged)
+    /// when the frame is untagged or its first segment is too short to hold a tag.
+    pub fn vlan_strip(&mut self) -> Option<u16> {
+        // rte_vlan_strip reads the 18-byte tagged header without checking the length.
+        if self.data_len() < 18 {
+            return None;
+        }
+        // SAFETY: valid owned mbuf whose first segment holds at least 18 bytes.
+        if unsafe { dpdk_sys::nbd_vlan_strip(self.0.as_ptr()) } == 0 {
+            Some(self.vlan_tci())
+        } else {
+            None
+        }
+    }
+
+    /// Inserts an 802.1Q tag with `tci` after the MAC addresses (needs 4 bytes of headroom
+    /// and an unshared mbuf).
+    pub fn vlan_insert(&mut self, tci: u16) -> Result<(), PmdError> {
+        self.set_vlan_tci(tci);
+        let mut p = self.0.as_ptr();
+        // SAFETY: valid owned mbuf; rte_vlan_insert may only modify *p in place (it never
+        // replaces the mbuf in 22.11), checks sharing, length and headroom itself.
+        let ret = unsafe { dpdk_sys::nbd_vlan_insert(&mut p) };
+        debug_assert_eq!(p, self.0.as_ptr());
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(PmdError::InvalidArgument(format!(
+                "cannot insert VLAN tag ({})",
+                crate::error::strerror(-ret)
+            )))
+        }
+    }
+
+    /// A full copy of the packet (all segments) from `pool`, for flooding one frame to
+    /// several destinations that may each change it.
+    pub fn deep_copy(&self, pool: &Mempool) -> Result<Mbuf, PmdError> {
+        // SAFETY: valid source chain and pool; DPDK returns a new owned chain or null.
+        let m = unsafe { dpdk_sys::rte_pktmbuf_copy(self.0.as_ptr(), pool.as_ptr(), 0, u32::MAX) };
+        NonNull::new(m).map(Mbuf).ok_or(PmdError::NoMbufs)
+    }
+
     /// Copies the whole packet out (tests, slow paths).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.pkt_len() as usize);

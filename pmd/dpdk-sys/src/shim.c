@@ -44,5 +44,7 @@ uint16_t nbd_ipv4_udptcp_cksum_mbuf(const struct rte_mbuf *m, const struct rte_i
 { return rte_ipv4_udptcp_cksum_mbuf(m, h, l4_off); }
 uint16_t nbd_ipv6_udptcp_cksum_mbuf(const struct rte_mbuf *m, const struct rte_ipv6_hdr *h, uint16_t l4_off)
 { return rte_ipv6_udptcp_cksum_mbuf(m, h, l4_off); }
+int nbd_vlan_strip(struct rte_mbuf *m) { return rte_vlan_strip(m); }
+int nbd_vlan_insert(struct rte_mbuf **m) { return rte_vlan_insert(m); }
 uint64_t nbd_get_tsc_cycles(void) { return rte_get_tsc_cycles(); }
 uint64_t nbd_get_tsc_hz(void) { return rte_get_tsc_hz(); }

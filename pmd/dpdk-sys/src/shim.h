@@ -36,6 +36,8 @@ uint16_t nbd_ipv4_udptcp_cksum(const struct rte_ipv4_hdr *h, const void *l4);
 uint16_t nbd_ipv6_udptcp_cksum(const struct rte_ipv6_hdr *h, const void *l4);
 uint16_t nbd_ipv4_udptcp_cksum_mbuf(const struct rte_mbuf *m, const struct rte_ipv4_hdr *h, uint16_t l4_off);
 uint16_t nbd_ipv6_udptcp_cksum_mbuf(const struct rte_mbuf *m, const struct rte_ipv6_hdr *h, uint16_t l4_off);
+int nbd_vlan_strip(struct rte_mbuf *m);
+int nbd_vlan_insert(struct rte_mbuf **m);
 uint64_t nbd_get_tsc_cycles(void);
 uint64_t nbd_get_tsc_hz(void);
 
