@@ -39,9 +39,7 @@ fn untagged(f: &[u8]) -> Vec<u8> {
 
 fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
     let mut b = Vec::new();
-    for v in [0xa1b2_c3d4u32] {
-        b.extend_from_slice(&v.to_le_bytes());
-    }
+    b.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
     b.extend_from_slice(&2u16.to_le_bytes());
     b.extend_from_slice(&4u16.to_le_bytes());
     b.extend_from_slice(&[0; 8]); // thiszone, sigfigs
