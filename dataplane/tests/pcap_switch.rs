@@ -59,7 +59,10 @@ fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
     let b = std::fs::read(path).unwrap();
     let magic = u32::from_le_bytes(b[..4].try_into().unwrap());
     // Microsecond or (what net_pcap writes) nanosecond timestamps.
-    assert!(magic == 0xa1b2_c3d4 || magic == 0xa1b2_3c4d, "pcap magic {magic:#x}");
+    assert!(
+        magic == 0xa1b2_c3d4 || magic == 0xa1b2_3c4d,
+        "pcap magic {magic:#x}"
+    );
     let mut at = 24;
     let mut out = Vec::new();
     while at + 16 <= b.len() {

@@ -6,6 +6,7 @@
 //! errors carry DPDK's own `rte_strerror` text.
 mod eal;
 mod error;
+pub mod lcore;
 mod mbuf;
 mod mempool;
 mod port;
@@ -16,7 +17,7 @@ pub use error::{rte_errno, strerror, PmdError};
 pub use mbuf::{free_bulk, Mbuf};
 pub use mempool::Mempool;
 pub use port::{LinkStatus, Port, PortConfig, PortInfo};
-pub use ring::MbufRing;
+pub use ring::{MbufRing, RingConsumer, RingProducer};
 
 /// Re-exported raw bindings, for the few places that need a constant or a field.
 pub use dpdk_sys as sys;

@@ -78,8 +78,8 @@ fn net_ring_round_trip() {
         pmd::free_bulk(&mut got);
         assert_eq!(pool.in_use(), 0, "no mbuf leaked");
 
-        // MbufRing: many producers, one consumer, order kept per producer, bounded.
-        let ring = std::sync::Arc::new(pmd::MbufRing::new("handoff", 64, -1).unwrap());
+        // MbufRing: bounded, order kept, leftovers freed with the last handle.
+        let (tx, mut rx) = pmd::MbufRing::new("handoff", 64, -1).unwrap();
         let mut batch = Vec::new();
         Mbuf::alloc_bulk(&pool, &mut batch, 80).unwrap();
         for (i, m) in batch.iter_mut().enumerate() {
@@ -87,19 +87,60 @@ fn net_ring_round_trip() {
                 .unwrap()
                 .copy_from_slice(&(i as u16).to_le_bytes());
         }
-        assert_eq!(ring.enqueue(&mut batch), 64, "exactly the ring's size fits");
+        assert_eq!(tx.enqueue(&mut batch), 64, "exactly the ring's size fits");
         assert_eq!(batch.len(), 16, "the rest stays with the caller");
-        let mut ring = std::sync::Arc::try_unwrap(ring).ok().unwrap();
         let mut out = Vec::new();
-        assert_eq!(ring.dequeue(&mut out, 100), 64);
+        assert_eq!(rx.dequeue(&mut out, 100), 64);
         for (i, m) in out.iter().enumerate() {
             assert_eq!(m.data(), &(i as u16).to_le_bytes());
         }
         pmd::free_bulk(&mut out);
-        // Dropping a ring with mbufs inside frees them.
-        assert_eq!(ring.enqueue(&mut batch), 16);
-        drop(ring);
+        assert_eq!(tx.enqueue(&mut batch), 16);
+        drop(rx);
+        drop(tx);
         assert_eq!(pool.in_use(), 0, "ring drop freed its mbufs");
+
+        // Worker lcores: EAL's pinned threads run a Rust closure; a producer there hands
+        // mbufs to the main lcore through an MbufRing.
+        let workers = pmd::lcore::workers();
+        assert!(
+            !workers.is_empty(),
+            "EAL gave no worker lcore (needs 2 cores)"
+        );
+        let w = workers[0];
+        // A 64-slot ring and 1000 packets: producer and consumer must run concurrently.
+        let (producer, mut consumer) = pmd::MbufRing::new("xlcore", 64, -1).unwrap();
+        let pool = std::sync::Arc::new(pool);
+        let producer_pool = pool.clone();
+        pmd::lcore::launch(w, move || {
+            if pmd::lcore::current() != w {
+                return 1;
+            }
+            for i in 0..1000u16 {
+                let mut m = Mbuf::alloc(&producer_pool).unwrap();
+                m.append(2).unwrap().copy_from_slice(&i.to_le_bytes());
+                let mut v = vec![m];
+                while producer.enqueue(&mut v) == 0 {
+                    std::hint::spin_loop();
+                }
+            }
+            0
+        })
+        .unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut next = 0u16;
+        while next < 1000 && Instant::now() < deadline {
+            consumer.dequeue(&mut got, 64);
+            for m in got.drain(..) {
+                assert_eq!(m.data(), &next.to_le_bytes(), "in order");
+                next += 1;
+            }
+        }
+        assert_eq!(pmd::lcore::wait(w), 0, "ran on its own lcore");
+        assert_eq!(next, 1000);
+        assert!(pmd::lcore::launch(9999, || 0).is_err());
+        let pool = std::sync::Arc::try_unwrap(pool).ok().expect("sole owner");
 
         // tx_offload bit layout agrees with DPDK's own bitfield accessors.
         let mut m = Mbuf::alloc(&pool).unwrap();
