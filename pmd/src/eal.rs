@@ -12,6 +12,21 @@ pub struct Eal {
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
+/// Free 2 MiB hugepages exist and a hugetlbfs is mounted.
+fn hugepages_available() -> bool {
+    let free = std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let mounted = std::fs::read_to_string("/proc/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(2) == Some("hugetlbfs"))
+        })
+        .unwrap_or(false);
+    free > 0 && mounted
+}
+
 /// EAL's runtime directory (/var/run/dpdk/<file-prefix>), valid after init.
 fn runtime_dir() -> Option<std::path::PathBuf> {
     // SAFETY: returns a pointer to EAL's static buffer (empty before init); copied at once.
@@ -66,6 +81,29 @@ impl Eal {
             runtime_dir: runtime_dir(),
             _not_send: std::marker::PhantomData,
         })
+    }
+
+    /// EAL arguments that work on this machine without further set-up: no PCI scan, the
+    /// given file prefix (unique per process), and 2 MiB hugepages with `--in-memory` when
+    /// some are reserved and hugetlbfs is mounted, otherwise `--no-huge -m <mb>` with
+    /// `--no-shconf` (legacy memory, as in a PV dom0, which has no hugepages).
+    pub fn default_args(file_prefix: &str, mb: u32) -> Vec<String> {
+        let mut v: Vec<String> = vec![
+            "--no-pci".into(),
+            "--file-prefix".into(),
+            file_prefix.into(),
+        ];
+        if hugepages_available() {
+            v.push("--in-memory".into());
+        } else {
+            v.extend([
+                "--no-huge".into(),
+                "-m".into(),
+                mb.to_string(),
+                "--no-shconf".into(),
+            ]);
+        }
+        v
     }
 
     /// Whether EAL has been initialised in this process.

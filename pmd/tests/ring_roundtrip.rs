@@ -40,6 +40,11 @@ fn net_ring_round_trip() {
         port.configure_and_start(&PortConfig::default(), &pool)
             .expect("start");
         assert!(port.link().unwrap().up);
+        let args = Eal::default_args("x", 64);
+        assert!(args.contains(&"--no-pci".to_string()));
+        assert!(
+            args.contains(&"--in-memory".to_string()) || args.contains(&"--no-huge".to_string())
+        );
 
         let mut burst = Vec::new();
         let sent_payloads: Vec<Vec<u8>> = (0..32).map(payload).collect();
@@ -60,6 +65,12 @@ fn net_ring_round_trip() {
             port.rx_burst(0, &mut got, 32);
         }
         assert_eq!(got.len(), 32, "all packets come back through net_ring");
+        let st = port.stats().unwrap();
+        assert_eq!((st.opackets, st.ipackets), (32, 32));
+        let xs = port.xstats().unwrap();
+        let get = |n: &str| xs.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
+        assert_eq!(get("rx_good_packets"), Some(32), "{xs:?}");
+        assert_eq!(get("tx_good_packets"), Some(32));
         for (m, p) in got.iter().zip(&sent_payloads) {
             assert_eq!(&m.to_vec(), p);
         }

@@ -78,7 +78,12 @@ fn testpmd(secs: u64, round: usize) -> anyhow::Result<Vec<f64>> {
             "--tx-first",
             "--nb-cores=1",
         ])
-        .args(["--burst=32", "--txpkts=64", "--stats-period=1", "--total-num-mbufs=8191"])
+        .args([
+            "--burst=32",
+            "--txpkts=64",
+            "--stats-period=1",
+            "--total-num-mbufs=8191",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
