@@ -89,6 +89,18 @@ fn net_ring_round_trip() {
         pmd::free_bulk(&mut got);
         assert_eq!(pool.in_use(), 0, "no mbuf leaked");
 
+        // A device attached after init from its devargs string (as a config names ports).
+        let mut null = Port::probe("net_null0,size=64").expect("probe net_null0");
+        assert_eq!(null.info().unwrap().driver, "net_null");
+        null.configure_and_start(&PortConfig::default(), &pool)
+            .unwrap();
+        let mut v = Vec::new();
+        Mbuf::alloc_bulk(&pool, &mut v, 8).unwrap();
+        assert_eq!(null.tx_burst_or_drop(0, &mut v), (8, 0));
+        assert!(Port::probe("net_nosuchdriver0").is_err());
+        drop(null);
+        assert_eq!(pool.in_use(), 0, "net_null freed what it sent");
+
         // MbufRing: bounded, order kept, leftovers freed with the last handle.
         let (tx, mut rx) = pmd::MbufRing::new("handoff", 64, -1).unwrap();
         let mut batch = Vec::new();
