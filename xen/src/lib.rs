@@ -1,4 +1,13 @@
-//! Hypervisor interfaces for netbackd: grant copy, grant map, event channels, xenstore.
-//!
-//! Filled by the sim-host and real-dom0 issues; the raw bindings are in `xen-sys`.
+//! Hypervisor interfaces for netbackd: grant copy, grant map, event channels (`iface`,
+//! as traits) and xenstore (`xenstore`, Xen's libxenstore), with the simulated host
+//! (`sim`) that tests and the demo run on. The real dom0 implementation comes with the
+//! real-dom0 issue. Raw bindings are in `xen-sys`.
+mod error;
+pub mod iface;
+pub mod sim;
+pub mod xenstore;
+
+pub use error::XenError;
+pub use iface::{CopyDir, CopyOp, EventChannel, GrantCopy, GrantMap, Mapping};
 pub use xen_sys as sys;
+pub use xenstore::{Access, Perm, Tx, WatchEvent, XenStore};

@@ -1,0 +1,43 @@
+use thiserror::Error;
+
+/// Errors of the hypervisor interfaces.
+#[derive(Debug, Error)]
+pub enum XenError {
+    #[error("xenstore: {op} {path}: {source}")]
+    Store {
+        op: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to xenstored at {path}: {source}")]
+    StoreConnect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("grant mapping of dom{domid} refs {grefs:?} failed: status {status}")]
+    Map {
+        domid: u16,
+        grefs: Vec<u32>,
+        status: i16,
+    },
+    #[error("event channel {op}: {msg}")]
+    Evtchn { op: &'static str, msg: String },
+    #[error("simulated host: {0}")]
+    Sim(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+}
+
+impl XenError {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> XenError {
+        XenError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Guest memory and grant tables of the simulated host, and the backend's grant copy and
+//! grant map over them with Xen's checks.
+//!
+//! Per domain D under the sim root: `dom<D>/memory` (RAM: frame f at byte f*4096) and
+//! `dom<D>/grant-table` (Xen's `grant_entry_v1` array: u16 flags, u16 domid, u32 frame,
+//! little endian). The backend touches guest memory only after checking the entry the way
+//! Xen's `acquire_grant_for_copy`/`map_grant_ref` do, and reads each entry once (one 8-byte
+//! atomic load), so a revoked grant fails from that moment on.
+use super::shm::ShmFile;
+use super::SimLayout;
+use crate::iface::{gntst, CopyDir, CopyOp, GrantCopy, GrantMap, Mapping};
+use crate::XenError;
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+pub const PAGE: usize = 4096;
+pub const GTF_PERMIT_ACCESS: u16 = 1;
+pub const GTF_TYPE_MASK: u16 = 3;
+pub const GTF_READONLY: u16 = 4;
+
+/// One domain's RAM and grant table, mapped.
+pub struct DomainMem {
+    pub ram: ShmFile,
+    pub gnttab: ShmFile,
+    ram_path: PathBuf,
+}
+
+impl DomainMem {
+    pub fn frames(&self) -> u32 {
+        (self.ram.len() / PAGE) as u32
+    }
+    pub fn grant_entries(&self) -> u32 {
+        (self.gnttab.len() / 8) as u32
+    }
+
+    /// The grant entry `gref` as (flags, domid, frame), read with one atomic load.
+    pub fn entry(&self, gref: u32) -> Option<(u16, u16, u32)> {
+        if gref >= self.grant_entries() {
+            return None;
+        }
+        let v = self
+            .gnttab
+            .u64_at(gref as usize * 8)
+            .load(Ordering::Acquire);
+        Some((v as u16, (v >> 16) as u16, (v >> 32) as u32))
+    }
+
+    /// Writes an entry as a guest does: frame and domid first, then the flags that make it
+    /// valid (one 8-byte release store here, which is stronger).
+    pub fn set_entry(&self, gref: u32, flags: u16, domid: u16, frame: u32) -> Result<(), XenError> {
+        if gref >= self.grant_entries() {
+            return Err(XenError::Invalid(format!(
+                "gref {gref} beyond the grant table"
+            )));
+        }
+        let v = u64::from(flags) | (u64::from(domid) << 16) | (u64::from(frame) << 32);
+        self.gnttab
+            .u64_at(gref as usize * 8)
+            .store(v, Ordering::Release);
+        Ok(())
+    }
+
+    /// Pointer to `len` bytes at (frame, offset) of guest RAM, if inside RAM and a page.
+    fn ram_ptr(&self, frame: u32, offset: u16, len: u16) -> Option<*mut u8> {
+        if frame >= self.frames() || usize::from(offset) + usize::from(len) > PAGE {
+            return None;
+        }
+        // SAFETY: frame*PAGE + offset + len <= ram.len(), checked just above.
+        Some(unsafe {
+            self.ram
+                .as_ptr()
+                .add(frame as usize * PAGE + usize::from(offset))
+        })
+    }
+}
+
+/// Opens and caches the domains' memory as the backend needs them.
+#[derive(Clone)]
+pub struct DomainTable {
+    layout: SimLayout,
+    doms: Arc<Mutex<HashMap<u16, Arc<DomainMem>>>>,
+}
+
+impl DomainTable {
+    pub fn new(layout: SimLayout) -> Self {
+        DomainTable {
+            layout,
+            doms: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The domain's memory, or None if it does not exist (Xen: bad_domain).
+    pub fn get(&self, domid: u16) -> Option<Arc<DomainMem>> {
+        let mut g = self.doms.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = g.get(&domid) {
+            return Some(d.clone());
+        }
+        let d = Arc::new(open_domain(&self.layout, domid).ok()?);
+        g.insert(domid, d.clone());
+        Some(d)
+    }
+
+    /// Forgets a domain (after it is destroyed), so a new one with that id is reopened.
+    pub fn forget(&self, domid: u16) {
+        self.doms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&domid);
+    }
+}
+
+pub(crate) fn open_domain(layout: &SimLayout, domid: u16) -> Result<DomainMem, XenError> {
+    let ram_path = layout.dom_dir(domid).join("memory");
+    Ok(DomainMem {
+        ram: ShmFile::open(&ram_path, None)?,
+        gnttab: ShmFile::open(&layout.dom_dir(domid).join("grant-table"), None)?,
+        ram_path,
+    })
+}
+
+pub(crate) fn create_domain(
+    layout: &SimLayout,
+    domid: u16,
+    frames: u32,
+    grants: u32,
+) -> Result<DomainMem, XenError> {
+    let dir = layout.dom_dir(domid);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| XenError::io(format!("mkdir {}", dir.display()), e))?;
+    let ram_path = dir.join("memory");
+    Ok(DomainMem {
+        ram: ShmFile::create(&ram_path, frames as usize * PAGE)?,
+        gnttab: ShmFile::create(&dir.join("grant-table"), grants as usize * 8)?,
+        ram_path,
+    })
+}
+
+/// Checks an entry for use by `local_dom`, as Xen does: the bad flags/domid/read-only
+/// cases are `GNTST_general_error` in Xen 4.17 (`_set_status_v1`), not permission_denied.
+fn check(d: &DomainMem, gref: u32, local_dom: u16, write: bool) -> Result<u32, i16> {
+    let (flags, domid, frame) = d.entry(gref).ok_or(gntst::BAD_GNTREF)?;
+    if flags & GTF_TYPE_MASK != GTF_PERMIT_ACCESS || domid != local_dom {
+        return Err(gntst::GENERAL_ERROR);
+    }
+    if write && flags & GTF_READONLY != 0 {
+        return Err(gntst::GENERAL_ERROR);
+    }
+    if frame >= d.frames() {
+        return Err(gntst::BAD_PAGE);
+    }
+    Ok(frame)
+}
+
+/// The backend's grant operations on the simulated host.
+pub struct SimGrant {
+    table: DomainTable,
+    local_dom: u16,
+}
+
+impl SimGrant {
+    pub fn new(table: DomainTable, local_dom: u16) -> Self {
+        SimGrant { table, local_dom }
+    }
+
+    fn one(&self, op: &mut CopyOp) {
+        op.status = match self.copy_one(op) {
+            Ok(()) => gntst::OKAY,
+            Err(s) => s,
+        };
+    }
+
+    fn copy_one(&self, op: &CopyOp) -> Result<(), i16> {
+        if usize::from(op.offset) + usize::from(op.len) > PAGE {
+            return Err(gntst::BAD_COPY_ARG);
+        }
+        let d = self.table.get(op.domid).ok_or(gntst::BAD_DOMAIN)?;
+        let frame = check(&d, op.gref, self.local_dom, op.dir == CopyDir::ToForeign)?;
+        let guest = d
+            .ram_ptr(frame, op.offset, op.len)
+            .ok_or(gntst::BAD_COPY_ARG)?;
+        if op.len == 0 {
+            return Ok(());
+        }
+        if op.local.is_null() {
+            return Err(gntst::BAD_VIRT_ADDR);
+        }
+        // SAFETY: `guest` is inside the domain's RAM mapping (checked); `op.local` is valid
+        // for `len` bytes by the GrantCopy::copy contract. The regions can't overlap (guest
+        // RAM is only ever mapped by the sim). Concurrent guest writes make the bytes
+        // unspecified, as on Xen, but never unsafe (raw copies, no references).
+        unsafe {
+            match op.dir {
+                CopyDir::FromForeign => {
+                    std::ptr::copy_nonoverlapping(guest, op.local, usize::from(op.len))
+                }
+                CopyDir::ToForeign => {
+                    std::ptr::copy_nonoverlapping(op.local as *const u8, guest, usize::from(op.len))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl GrantCopy for SimGrant {
+    unsafe fn copy(&mut self, ops: &mut [CopyOp]) -> Result<(), XenError> {
+        for op in ops.iter_mut() {
+            self.one(op);
+        }
+        Ok(())
+    }
+}
+
+/// Foreign pages mapped contiguously; unmapped on drop.
+pub struct SimMapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: a plain shared mapping, accessed through raw pointers only.
+unsafe impl Send for SimMapping {}
+// SAFETY: as above.
+unsafe impl Sync for SimMapping {}
+
+impl Mapping for SimMapping {
+    fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for SimMapping {
+    fn drop(&mut self) {
+        // SAFETY: the reservation made in map(), unmapped once.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
+
+impl GrantMap for SimGrant {
+    type Mapping = SimMapping;
+
+    fn map(&self, domid: u16, grefs: &[u32], writable: bool) -> Result<SimMapping, XenError> {
+        let fail = |status| XenError::Map {
+            domid,
+            grefs: grefs.to_vec(),
+            status,
+        };
+        if grefs.is_empty() || grefs.len() > 256 {
+            return Err(fail(gntst::GENERAL_ERROR));
+        }
+        let d = self
+            .table
+            .get(domid)
+            .ok_or_else(|| fail(gntst::BAD_DOMAIN))?;
+        let mut frames = Vec::with_capacity(grefs.len());
+        for &g in grefs {
+            frames.push(check(&d, g, self.local_dom, writable).map_err(fail)?);
+        }
+        let len = grefs.len() * PAGE;
+        // Reserve a contiguous range, then place each granted frame over it.
+        // SAFETY: a fresh anonymous reservation; no existing memory affected.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(XenError::io(
+                "mmap reservation",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let m = SimMapping {
+            ptr: base as *mut u8,
+            len,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&d.ram_path)
+            .map_err(|e| XenError::io("open guest memory", e))?;
+        let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+        for (i, f) in frames.iter().enumerate() {
+            // SAFETY: MAP_FIXED over our own reservation (page i of it), backed by the
+            // guest's RAM file at a frame inside it (checked).
+            let p = unsafe {
+                libc::mmap(
+                    m.ptr.add(i * PAGE) as *mut libc::c_void,
+                    PAGE,
+                    prot,
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    file.as_raw_fd(),
+                    (*f as usize * PAGE) as libc::off_t,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(XenError::io(
+                    "mmap guest frame",
+                    std::io::Error::last_os_error(),
+                ));
+            }
+        }
+        Ok(m)
+    }
+}
