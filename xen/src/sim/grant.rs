@@ -29,6 +29,45 @@ pub struct DomainMem {
 }
 
 impl DomainMem {
+    /// Maps an existing domain's RAM and grant table (what a simulated guest does).
+    pub fn open(layout: &SimLayout, domid: u16) -> Result<DomainMem, XenError> {
+        open_domain(layout, domid)
+    }
+
+    /// Copies `data` into guest RAM at (frame, offset) — the guest writing its own memory.
+    pub fn write_frame(&self, frame: u32, offset: usize, data: &[u8]) -> Result<(), XenError> {
+        let at = self.ram_range(frame, offset, data.len())?;
+        // SAFETY: `at..at+len` is inside the RAM mapping (checked); raw copy, no references.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ram.as_ptr().add(at), data.len())
+        };
+        Ok(())
+    }
+
+    /// Copies `len` bytes of guest RAM at (frame, offset) out.
+    pub fn read_frame(&self, frame: u32, offset: usize, len: usize) -> Result<Vec<u8>, XenError> {
+        let at = self.ram_range(frame, offset, len)?;
+        let mut v = vec![0u8; len];
+        // SAFETY: as in write_frame.
+        unsafe { std::ptr::copy_nonoverlapping(self.ram.as_ptr().add(at), v.as_mut_ptr(), len) };
+        Ok(v)
+    }
+
+    /// Pointer to the start of `frame` in RAM (for a guest placing rings there).
+    pub fn frame_ptr(&self, frame: u32) -> Option<*mut u8> {
+        // SAFETY: frame < frames(), so the page lies inside the mapping.
+        (frame < self.frames()).then(|| unsafe { self.ram.as_ptr().add(frame as usize * PAGE) })
+    }
+
+    fn ram_range(&self, frame: u32, offset: usize, len: usize) -> Result<usize, XenError> {
+        if frame >= self.frames() || offset + len > PAGE {
+            return Err(XenError::Invalid(format!(
+                "frame {frame} offset {offset} len {len} outside guest RAM pages"
+            )));
+        }
+        Ok(frame as usize * PAGE + offset)
+    }
+
     pub fn frames(&self) -> u32 {
         (self.ram.len() / PAGE) as u32
     }
