@@ -428,3 +428,42 @@ fn start_stop_50_times_no_leftovers() {
     h2.stop().unwrap();
     std::fs::remove_dir(&parent).unwrap();
 }
+
+/// The sim ABI from another language: a Python frontend (standard library only, following
+/// docs/sim-abi.md) grants a page and publishes the gref; Rust copies it out through the
+/// sim's checked grant copy.
+#[test]
+fn python_frontend_attaches_by_the_documented_abi() {
+    let _serial = serial();
+    let h = host();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sim_abi.py");
+    let out = Command::new("python3")
+        .args([script, "17", "42"])
+        .env("SIM_ROOT", h.root())
+        .env("DOMID", D.to_string())
+        .env("XENSTORED_PATH", h.xenstore_path())
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gref: u32 = h
+        .store()
+        .read(Tx::NONE, &format!("/local/domain/{D}/data/gref"))
+        .unwrap()
+        .expect("gref published")
+        .parse()
+        .unwrap();
+    assert_eq!(gref, 42);
+    let mut page = vec![0u8; 4096];
+    let mut ops = [op(gref, 0, 4096, CopyDir::FromForeign, page.as_mut_ptr())];
+    // SAFETY: `page` covers the 4096 bytes written.
+    unsafe { h.grants(0).copy(&mut ops).unwrap() };
+    assert_eq!(ops[0].status, gntst::OKAY);
+    let expect: Vec<u8> = (0..4096usize)
+        .map(|i| ((i * 13 + 17) % 256) as u8)
+        .collect();
+    assert_eq!(page, expect);
+}
