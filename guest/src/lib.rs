@@ -1,4 +1,8 @@
-//! A simulated domU: a netfront driver over the sim host plus a small IP stack.
-//!
-//! Used by tests, the demo and the benchmarks, never by production. Filled by the
-//! sim-host issue; until then it exports nothing.
+//! A simulated domU: a netfront driver (`netfront`) that attaches to a simulated Xen host
+//! the way Linux's xen-netfront attaches to a backend. Used by tests, the demo and the
+//! benchmarks, never by production.
+pub mod netfront;
+
+pub use netfront::{
+    BackendFeatures, FrontConfig, FrontError, FrontStats, Netfront, RxPacket, TxMeta,
+};

@@ -195,8 +195,15 @@ impl EventChannel for SimEvtchn {
 
     fn notify(&self, port: u32) -> Result<(), XenError> {
         let local = self.local();
-        if !PortTable::valid(port) || local.state(port).load(Ordering::Acquire) != INTERDOMAIN {
-            return Err(Self::err("notify", format!("port {port} is not bound")));
+        if !PortTable::valid(port) {
+            return Err(Self::err("notify", format!("invalid port {port}")));
+        }
+        match local.state(port).load(Ordering::Acquire) {
+            INTERDOMAIN => {}
+            // Xen drops a notification on an unbound port silently (the peer has not bound
+            // yet); netfront relies on that when it posts buffers before the backend binds.
+            UNBOUND => return Ok(()),
+            _ => return Err(Self::err("notify", format!("port {port} is not allocated"))),
         }
         let rd = local.remote_dom(port).load(Ordering::Acquire) as u16;
         let rp = local.remote_port(port).load(Ordering::Acquire);

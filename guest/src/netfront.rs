@@ -1,0 +1,663 @@
+//! A netfront for simulated guests, behaving like Linux's xen-netfront toward a backend:
+//! same xenstore keys in the same order, same ring usage.
+//!
+//! Handshake (Linux `netback_changed` / `talk_to_netback`): the frontend waits for the
+//! backend to reach InitWait, reads its features (`feature-rx-copy` required,
+//! `multi-queue-max-queues`, `feature-split-event-channels`, `feature-sg`, GSO), allocates
+//! and grants one TX and one RX ring page per queue, allocates event channels (two per
+//! queue when split), writes everything in one transaction (flat keys for one queue,
+//! `queue-N/...` and `multi-queue-num-queues` for several), switches to Connected and posts
+//! its RX buffers. It closes when the backend goes Closing.
+use dataplane::netif::{
+    ExtraInfo, FrontRing, RxRequest, RxResponse, RxRing, SharedPage, TxRequest, TxRing,
+    NETRXF_EXTRA_INFO, NETRXF_MORE_DATA, NETTXF_CSUM_BLANK, NETTXF_EXTRA_INFO, NETTXF_MORE_DATA,
+    RX_RING_SIZE, TX_RING_SIZE, XEN_NETIF_EXTRA_TYPE_GSO, XEN_NETIF_RSP_NULL,
+};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use xen::sim::grant::{GTF_PERMIT_ACCESS, GTF_READONLY, PAGE};
+use xen::sim::{DomainMem, SimEvtchn, SimLayout};
+use xen::{EventChannel, Tx, XenStore};
+
+/// Netfront errors.
+#[derive(Debug, Error)]
+pub enum FrontError {
+    #[error("xen: {0}")]
+    Xen(#[from] xen::XenError),
+    #[error("backend: {0}")]
+    Backend(String),
+    #[error("out of guest memory or grant entries")]
+    NoResources,
+    #[error("ring: {0}")]
+    Ring(#[from] dataplane::netif::RingError),
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+    #[error("packet of {0} bytes does not fit (max 65535 and {1} slots)")]
+    TooBig(usize, usize),
+}
+
+/// What the frontend asks for.
+#[derive(Clone, Debug)]
+pub struct FrontConfig {
+    pub domid: u16,
+    pub devid: u32,
+    /// Queues to request (capped at the backend's `multi-queue-max-queues`).
+    pub queues: u32,
+    /// Use split event channels when the backend offers them.
+    pub split_evtchn: bool,
+}
+
+/// Features the backend advertised.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendFeatures {
+    pub max_queues: u32,
+    pub split_evtchn: bool,
+    pub sg: bool,
+    pub gso_tcpv4: bool,
+    pub gso_tcpv6: bool,
+}
+
+/// Metadata of a packet to send.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TxMeta {
+    pub csum_blank: bool,
+    pub data_validated: bool,
+    /// (MSS, XEN_NETIF_GSO_TYPE_TCPV4/6)
+    pub gso: Option<(u16, u8)>,
+    /// Bytes per data slot (<= 4096); the first slot also starts at this page offset mod.
+    pub slot_size: usize,
+}
+
+/// A received packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RxPacket {
+    pub data: Vec<u8>,
+    /// First response's NETRXF flags.
+    pub flags: u16,
+    /// GSO extra, if the backend sent one: (size, type).
+    pub gso: Option<(u16, u8)>,
+    /// Slots the packet used (data + extras).
+    pub slots: usize,
+}
+
+/// Guest-side counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrontStats {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_errors: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub rx_errors: u64,
+}
+
+/// The guest's own memory: frames and grant references handed out first-come.
+struct GuestAlloc {
+    mem: Arc<DomainMem>,
+    next_frame: u32,
+    free_frames: Vec<u32>,
+    next_gref: u32,
+    free_grefs: Vec<u32>,
+}
+
+impl GuestAlloc {
+    fn frame(&mut self) -> Result<u32, FrontError> {
+        if let Some(f) = self.free_frames.pop() {
+            return Ok(f);
+        }
+        if self.next_frame >= self.mem.frames() {
+            return Err(FrontError::NoResources);
+        }
+        self.next_frame += 1;
+        Ok(self.next_frame - 1)
+    }
+    fn grant(&mut self, frame: u32, to: u16, readonly: bool) -> Result<u32, FrontError> {
+        let g = match self.free_grefs.pop() {
+            Some(g) => g,
+            None => {
+                if self.next_gref >= self.mem.grant_entries() {
+                    return Err(FrontError::NoResources);
+                }
+                self.next_gref += 1;
+                self.next_gref - 1
+            }
+        };
+        let flags = GTF_PERMIT_ACCESS | if readonly { GTF_READONLY } else { 0 };
+        self.mem.set_entry(g, flags, to, frame)?;
+        Ok(g)
+    }
+    fn end_grant(&mut self, g: u32) {
+        let _ = self.mem.set_entry(g, 0, 0, 0);
+        self.free_grefs.push(g);
+    }
+}
+
+struct TxBuf {
+    frame: u32,
+    gref: Option<u32>,
+}
+
+/// One queue's rings, channels and buffers.
+pub struct FrontQueue {
+    pub tx: FrontRing<TxRing>,
+    pub rx: FrontRing<RxRing>,
+    pub tx_ring_ref: u32,
+    pub rx_ring_ref: u32,
+    pub evtchn_tx: u32,
+    pub evtchn_rx: u32,
+    tx_bufs: Vec<TxBuf>,
+    tx_free_ids: Vec<u16>,
+    rx_frames: Vec<u32>,
+    rx_grefs: Vec<u32>,
+    rx_partial: Vec<RxResponse>,
+    rx_posted: u32,
+}
+
+/// A connected (or connecting) netfront.
+pub struct Netfront {
+    pub cfg: FrontConfig,
+    xs: XenStore,
+    alloc: GuestAlloc,
+    ev: SimEvtchn,
+    pub fe_path: String,
+    pub be_path: String,
+    pub backend_dom: u16,
+    pub features: BackendFeatures,
+    pub queues: Vec<FrontQueue>,
+    pub stats: FrontStats,
+}
+
+fn ring_page(mem: &DomainMem, frame: u32) -> SharedPage {
+    let p = mem.frame_ptr(frame).expect("frame allocated inside RAM");
+    // SAFETY: the page lies in the guest's RAM mapping, kept alive by the Arc<DomainMem>
+    // the Netfront holds for as long as its rings exist (rings are dropped with it).
+    unsafe { SharedPage::from_raw(NonNull::new(p).expect("non-null"), None) }
+}
+
+/// Extra slots after the first response (chained with the MORE flag).
+fn extra_slots(parts: &[RxResponse]) -> usize {
+    if parts[0].flags & NETRXF_EXTRA_INFO == 0 {
+        return 0;
+    }
+    let mut n = 0;
+    for p in &parts[1..] {
+        n += 1;
+        if !ExtraInfo::from_rx_slot(p).more() {
+            break;
+        }
+    }
+    n
+}
+
+/// Whether the responses so far form a whole packet (Linux `xennet_get_responses`): the
+/// first, its extras while `MORE`, then data slots while `more_data`.
+fn packet_complete(parts: &[RxResponse]) -> bool {
+    let first = parts[0];
+    let mut i = 1;
+    if first.flags & NETRXF_EXTRA_INFO != 0 {
+        loop {
+            let Some(p) = parts.get(i) else {
+                return false;
+            };
+            i += 1;
+            if !ExtraInfo::from_rx_slot(p).more() {
+                break;
+            }
+        }
+    }
+    let mut last = first;
+    while last.flags & NETRXF_MORE_DATA != 0 {
+        let Some(p) = parts.get(i) else {
+            return false;
+        };
+        last = *p;
+        i += 1;
+    }
+    true
+}
+
+impl Netfront {
+    /// Attaches to vif `devid` of guest `domid` on the sim host at `layout`, using the
+    /// xenstore connection `xs`. Does not connect yet: see [`Netfront::connect`].
+    pub fn new(layout: &SimLayout, xs: XenStore, cfg: FrontConfig) -> Result<Netfront, FrontError> {
+        let mem = Arc::new(DomainMem::open(layout, cfg.domid)?);
+        let ev = SimEvtchn::new(layout.clone(), cfg.domid)?;
+        let fe_path = format!("/local/domain/{}/device/vif/{}", cfg.domid, cfg.devid);
+        let be_path = xs
+            .read(Tx::NONE, &format!("{fe_path}/backend"))?
+            .ok_or_else(|| FrontError::Backend(format!("{fe_path}/backend missing")))?;
+        let backend_dom = xs
+            .read(Tx::NONE, &format!("{fe_path}/backend-id"))?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        Ok(Netfront {
+            cfg,
+            xs,
+            alloc: GuestAlloc {
+                mem,
+                next_frame: 0,
+                free_frames: Vec::new(),
+                next_gref: 8, // Linux keeps the first grant references for itself
+                free_grefs: Vec::new(),
+            },
+            ev,
+            fe_path,
+            be_path,
+            backend_dom,
+            features: BackendFeatures::default(),
+            queues: Vec::new(),
+            stats: FrontStats::default(),
+        })
+    }
+
+    pub fn xenstore(&self) -> &XenStore {
+        &self.xs
+    }
+
+    fn be_read(&self, key: &str) -> Result<Option<String>, FrontError> {
+        Ok(self.xs.read(Tx::NONE, &format!("{}/{key}", self.be_path))?)
+    }
+
+    fn be_flag(&self, key: &str) -> Result<bool, FrontError> {
+        Ok(self.be_read(key)?.as_deref() == Some("1"))
+    }
+
+    /// The backend's xenbus state (0 when absent).
+    pub fn backend_state(&self) -> Result<u32, FrontError> {
+        Ok(self
+            .be_read("state")?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0))
+    }
+
+    pub fn set_state(&self, state: u32) -> Result<(), FrontError> {
+        self.xs.write(
+            Tx::NONE,
+            &format!("{}/state", self.fe_path),
+            &state.to_string(),
+        )?;
+        Ok(())
+    }
+
+    /// Waits until the backend reaches `state` (polling xenstore; bounded).
+    pub fn wait_backend_state(&self, state: u32, timeout: Duration) -> Result<(), FrontError> {
+        let t = Instant::now();
+        loop {
+            if self.backend_state()? == state {
+                return Ok(());
+            }
+            if t.elapsed() > timeout {
+                return Err(FrontError::Timeout(format!(
+                    "backend state {state} (is {})",
+                    self.backend_state()?
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// The whole handshake up to Connected, with RX buffers posted. Waits (bounded) for the
+    /// backend's InitWait first.
+    pub fn connect(&mut self, timeout: Duration) -> Result<(), FrontError> {
+        self.wait_backend_state(2, timeout)?;
+        if !self.be_flag("feature-rx-copy")? {
+            return Err(FrontError::Backend("backend lacks feature-rx-copy".into()));
+        }
+        self.features = BackendFeatures {
+            max_queues: self
+                .be_read("multi-queue-max-queues")?
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1)
+                .max(1),
+            split_evtchn: self.be_flag("feature-split-event-channels")?,
+            sg: self.be_flag("feature-sg")?,
+            gso_tcpv4: self.be_flag("feature-gso-tcpv4")?,
+            gso_tcpv6: self.be_flag("feature-gso-tcpv6")?,
+        };
+        let nq = self.cfg.queues.clamp(1, self.features.max_queues);
+        let split = self.cfg.split_evtchn && self.features.split_evtchn;
+        for _ in 0..nq {
+            let q = self.setup_queue(split)?;
+            self.queues.push(q);
+        }
+        self.write_keys(split)?;
+        self.set_state(4)?;
+        for i in 0..self.queues.len() {
+            self.post_rx(i)?;
+        }
+        Ok(())
+    }
+
+    fn setup_queue(&mut self, split: bool) -> Result<FrontQueue, FrontError> {
+        let be = self.backend_dom;
+        let tx_frame = self.alloc.frame()?;
+        let rx_frame = self.alloc.frame()?;
+        let tx = FrontRing::<TxRing>::init(ring_page(&self.alloc.mem, tx_frame));
+        let rx = FrontRing::<RxRing>::init(ring_page(&self.alloc.mem, rx_frame));
+        let tx_ring_ref = self.alloc.grant(tx_frame, be, false)?;
+        let rx_ring_ref = self.alloc.grant(rx_frame, be, false)?;
+        let evtchn_tx = self.ev.alloc_unbound(be)?;
+        let evtchn_rx = if split {
+            self.ev.alloc_unbound(be)?
+        } else {
+            evtchn_tx
+        };
+        let mut tx_bufs = Vec::with_capacity(TX_RING_SIZE);
+        for _ in 0..TX_RING_SIZE {
+            tx_bufs.push(TxBuf {
+                frame: self.alloc.frame()?,
+                gref: None,
+            });
+        }
+        let mut rx_frames = Vec::with_capacity(RX_RING_SIZE);
+        let mut rx_grefs = Vec::with_capacity(RX_RING_SIZE);
+        for _ in 0..RX_RING_SIZE {
+            let f = self.alloc.frame()?;
+            rx_grefs.push(self.alloc.grant(f, be, false)?);
+            rx_frames.push(f);
+        }
+        Ok(FrontQueue {
+            tx,
+            rx,
+            tx_ring_ref,
+            rx_ring_ref,
+            evtchn_tx,
+            evtchn_rx,
+            tx_bufs,
+            tx_free_ids: (0..TX_RING_SIZE as u16).rev().collect(),
+            rx_frames,
+            rx_grefs,
+            rx_partial: Vec::new(),
+            rx_posted: 0,
+        })
+    }
+
+    fn write_keys(&self, split: bool) -> Result<(), FrontError> {
+        let xs = &self.xs;
+        let fe = &self.fe_path;
+        let multi = self.queues.len() > 1;
+        xs.transaction(20, |t| {
+            if multi {
+                xs.write(
+                    t,
+                    &format!("{fe}/multi-queue-num-queues"),
+                    &self.queues.len().to_string(),
+                )?;
+            }
+            for (i, q) in self.queues.iter().enumerate() {
+                let base = if multi {
+                    format!("{fe}/queue-{i}")
+                } else {
+                    fe.clone()
+                };
+                xs.write(
+                    t,
+                    &format!("{base}/tx-ring-ref"),
+                    &q.tx_ring_ref.to_string(),
+                )?;
+                xs.write(
+                    t,
+                    &format!("{base}/rx-ring-ref"),
+                    &q.rx_ring_ref.to_string(),
+                )?;
+                if split {
+                    xs.write(
+                        t,
+                        &format!("{base}/event-channel-tx"),
+                        &q.evtchn_tx.to_string(),
+                    )?;
+                    xs.write(
+                        t,
+                        &format!("{base}/event-channel-rx"),
+                        &q.evtchn_rx.to_string(),
+                    )?;
+                } else {
+                    xs.write(
+                        t,
+                        &format!("{base}/event-channel"),
+                        &q.evtchn_tx.to_string(),
+                    )?;
+                }
+            }
+            for (k, v) in [
+                ("request-rx-copy", "1"),
+                ("feature-rx-notify", "1"),
+                ("feature-sg", "1"),
+                ("feature-gso-tcpv4", "1"),
+                ("feature-gso-tcpv6", "1"),
+                ("feature-ipv6-csum-offload", "1"),
+            ] {
+                xs.write(t, &format!("{fe}/{k}"), v)?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Posts every free RX buffer of queue `qi`.
+    pub fn post_rx(&mut self, qi: usize) -> Result<(), FrontError> {
+        let q = &mut self.queues[qi];
+        let mut pushed = false;
+        while q.rx_posted < RX_RING_SIZE as u32 && q.rx.free_requests() > 0 {
+            let idx = q.rx.req_prod_pvt() as usize % RX_RING_SIZE;
+            q.rx.push_request(RxRequest {
+                id: idx as u16,
+                pad: 0,
+                gref: q.rx_grefs[idx],
+            })?;
+            q.rx_posted += 1;
+            pushed = true;
+        }
+        if pushed && q.rx.push_requests_and_check_notify() {
+            self.ev.notify(q.evtchn_rx)?;
+        }
+        Ok(())
+    }
+
+    /// Queues a packet on queue `qi`'s TX ring (copying it into granted buffers, one per
+    /// slot) and notifies when the ring asks. Err(NoResources) when the ring is full.
+    pub fn send(&mut self, qi: usize, data: &[u8], meta: TxMeta) -> Result<(), FrontError> {
+        self.reap_tx(qi)?;
+        let slot = if meta.slot_size == 0 {
+            PAGE
+        } else {
+            meta.slot_size.min(PAGE)
+        };
+        let nslots = data.len().div_ceil(slot).max(1);
+        let extra = usize::from(meta.gso.is_some());
+        if data.len() > 0xFFFF {
+            return Err(FrontError::TooBig(data.len(), nslots));
+        }
+        let be = self.backend_dom;
+        let q = &mut self.queues[qi];
+        if q.tx.free_requests() < (nslots + extra) as u32 || q.tx_free_ids.len() < nslots {
+            return Err(FrontError::NoResources);
+        }
+        for (i, chunk) in data.chunks(slot).enumerate().chain(
+            // A zero-length packet still takes one slot.
+            (data.is_empty()).then_some((0, &[][..])),
+        ) {
+            let id = q.tx_free_ids.pop().expect("checked above");
+            let buf = &mut q.tx_bufs[usize::from(id)];
+            self.alloc.mem.write_frame(buf.frame, 0, chunk)?;
+            let gref = self.alloc.grant(buf.frame, be, true)?;
+            buf.gref = Some(gref);
+            let last = (i + 1) * slot >= data.len();
+            let mut flags = if last { 0 } else { NETTXF_MORE_DATA };
+            let size = if i == 0 { data.len() } else { chunk.len() } as u16;
+            if i == 0 {
+                if meta.csum_blank {
+                    flags |= NETTXF_CSUM_BLANK;
+                }
+                if meta.data_validated {
+                    flags |= dataplane::netif::NETTXF_DATA_VALIDATED;
+                }
+                if meta.gso.is_some() {
+                    flags |= NETTXF_EXTRA_INFO;
+                }
+            }
+            q.tx.push_request(TxRequest {
+                gref,
+                offset: 0,
+                flags,
+                id,
+                size,
+            })?;
+            if i == 0 {
+                if let Some((mss, ty)) = meta.gso {
+                    q.tx.push_request(ExtraInfo::gso(mss, ty, false).to_tx_slot())?;
+                }
+            }
+        }
+        if q.tx.push_requests_and_check_notify() {
+            self.ev.notify(q.evtchn_tx)?;
+        }
+        self.stats.tx_packets += 1;
+        self.stats.tx_bytes += data.len() as u64;
+        Ok(())
+    }
+
+    /// Pushes raw requests exactly as given (for tests of a backend's input checks); the
+    /// caller owns the consequences.
+    pub fn send_raw(&mut self, qi: usize, reqs: &[TxRequest]) -> Result<(), FrontError> {
+        let q = &mut self.queues[qi];
+        for r in reqs {
+            q.tx.push_request(*r)?;
+        }
+        if q.tx.push_requests_and_check_notify() {
+            self.ev.notify(q.evtchn_tx)?;
+        }
+        Ok(())
+    }
+
+    /// Grants a guest page holding `data` read-only to the backend (for raw requests).
+    pub fn grant_data(&mut self, data: &[u8]) -> Result<u32, FrontError> {
+        let f = self.alloc.frame()?;
+        self.alloc.mem.write_frame(f, 0, data)?;
+        self.alloc.grant(f, self.backend_dom, true)
+    }
+
+    /// Revokes a grant (the guest ending access).
+    pub fn revoke(&mut self, gref: u32) {
+        self.alloc.end_grant(gref);
+    }
+
+    /// Collects TX responses of queue `qi`: frees buffers and grants; counts errors.
+    /// Returns the responses seen (id, status), NULL ones included.
+    pub fn reap_tx(&mut self, qi: usize) -> Result<Vec<(u16, i16)>, FrontError> {
+        let mut seen = Vec::new();
+        loop {
+            let q = &mut self.queues[qi];
+            let Some(r) = q.tx.next_response()? else {
+                break;
+            };
+            seen.push((r.id, r.status));
+            if r.status == XEN_NETIF_RSP_NULL {
+                continue;
+            }
+            if r.status < 0 {
+                self.stats.tx_errors += 1;
+            }
+            if let Some(buf) = q.tx_bufs.get_mut(usize::from(r.id)) {
+                if let Some(g) = buf.gref.take() {
+                    self.alloc.end_grant(g);
+                    q.tx_free_ids.push(r.id);
+                }
+            }
+        }
+        Ok(seen)
+    }
+
+    /// Collects RX responses of queue `qi` into packets (reassembling multi-slot ones and
+    /// their GSO extras), re-posting the buffers. Returns completed packets.
+    pub fn poll_rx(&mut self, qi: usize) -> Result<Vec<RxPacket>, FrontError> {
+        let mut out = Vec::new();
+        loop {
+            let q = &mut self.queues[qi];
+            let Some(r) = q.rx.next_response()? else {
+                break;
+            };
+            q.rx_posted -= 1;
+            q.rx_partial.push(r);
+            if !packet_complete(&q.rx_partial) {
+                continue;
+            }
+            let parts = std::mem::take(&mut q.rx_partial);
+            let base = q.rx.rsp_cons().wrapping_sub(parts.len() as u32);
+            let mut data = Vec::new();
+            let mut gso = None;
+            let mut err = false;
+            let n_extras = extra_slots(&parts);
+            for (k, p) in parts.iter().enumerate() {
+                let slot = base.wrapping_add(k as u32) as usize % RX_RING_SIZE;
+                if (1..=n_extras).contains(&k) {
+                    let e = ExtraInfo::from_rx_slot(p);
+                    if e.ty == XEN_NETIF_EXTRA_TYPE_GSO {
+                        let g = e.as_gso();
+                        gso = Some((g.size, g.gso_type));
+                    }
+                    continue;
+                }
+                if p.status < 0 {
+                    err = true;
+                    continue;
+                }
+                let len = p.status as usize;
+                let off = usize::from(p.offset);
+                if off + len > PAGE {
+                    err = true;
+                    continue;
+                }
+                data.extend_from_slice(&self.alloc.mem.read_frame(q.rx_frames[slot], off, len)?);
+            }
+            if err {
+                self.stats.rx_errors += 1;
+            } else {
+                self.stats.rx_packets += 1;
+                self.stats.rx_bytes += data.len() as u64;
+                out.push(RxPacket {
+                    data,
+                    flags: parts[0].flags,
+                    gso,
+                    slots: parts.len(),
+                });
+            }
+        }
+        self.post_rx(qi)?;
+        Ok(out)
+    }
+
+    /// Waits (bounded) for an event on any of this guest's channels.
+    pub fn wait_event(&self, timeout: Duration) {
+        self.ev.wait(timeout);
+        for q in &self.queues {
+            self.ev.take_pending(q.evtchn_tx);
+            self.ev.take_pending(q.evtchn_rx);
+        }
+    }
+
+    /// Frontend side of a close (Linux `xenbus_frontend_closed`): state Closing then
+    /// Closed, then rings, channels and grants are released.
+    pub fn close(&mut self) -> Result<(), FrontError> {
+        self.set_state(5)?;
+        self.set_state(6)?;
+        let mut ev = self.ev.clone();
+        for q in self.queues.drain(..) {
+            let _ = ev.unbind(q.evtchn_tx);
+            if q.evtchn_rx != q.evtchn_tx {
+                let _ = ev.unbind(q.evtchn_rx);
+            }
+            for g in [q.tx_ring_ref, q.rx_ring_ref].into_iter().chain(q.rx_grefs) {
+                self.alloc.end_grant(g);
+            }
+            for b in q.tx_bufs {
+                if let Some(g) = b.gref {
+                    self.alloc.end_grant(g);
+                }
+            }
+        }
+        Ok(())
+    }
+}
