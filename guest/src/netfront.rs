@@ -661,3 +661,37 @@ impl Netfront {
         Ok(())
     }
 }
+
+/// A netfront queue as a [`crate::stack::FrameLink`]: frames go out as single- or
+/// multi-slot packets without offloads; received packets come back whole.
+pub struct NetfrontLink {
+    pub nf: Netfront,
+    pub queue: usize,
+    rx: std::collections::VecDeque<Vec<u8>>,
+}
+
+impl NetfrontLink {
+    pub fn new(nf: Netfront, queue: usize) -> Self {
+        NetfrontLink {
+            nf,
+            queue,
+            rx: std::collections::VecDeque::new(),
+        }
+    }
+}
+
+impl crate::stack::FrameLink for NetfrontLink {
+    fn recv(&mut self) -> Option<Vec<u8>> {
+        if self.rx.is_empty() {
+            if let Ok(pkts) = self.nf.poll_rx(self.queue) {
+                self.rx.extend(pkts.into_iter().map(|p| p.data));
+            }
+        }
+        self.rx.pop_front()
+    }
+
+    fn send(&mut self, frame: &[u8]) -> bool {
+        let _ = self.nf.reap_tx(self.queue);
+        self.nf.send(self.queue, frame, TxMeta::default()).is_ok()
+    }
+}

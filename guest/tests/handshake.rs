@@ -314,3 +314,80 @@ fn netfront_handshake_traffic_and_close() {
     xs.write(Tx::NONE, &format!("{be}/state"), "6").unwrap();
     h.stop().unwrap();
 }
+
+/// The guest as its own process (`nbd-guest`) on the same sim root: one queue gives the
+/// flat key layout; backend Closing makes it close and exit cleanly.
+#[test]
+fn guest_process_attaches_and_closes() {
+    let h = SimHost::start(SimOptions::default()).unwrap();
+    h.add_domain(6, "guest6", 2048, 4096).unwrap();
+    let xs = h.store();
+    toolstack::add_vif(xs, 0, 6, 1, "00:16:3e:00:00:06", &Default::default()).unwrap();
+    let fe = toolstack::frontend_path(6, 1);
+    let be = toolstack::backend_path(0, 6, 1);
+    for (k, v) in [
+        ("feature-rx-copy", "1"),
+        ("feature-split-event-channels", "1"),
+        ("feature-sg", "1"),
+    ] {
+        xs.write(Tx::NONE, &format!("{be}/{k}"), v).unwrap();
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nbd-guest"))
+        .args([
+            "--root",
+            &h.root().to_string_lossy(),
+            "--domid",
+            "6",
+            "--devid",
+            "1",
+            "connect",
+            "--duration",
+            "30",
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        read(xs, &format!("{fe}/state")),
+        "1",
+        "frontend waits for InitWait"
+    );
+    xs.write(Tx::NONE, &format!("{be}/state"), "2").unwrap();
+    wait_for(xs, &format!("{fe}/state"), "4");
+    for k in [
+        "tx-ring-ref",
+        "rx-ring-ref",
+        "event-channel-tx",
+        "event-channel-rx",
+        "request-rx-copy",
+    ] {
+        assert!(
+            xs.read(Tx::NONE, &format!("{fe}/{k}")).unwrap().is_some(),
+            "{k}"
+        );
+    }
+    assert_eq!(
+        xs.read(Tx::NONE, &format!("{fe}/multi-queue-num-queues"))
+            .unwrap(),
+        None
+    );
+    // The backend can really use what the process published.
+    let tx_ref: u32 = read(xs, &format!("{fe}/tx-ring-ref")).parse().unwrap();
+    assert!(h.grants(0).map(6, &[tx_ref], true).is_ok());
+    let mut ev = h.evtchn(0).unwrap();
+    let p: u32 = read(xs, &format!("{fe}/event-channel-tx")).parse().unwrap();
+    let local = ev.bind_interdomain(6, p).unwrap();
+    xs.write(Tx::NONE, &format!("{be}/state"), "4").unwrap();
+    xs.write(Tx::NONE, &format!("{be}/state"), "5").unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "guest did not close");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success());
+    assert_eq!(read(xs, &format!("{fe}/state")), "6");
+    ev.unbind(local).unwrap();
+}
