@@ -1,8 +1,12 @@
 //! netbackd: a userspace, poll-mode Xen network backend for dom0, on DPDK.
 //!
-//! The daemon (`netbackd run`) and the demo (`netbackd demo`) arrive with the control-plane
-//! issue; this binary already reports its version and the DPDK it runs with.
-use clap::Parser;
+//! `netbackd --version` reports the DPDK it runs with; `netbackd sim` runs the simulated
+//! Xen host the tests and the demo use. The daemon (`netbackd run`) and the demo arrive
+//! with the control-plane issue.
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 /// Userspace poll-mode Xen network backend for dom0, on DPDK.
 #[derive(Parser, Debug)]
@@ -11,6 +15,45 @@ struct Cli {
     /// Print netbackd's version and the version of the DPDK library it is linked with.
     #[arg(short = 'V', long)]
     version: bool,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a simulated Xen host (real xenstored, shared-memory guest RAM, grant tables and
+    /// event channels) that netbackd and simulated guests attach to. Runs until Ctrl-C,
+    /// SIGTERM or --duration, then removes everything it created.
+    Sim {
+        /// Parent directory of the sim root (default /dev/shm).
+        #[arg(long)]
+        parent: Option<std::path::PathBuf>,
+        /// Guest domains to create, as DOMID or DOMID:NAME (repeatable).
+        #[arg(long = "guest", value_name = "DOMID[:NAME]")]
+        guests: Vec<String>,
+        /// vifs to attach like `xl network-attach`, as DOMID:DEVID:MAC (repeatable).
+        #[arg(long = "vif", value_name = "DOMID:DEVID:MAC")]
+        vifs: Vec<String>,
+        /// Guest RAM per domain in MiB.
+        #[arg(long, default_value_t = 64)]
+        guest_mem_mb: u32,
+        /// Stop after this many seconds (default: run until a signal).
+        #[arg(long)]
+        duration: Option<u64>,
+    },
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
 }
 
 fn version_line() -> String {
@@ -20,6 +63,63 @@ fn version_line() -> String {
         // Asked of the DPDK actually loaded (rte_version()), not the headers built against.
         pmd::version()
     )
+}
+
+fn sim(
+    parent: Option<std::path::PathBuf>,
+    guests: Vec<String>,
+    vifs: Vec<String>,
+    guest_mem_mb: u32,
+    duration: Option<u64>,
+) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let mut opts = xen::sim::SimOptions::default();
+    if let Some(p) = parent {
+        opts.parent = p;
+    }
+    let host = xen::sim::SimHost::start(opts).context("starting the simulated host")?;
+    for g in &guests {
+        let (id, name) = g.split_once(':').unwrap_or((g, ""));
+        let domid: u16 = id
+            .parse()
+            .with_context(|| format!("--guest {g}: DOMID must be a number"))?;
+        let name = if name.is_empty() {
+            format!("guest{domid}")
+        } else {
+            name.to_string()
+        };
+        let frames = guest_mem_mb.saturating_mul(256);
+        host.add_domain(domid, &name, frames, 8192)
+            .with_context(|| format!("--guest {g}"))?;
+    }
+    for v in &vifs {
+        let parts: Vec<&str> = v.splitn(3, ':').collect();
+        anyhow::ensure!(parts.len() == 3, "--vif {v}: expected DOMID:DEVID:MAC");
+        let domid: u16 = parts[0]
+            .parse()
+            .with_context(|| format!("--vif {v}: DOMID"))?;
+        let devid: u32 = parts[1]
+            .parse()
+            .with_context(|| format!("--vif {v}: DEVID"))?;
+        xen::sim::toolstack::add_vif(host.store(), 0, domid, devid, parts[2], &Default::default())
+            .with_context(|| format!("--vif {v}"))?;
+    }
+    println!("sim root: {}", host.root().display());
+    println!("xenstore: XENSTORED_PATH={}", host.xenstore_path());
+    println!(
+        "started in {:.1} ms with {} guest(s), {} vif(s)",
+        t0.elapsed().as_secs_f64() * 1e3,
+        guests.len(),
+        vifs.len()
+    );
+    install_signal_handlers();
+    let until = duration.map(|d| Instant::now() + Duration::from_secs(d));
+    while !STOP.load(Ordering::SeqCst) && until.is_none_or(|u| Instant::now() < u) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    host.stop().context("stopping the simulated host")?;
+    println!("sim stopped, nothing left behind");
+    Ok(())
 }
 
 fn main() {
@@ -36,8 +136,21 @@ fn real_main() -> anyhow::Result<()> {
         println!("{}", version_line());
         return Ok(());
     }
-    // No subcommand yet: say so instead of pretending to run a daemon.
-    use clap::CommandFactory;
-    Cli::command().print_help()?;
-    anyhow::bail!("no command given; `netbackd run` and `netbackd demo` are not implemented yet");
+    match cli.cmd {
+        Some(Cmd::Sim {
+            parent,
+            guests,
+            vifs,
+            guest_mem_mb,
+            duration,
+        }) => sim(parent, guests, vifs, guest_mem_mb, duration),
+        None => {
+            // No daemon yet: say so instead of pretending to run one.
+            use clap::CommandFactory;
+            Cli::command().print_help()?;
+            anyhow::bail!(
+                "no command given; `netbackd run` and `netbackd demo` are not implemented yet"
+            );
+        }
+    }
 }
