@@ -9,3 +9,4 @@ pub mod rxplan;
 pub mod switch;
 pub mod txparse;
 pub mod wire;
+pub mod engine;
