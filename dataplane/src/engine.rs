@@ -111,11 +111,26 @@ impl Local {
             )*};
         }
         f!(
-            tx_packets, tx_bytes, rx_packets, rx_bytes, tx_drop_runt, tx_drop_too_many_slots,
-            tx_drop_frag_overflow, tx_drop_copy_error, tx_drop_no_mbuf, tx_drop_offload,
-            tx_drop_switch, tx_credit_throttled, tx_gso_checksum_fixup,
-            rx_drop_backlog_full, rx_drop_stalled, rx_drop_copy_error, rx_drop_too_big,
-            rx_stalls, notifications, rogue
+            tx_packets,
+            tx_bytes,
+            rx_packets,
+            rx_bytes,
+            tx_drop_runt,
+            tx_drop_too_many_slots,
+            tx_drop_frag_overflow,
+            tx_drop_copy_error,
+            tx_drop_no_mbuf,
+            tx_drop_offload,
+            tx_drop_switch,
+            tx_credit_throttled,
+            tx_gso_checksum_fixup,
+            rx_drop_backlog_full,
+            rx_drop_stalled,
+            rx_drop_copy_error,
+            rx_drop_too_big,
+            rx_stalls,
+            notifications,
+            rogue
         );
         *self = Local::default();
     }
@@ -147,6 +162,9 @@ pub struct EngineConfig {
     pub stall_ns: u64,
     /// Port burst size.
     pub burst: u16,
+    /// RX bursts per iteration at most (more only while bursts come back full), so the
+    /// port's RX keeps up with what the group sends per iteration.
+    pub rx_bursts: u16,
 }
 
 impl Default for EngineConfig {
@@ -157,6 +175,7 @@ impl Default for EngineConfig {
             backlog_packets: 1024,
             stall_ns: 60_000_000_000,
             burst: 32,
+            rx_bursts: 8,
         }
     }
 }
@@ -195,7 +214,7 @@ struct PendingTx {
     csum_blank: bool,
     gso: Option<Gso>,
     /// Responses in slot order; data slots carry the index range of their ops.
-    rsps: Vec<(Rsp, std::ops::Range<usize>)>,
+    rsps: SlotRsps,
     len: u32,
 }
 
@@ -209,6 +228,18 @@ struct PendingRx {
     gso: Option<(u16, u8, u16)>,
     flags: u16,
 }
+
+/// The DPDK side of a group: its mbuf pool, its port queue and how offloads are done.
+pub struct GroupIo {
+    pub pool: Arc<Mempool>,
+    pub port: Arc<Port>,
+    pub port_queue: u16,
+    pub caps: TxCaps,
+    pub soft: SoftGso,
+}
+
+/// Responses of a guest TX packet in slot order, with each data slot's copy-op range.
+type SlotRsps = Vec<(Rsp, std::ops::Range<usize>)>;
 
 /// One group: an lcore's poll loop.
 pub struct Group<G: GrantCopy, E: EventChannel> {
@@ -238,17 +269,14 @@ pub struct Group<G: GrantCopy, E: EventChannel> {
 const UPLINK: EndpointId = EndpointId(0);
 
 impl<G: GrantCopy, E: EventChannel> Group<G, E> {
-    pub fn new(
-        cfg: EngineConfig,
-        gc: G,
-        ev: E,
-        pool: Arc<Mempool>,
-        port: Arc<Port>,
-        port_queue: u16,
-        caps: TxCaps,
-        soft: SoftGso,
-        switch_cfg: SwitchConfig,
-    ) -> Self {
+    pub fn new(cfg: EngineConfig, gc: G, ev: E, io: GroupIo, switch_cfg: SwitchConfig) -> Self {
+        let GroupIo {
+            pool,
+            port,
+            port_queue,
+            caps,
+            soft,
+        } = io;
         let mut switch = Switch::new(switch_cfg);
         switch.add_endpoint(UPLINK, EndpointKind::Uplink);
         Group {
@@ -280,8 +308,17 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
 
     /// Adds a queue (its vif's MAC becomes a switch endpoint).
     pub fn add_queue(&mut self, s: QueueSetup) {
-        let endpoint = EndpointId(1 + self.queues.len() as u32 + self.queues.iter().map(|q| q.endpoint.0).max().unwrap_or(0));
-        self.switch.add_endpoint(endpoint, EndpointKind::Vif { mac: s.mac, vlan: None });
+        let endpoint = EndpointId(
+            1 + self.queues.len() as u32
+                + self.queues.iter().map(|q| q.endpoint.0).max().unwrap_or(0),
+        );
+        self.switch.add_endpoint(
+            endpoint,
+            EndpointKind::Vif {
+                mac: s.mac,
+                vlan: None,
+            },
+        );
         let now = self.now();
         self.queues.push(Queue {
             id: s.id,
@@ -381,7 +418,12 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     break;
                 }
                 let tx = &q.tx;
-                let parsed = parse_tx(first, avail, |i| tx.copy_request(i).unwrap_or_default(), q.features.mcast);
+                let parsed = parse_tx(
+                    first,
+                    avail,
+                    |i| tx.copy_request(i).unwrap_or_default(),
+                    q.features.mcast,
+                );
                 match parsed.verdict {
                     Verdict::Rogue(r) => {
                         self.disable(qi, Disable::Rogue(r));
@@ -390,8 +432,12 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     Verdict::Drop(reason) => {
                         match reason {
                             crate::txparse::DropReason::Runt => q.local.tx_drop_runt += 1,
-                            crate::txparse::DropReason::TooManySlots => q.local.tx_drop_too_many_slots += 1,
-                            crate::txparse::DropReason::FragOverflow => q.local.tx_drop_frag_overflow += 1,
+                            crate::txparse::DropReason::TooManySlots => {
+                                q.local.tx_drop_too_many_slots += 1
+                            }
+                            crate::txparse::DropReason::FragOverflow => {
+                                q.local.tx_drop_frag_overflow += 1
+                            }
                         }
                         q.tx.advance(parsed.consumed);
                         for r in parsed.responses.as_slice() {
@@ -406,7 +452,13 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     }
                     Verdict::Packet(pkt) => {
                         q.tx.advance(parsed.consumed);
-                        match build_tx(&self.pool, q.id.domid, &pkt, &parsed.responses, &mut self.ops) {
+                        match build_tx(
+                            &self.pool,
+                            q.id.domid,
+                            &pkt,
+                            &parsed.responses,
+                            &mut self.ops,
+                        ) {
                             Some((mbuf, rsps)) => self.ptx.push(PendingTx {
                                 q: qi,
                                 mbuf,
@@ -455,11 +507,22 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             let from = q.endpoint;
             let mut out = Vec::with_capacity(1);
             let before = self.ofl;
-            if prepare_guest_tx(p.mbuf, p.csum_blank, p.gso, &self.caps, &self.soft, &mut out, &mut self.ofl).is_err() {
+            if prepare_guest_tx(
+                p.mbuf,
+                p.csum_blank,
+                p.gso,
+                &self.caps,
+                &self.soft,
+                &mut out,
+                &mut self.ofl,
+            )
+            .is_err()
+            {
                 q.local.tx_drop_offload += 1;
                 continue;
             }
-            q.local.tx_gso_checksum_fixup += self.ofl.gso_checksum_fixup - before.gso_checksum_fixup;
+            q.local.tx_gso_checksum_fixup +=
+                self.ofl.gso_checksum_fixup - before.gso_checksum_fixup;
             for m in out {
                 self.switch_from_vif(p.q, from, m, now);
             }
@@ -471,7 +534,9 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 q.local.notifications += 1;
             }
         }
-        let (_, dropped) = self.port.tx_burst_or_drop(self.port_queue, &mut self.to_port);
+        let (_, dropped) = self
+            .port
+            .tx_burst_or_drop(self.port_queue, &mut self.to_port);
         // Port refusals are the group's (the port's), not one guest's: counted per group.
         self.port_full += dropped as u64;
         packets
@@ -522,7 +587,14 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
 
     fn guest_rx(&mut self) -> usize {
         let now = self.now();
-        self.port.rx_burst(self.port_queue, &mut self.rx_burst, self.cfg.burst);
+        for _ in 0..self.cfg.rx_bursts.max(1) {
+            let n = self
+                .port
+                .rx_burst(self.port_queue, &mut self.rx_burst, self.cfg.burst);
+            if n < usize::from(self.cfg.burst) {
+                break;
+            }
+        }
         let burst = std::mem::take(&mut self.rx_burst);
         for m in burst {
             match self.switch.forward(UPLINK, m.data(), now) {
@@ -607,23 +679,17 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 }
                 // Slot order: first data buffer, the GSO extra, then the other buffers.
                 let data_reqs: Vec<_> = if gso.is_some() {
-                    std::iter::once(reqs[0]).chain(reqs[2..].iter().copied()).collect()
+                    std::iter::once(reqs[0])
+                        .chain(reqs[2..].iter().copied())
+                        .collect()
                 } else {
                     reqs.clone()
                 };
                 let mut bufs: Vec<(u16, std::ops::Range<usize>, u16)> =
                     data_reqs.iter().map(|r| (r.id, 0..0, 0u16)).collect();
-                let mut seg_ptrs: Vec<*mut u8> = Vec::new();
-                {
-                    // SAFETY: reading segment data pointers of an mbuf we own.
-                    let mut mm = m.as_ptr();
-                    while !mm.is_null() {
-                        unsafe {
-                            seg_ptrs.push(((*mm).buf_addr as *mut u8).add(usize::from((*mm).data_off)));
-                            mm = (*mm).next;
-                        }
-                    }
-                }
+                let mut m = m;
+                let mut seg_ptrs = Vec::new();
+                m.segment_ptrs(&mut seg_ptrs);
                 let domid = q.id.domid;
                 let ops = &mut self.ops;
                 rxplan::plan(segs.iter().copied(), |c| {
@@ -636,7 +702,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                         gref: data_reqs[usize::from(c.buf)].gref,
                         offset: c.buf_off,
                         // SAFETY: seg_off + len lies inside segment `seg` (rxplan's walk).
-                        local: unsafe { seg_ptrs[usize::from(c.seg)].add(c.seg_off as usize) },
+                        local: unsafe { seg_ptrs[usize::from(c.seg)].0.add(c.seg_off as usize) },
                         len: c.len,
                         dir: CopyDir::ToForeign,
                         status: 99,
@@ -645,7 +711,13 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     b.2 += c.len;
                 });
                 let gso_slot = gso.map(|(size, ty)| (size, ty, reqs[1].id));
-                self.prx.push(PendingRx { q: qi, mbuf: m, bufs, gso: gso_slot, flags });
+                self.prx.push(PendingRx {
+                    q: qi,
+                    mbuf: m,
+                    bufs,
+                    gso: gso_slot,
+                    flags,
+                });
                 n += 1;
             }
         }
@@ -662,7 +734,10 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         let prx = std::mem::take(&mut self.prx);
         for p in prx {
             let q = &mut self.queues[p.q];
-            let ok = p.bufs.iter().all(|b| self.ops[b.1.clone()].iter().all(|o| o.status == 0));
+            let ok = p
+                .bufs
+                .iter()
+                .all(|b| self.ops[b.1.clone()].iter().all(|o| o.status == 0));
             let n = p.bufs.len();
             for (k, (id, _, bytes)) in p.bufs.iter().enumerate() {
                 let mut flags = if k + 1 < n { NETRXF_MORE_DATA } else { 0 };
@@ -672,8 +747,17 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                         flags |= NETRXF_EXTRA_INFO;
                     }
                 }
-                let status = if ok { *bytes as i16 } else { XEN_NETIF_RSP_ERROR };
-                q.rx.push_response(RxResponse { id: *id, offset: 0, flags, status });
+                let status = if ok {
+                    *bytes as i16
+                } else {
+                    XEN_NETIF_RSP_ERROR
+                };
+                q.rx.push_response(RxResponse {
+                    id: *id,
+                    offset: 0,
+                    flags,
+                    status,
+                });
                 if k == 0 {
                     if let Some((size, ty, _id)) = p.gso {
                         q.rx.push_response(ExtraInfo::gso(size, ty, false).to_rx_slot());
@@ -700,10 +784,26 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
 /// The response for one slot once its copies are known (`good`).
 fn settled(r: Rsp, good: bool) -> TxResponse {
     match r {
-        Rsp::Data { id } => TxResponse { id, status: if good { XEN_NETIF_RSP_OKAY } else { XEN_NETIF_RSP_ERROR } },
-        Rsp::Empty { id } => TxResponse { id, status: XEN_NETIF_RSP_OKAY },
-        Rsp::Extra => TxResponse { id: 0, status: XEN_NETIF_RSP_NULL },
-        Rsp::Error { id } => TxResponse { id, status: XEN_NETIF_RSP_ERROR },
+        Rsp::Data { id } => TxResponse {
+            id,
+            status: if good {
+                XEN_NETIF_RSP_OKAY
+            } else {
+                XEN_NETIF_RSP_ERROR
+            },
+        },
+        Rsp::Empty { id } => TxResponse {
+            id,
+            status: XEN_NETIF_RSP_OKAY,
+        },
+        Rsp::Extra => TxResponse {
+            id: 0,
+            status: XEN_NETIF_RSP_NULL,
+        },
+        Rsp::Error { id } => TxResponse {
+            id,
+            status: XEN_NETIF_RSP_ERROR,
+        },
         Rsp::Status { id, status } => TxResponse { id, status },
     }
 }
@@ -716,7 +816,7 @@ fn build_tx(
     pkt: &crate::txparse::TxPacket,
     rsps: &crate::txparse::SmallVec<Rsp, { crate::txparse::MAX_PACKET_SLOTS }>,
     ops: &mut Vec<CopyOp>,
-) -> Option<(Mbuf, Vec<(Rsp, std::ops::Range<usize>)>)> {
+) -> Option<(Mbuf, SlotRsps)> {
     let start = ops.len();
     let mut head = Mbuf::alloc(pool).ok()?;
     let room = usize::from(head.tailroom());
@@ -733,15 +833,8 @@ fn build_tx(
         remaining -= n;
     }
     // Segment pointers and lengths.
-    let mut segs: Vec<(*mut u8, usize)> = Vec::new();
-    let mut mm = head.as_ptr();
-    // SAFETY: walking our own chain.
-    unsafe {
-        while !mm.is_null() {
-            segs.push((((*mm).buf_addr as *mut u8).add(usize::from((*mm).data_off)), usize::from((*mm).data_len)));
-            mm = (*mm).next;
-        }
-    }
+    let mut segs = Vec::new();
+    head.segment_ptrs(&mut segs);
     let (mut si, mut so) = (0usize, 0usize);
     let mut slot_ranges = Vec::with_capacity(pkt.slots.len());
     for s in pkt.slots.as_slice() {
@@ -788,7 +881,11 @@ fn head_gso(m: &Mbuf, f: &Features) -> Option<(u16, u8)> {
     }
     let mss = ((m.tx_offload() >> 24) & 0xffff) as u16;
     let v6 = ol & pmd::sys::RTE_MBUF_F_TX_IPV6 != 0;
-    let ty = if v6 { XEN_NETIF_GSO_TYPE_TCPV6 } else { XEN_NETIF_GSO_TYPE_TCPV4 };
+    let ty = if v6 {
+        XEN_NETIF_GSO_TYPE_TCPV6
+    } else {
+        XEN_NETIF_GSO_TYPE_TCPV4
+    };
     let ok = if v6 { f.gso_tcpv6 } else { f.gso_tcpv4 };
     (ok && mss > 0).then_some((mss, ty))
 }

@@ -3,10 +3,10 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod credit;
+pub mod engine;
 pub mod netif;
 pub mod offload;
 pub mod rxplan;
 pub mod switch;
 pub mod txparse;
 pub mod wire;
-pub mod engine;

@@ -301,6 +301,23 @@ impl Mbuf {
         NonNull::new(m).map(Mbuf).ok_or(PmdError::NoMbufs)
     }
 
+    /// (data pointer, length) of every segment, for filling or reading them by DMA-like
+    /// copies (grant copies) that take raw addresses.
+    pub fn segment_ptrs(&mut self, out: &mut Vec<(*mut u8, usize)>) {
+        out.clear();
+        let mut m = self.0.as_ptr();
+        // SAFETY: walking our own chain (exclusive through &mut self).
+        unsafe {
+            while !m.is_null() {
+                out.push((
+                    ((*m).buf_addr as *mut u8).add(usize::from((*m).data_off)),
+                    usize::from((*m).data_len),
+                ));
+                m = (*m).next;
+            }
+        }
+    }
+
     /// Copies the whole packet out (tests, slow paths).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.pkt_len() as usize);
