@@ -2,100 +2,21 @@
 //! `net_ring` port looping the guest's packets back (guest TX -> grant copy -> mbuf ->
 //! switch -> port -> net_ring -> port -> switch -> guest RX -> grant copy -> netfront).
 //! EAL once per process: one test function.
-use dataplane::credit::Rate;
-use dataplane::engine::{
-    EngineConfig, Features, Group, GroupIo, QueueCounters, QueueId, QueueSetup,
-};
-use dataplane::netif::{BackRing, SharedPage, TxRequest};
+mod common;
+use common::attach;
+use dataplane::engine::{EngineConfig, Group, GroupIo};
+use dataplane::netif::TxRequest;
 use dataplane::offload::{SoftGso, TxCaps};
 use dataplane::switch::SwitchConfig;
 use guest::pktgen::{PktGen, Sink};
-use guest::{FrontConfig, Netfront, TxMeta};
+use guest::TxMeta;
 use pmd::{Eal, Mempool, Port, PortConfig};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use xen::sim::{toolstack, SimHost, SimOptions};
-use xen::{EventChannel, GrantMap, Mapping, Tx};
+use xen::sim::{SimHost, SimOptions};
 
 const MAC: [u8; 6] = [0x00, 0x16, 0x3e, 0, 0, 5];
-
-fn map_ring(h: &SimHost, domid: u16, gref: u32) -> SharedPage {
-    let m = Arc::new(h.grants(0).map(domid, &[gref], true).unwrap());
-    let p = std::ptr::NonNull::new(m.as_ptr()).unwrap();
-    // SAFETY: the mapping lives as long as the SharedPage (it holds the Arc).
-    unsafe { SharedPage::from_raw(p, Some(m)) }
-}
-
-/// Plays the control plane for one vif: features, InitWait, the guest connects, rings are
-/// mapped and channels bound, Connected. Returns the guest and the queue for the group.
-fn attach(
-    h: &SimHost,
-    domid: u16,
-    devid: u32,
-    mac: [u8; 6],
-) -> (Netfront, QueueSetup, Arc<QueueCounters>) {
-    let xs = h.store();
-    let mac_s = mac
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
-    toolstack::add_vif(xs, 0, domid, devid, &mac_s, &Default::default()).unwrap();
-    let be = toolstack::backend_path(0, domid, devid);
-    let fe = toolstack::frontend_path(domid, devid);
-    for (k, v) in [
-        ("feature-rx-copy", "1"),
-        ("feature-sg", "1"),
-        ("feature-gso-tcpv4", "1"),
-        ("feature-split-event-channels", "1"),
-    ] {
-        xs.write(Tx::NONE, &format!("{be}/{k}"), v).unwrap();
-    }
-    xs.write(Tx::NONE, &format!("{be}/state"), "2").unwrap();
-    let mut nf = Netfront::new(
-        h.layout(),
-        h.connect().unwrap(),
-        FrontConfig {
-            domid,
-            devid,
-            queues: 1,
-            split_evtchn: true,
-        },
-    )
-    .unwrap();
-    nf.connect(Duration::from_secs(5)).unwrap();
-    let r = |k: &str| {
-        xs.read(Tx::NONE, &format!("{fe}/{k}"))
-            .unwrap()
-            .unwrap()
-            .parse::<u32>()
-            .unwrap()
-    };
-    let mut ev = h.evtchn(0).unwrap();
-    let counters = Arc::new(QueueCounters::default());
-    let setup = QueueSetup {
-        id: QueueId {
-            domid,
-            devid,
-            queue: 0,
-        },
-        tx: BackRing::attach(map_ring(h, domid, r("tx-ring-ref"))),
-        rx: BackRing::attach(map_ring(h, domid, r("rx-ring-ref"))),
-        evtchn_tx: ev.bind_interdomain(domid, r("event-channel-tx")).unwrap(),
-        evtchn_rx: ev.bind_interdomain(domid, r("event-channel-rx")).unwrap(),
-        mac,
-        features: Features {
-            sg: true,
-            gso_tcpv4: true,
-            ..Default::default()
-        },
-        rate: Rate::UNLIMITED,
-        counters: counters.clone(),
-    };
-    xs.write(Tx::NONE, &format!("{be}/state"), "4").unwrap();
-    (nf, setup, counters)
-}
 
 #[test]
 fn guest_traffic_through_engine_and_net_ring() {

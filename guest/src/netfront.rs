@@ -532,6 +532,13 @@ impl Netfront {
         Ok(())
     }
 
+    /// Overwrites the TX ring's shared `req_prod` (a hostile frontend's trick, for tests).
+    pub fn poke_tx_req_prod(&mut self, qi: usize, v: u32) {
+        let p = self.queues[qi].tx.page().as_ptr() as *mut u32;
+        // SAFETY: offset 0 of the mapped ring page is req_prod (4-aligned, in the page).
+        unsafe { std::ptr::write_volatile(p, v) };
+    }
+
     /// Grants a guest page holding `data` read-only to the backend (for raw requests).
     pub fn grant_data(&mut self, data: &[u8]) -> Result<u32, FrontError> {
         let f = self.alloc.frame()?;
