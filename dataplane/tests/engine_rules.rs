@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use xen::sim::{SimHost, SimOptions};
 
 type G = Group<xen::sim::SimGrant, xen::sim::SimEvtchn>;
+/// Builds the raw requests of one case.
+type Build<'a> = Box<dyn FnOnce(&mut Netfront) -> Vec<TxRequest> + 'a>;
 
 /// The healthy vif (dom 9) sends one generated frame; it must come back from the wire.
 fn healthy_roundtrip(g: &mut G, nf: &mut Netfront, gen: &mut PktGen) {
@@ -221,7 +223,7 @@ fn every_tx_rule_with_a_healthy_neighbour() {
         healthy_roundtrip(&mut g, &mut good, &mut gen);
 
         // --- Tier 2: the frontend is rogue; its queue is disabled, counted, reported.
-        let rogue_cases: Vec<(Rogue, Box<dyn FnOnce(&mut Netfront) -> Vec<TxRequest>>)> = vec![
+        let rogue_cases: Vec<(Rogue, Build)> = vec![
             (
                 Rogue::FatalSlotCount,
                 Box::new(|nf: &mut Netfront| {
