@@ -587,7 +587,17 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
 
     fn guest_rx(&mut self) -> usize {
         let now = self.now();
-        for _ in 0..self.cfg.rx_bursts.max(1) {
+        // Pull no more than the queues can take this iteration: what stays in the port is
+        // not allocated just to be dropped at a full backlog.
+        let live = self
+            .queues
+            .iter()
+            .filter(|q| q.disabled.is_none())
+            .count()
+            .max(1);
+        let want = (self.cfg.budget * live).div_ceil(usize::from(self.cfg.burst.max(1)));
+        let bursts = want.clamp(1, usize::from(self.cfg.rx_bursts.max(1)));
+        for _ in 0..bursts {
             let n = self
                 .port
                 .rx_burst(self.port_queue, &mut self.rx_burst, self.cfg.burst);

@@ -1,0 +1,240 @@
+//! Packets per second of one group with one vif, each direction, 64 and 1500 bytes, on the
+//! simulated host: the guest's netfront on EAL worker lcore 1, the group's poll loop on the
+//! main lcore. The sim's grant copy is a checked memcpy, so these are upper bounds for the
+//! engine itself, not figures for a real hypervisor (where each batch is one hypercall).
+//! `NBD_BENCH_DEBUG=1` also prints iterations and packets per iteration.
+//! Guest TX goes to a `net_null` port (which discards); guest RX comes from a `net_null`
+//! port (which generates frames as fast as asked). Prints medians of 1-second rates.
+//!
+//!   cargo run --release -p netbackd-benches --bin engine-pps -- [seconds]
+use dataplane::credit::Rate;
+use dataplane::engine::{
+    EngineConfig, Features, Group, GroupIo, QueueCounters, QueueId, QueueSetup,
+};
+use dataplane::netif::{BackRing, SharedPage};
+use dataplane::offload::{SoftGso, TxCaps};
+use dataplane::switch::SwitchConfig;
+use guest::pktgen::PktGen;
+use guest::{FrontConfig, Netfront, TxMeta};
+use netbackd_benches::{median, rates};
+use pmd::{Eal, Mempool, Port, PortConfig};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use xen::sim::{toolstack, SimHost, SimOptions};
+use xen::{EventChannel, GrantMap, Mapping, Tx};
+
+fn map_ring(h: &SimHost, domid: u16, gref: u32) -> SharedPage {
+    let m = Arc::new(h.grants(0).map(domid, &[gref], true).expect("map ring"));
+    let p = std::ptr::NonNull::new(m.as_ptr()).expect("mapped");
+    // SAFETY: the mapping lives as long as the SharedPage, which holds the Arc.
+    unsafe { SharedPage::from_raw(p, Some(m)) }
+}
+
+fn attach(h: &SimHost, domid: u16) -> (Netfront, QueueSetup, Arc<QueueCounters>) {
+    let xs = h.store();
+    h.add_domain(domid, "bench", 4096, 8192).expect("domain");
+    toolstack::add_vif(xs, 0, domid, 0, "00:16:3e:00:00:01", &Default::default()).expect("vif");
+    let be = toolstack::backend_path(0, domid, 0);
+    let fe = toolstack::frontend_path(domid, 0);
+    for (k, v) in [
+        ("feature-rx-copy", "1"),
+        ("feature-sg", "1"),
+        ("feature-split-event-channels", "1"),
+    ] {
+        xs.write(Tx::NONE, &format!("{be}/{k}"), v).unwrap();
+    }
+    xs.write(Tx::NONE, &format!("{be}/state"), "2").unwrap();
+    let mut nf = Netfront::new(
+        h.layout(),
+        h.connect().unwrap(),
+        FrontConfig {
+            domid,
+            devid: 0,
+            queues: 1,
+            split_evtchn: true,
+        },
+    )
+    .unwrap();
+    nf.connect(Duration::from_secs(5)).unwrap();
+    let r = |k: &str| {
+        xs.read(Tx::NONE, &format!("{fe}/{k}"))
+            .unwrap()
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let mut ev = h.evtchn(0).unwrap();
+    let c = Arc::new(QueueCounters::default());
+    let s = QueueSetup {
+        id: QueueId {
+            domid,
+            devid: 0,
+            queue: 0,
+        },
+        tx: BackRing::attach(map_ring(h, domid, r("tx-ring-ref"))),
+        rx: BackRing::attach(map_ring(h, domid, r("rx-ring-ref"))),
+        evtchn_tx: ev.bind_interdomain(domid, r("event-channel-tx")).unwrap(),
+        evtchn_rx: ev.bind_interdomain(domid, r("event-channel-rx")).unwrap(),
+        mac: [0x00, 0x16, 0x3e, 0, 0, 1],
+        features: Features {
+            sg: true,
+            ..Default::default()
+        },
+        rate: Rate::UNLIMITED,
+        counters: c.clone(),
+    };
+    (nf, s, c)
+}
+
+/// Runs one direction for `secs`; returns medians of per-second rates (packets).
+fn run(
+    h: &SimHost,
+    domid: u16,
+    port: &Arc<Port>,
+    pool: &Arc<Mempool>,
+    tx: bool,
+    len: usize,
+    secs: u64,
+) -> f64 {
+    let (mut nf, setup, ctr) = attach(h, domid);
+    let io = GroupIo {
+        pool: pool.clone(),
+        port: port.clone(),
+        port_queue: 0,
+        caps: TxCaps::default(),
+        soft: SoftGso::new(&format!("b{domid}"), 255, -1).unwrap(),
+    };
+    let mut g = Group::new(
+        EngineConfig::default(),
+        h.grants(0),
+        h.evtchn(0).unwrap(),
+        io,
+        SwitchConfig::default(),
+    );
+    g.add_queue(setup);
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    // The guest runs on EAL worker lcore 1: a thread spawned here would inherit the main
+    // lcore's pinning to core 0 and time-share it with the group.
+    let worker = pmd::lcore::workers()[0];
+    pmd::lcore::launch(worker, move || {
+        let mut gen = PktGen {
+            src_mac: [0x00, 0x16, 0x3e, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            src_ip: [10, 0, 0, 1],
+            dst_ip: [10, 0, 0, 2],
+            sport: 9,
+            dport: 9,
+            frame_len: len,
+            seq: 0,
+        };
+        let mut f = Vec::new();
+        gen.next_frame(&mut f);
+        while !s2.load(Ordering::Relaxed) {
+            if tx {
+                // Same frame every time: the guest's own cost is not what is measured.
+                while nf.send(0, &f, TxMeta::default()).is_ok() {}
+                let _ = nf.reap_tx(0);
+            } else {
+                let _ = nf.poll_rx(0);
+            }
+        }
+        0
+    })
+    .expect("launch guest on a worker lcore");
+    let t0 = Instant::now();
+    let mut samples = vec![(Duration::ZERO, 0u64)];
+    let mut next = t0 + Duration::from_secs(1);
+    let counter = |c: &QueueCounters| {
+        if tx {
+            c.tx_packets.load(Ordering::Relaxed)
+        } else {
+            c.rx_packets.load(Ordering::Relaxed)
+        }
+    };
+    let (mut polls, mut work, mut busy) = (0u64, 0u64, Duration::ZERO);
+    while samples.len() < secs as usize + 2 {
+        let tp = Instant::now();
+        let w = g.poll();
+        busy += tp.elapsed();
+        polls += 1;
+        work += w as u64;
+        if Instant::now() >= next {
+            samples.push((t0.elapsed(), counter(&ctr)));
+            next += Duration::from_secs(1);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    pmd::lcore::wait(worker);
+    if std::env::var_os("NBD_BENCH_DEBUG").is_some() {
+        eprintln!(
+            "  polls {polls}, packets/poll {:.1}, us/poll {:.2}",
+            work as f64 / polls as f64,
+            busy.as_secs_f64() * 1e6 / polls as f64
+        );
+    }
+    median(&rates(&samples, 1))
+}
+
+fn main() -> anyhow::Result<()> {
+    let secs: u64 = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(3);
+    let prefix = format!("nbd-bench-eng-{}", std::process::id());
+    let eal = Eal::init(&[
+        "-l",
+        "0,1",
+        "--no-huge",
+        "-m",
+        "1024",
+        "--no-pci",
+        "--no-shconf",
+        "--file-prefix",
+        &prefix,
+        "--vdev",
+        "net_null0,size=64",
+        "--vdev",
+        "net_null1,size=1500",
+        "--vdev",
+        "net_null2,no-rx=1",
+        "--log-level",
+        "*:error",
+    ])?;
+    let h = SimHost::start(SimOptions::default())?;
+    {
+        let pool = Arc::new(Mempool::new("bench", 32767, 256, 2176, -1)?);
+        let mut ports = Vec::new();
+        for n in ["net_null0", "net_null1", "net_null2"] {
+            let mut p = Port::by_name(n)?;
+            p.configure_and_start(&PortConfig::default(), &pool)?;
+            ports.push(Arc::new(p));
+        }
+        println!("one group, one vif, sim host, {secs} s per case, medians of 1 s rates:");
+        let mut domid = 20;
+        for (len, rx_port) in [(64usize, &ports[0]), (1500, &ports[1])] {
+            for tx in [true, false] {
+                domid += 1;
+                // Guest TX goes to a port that generates nothing; guest RX comes from one
+                // generating frames of the size measured.
+                let port = if tx { &ports[2] } else { rx_port };
+                let pps = run(&h, domid, port, &pool, tx, len, secs);
+                println!(
+                    "  guest {} {len:>4} B: {:>6.3} Mpps  {:>7.2} Gbit/s",
+                    if tx {
+                        "TX (to net_null)  "
+                    } else {
+                        "RX (from net_null)"
+                    },
+                    pps / 1e6,
+                    pps * len as f64 * 8.0 / 1e9
+                );
+            }
+        }
+    }
+    h.stop()?;
+    drop(eal);
+    Ok(())
+}
