@@ -180,6 +180,63 @@ impl Default for EngineConfig {
     }
 }
 
+/// What the control plane asks of a group. Commands are applied between iterations, when
+/// nothing of any queue is in flight: a removal's acknowledgement therefore means the
+/// group has finished every operation on that queue and will not touch its rings again.
+pub enum Command {
+    AddQueue(Box<QueueSetup>),
+    RemoveQueue(QueueId, std::sync::mpsc::Sender<bool>),
+    SetRate(QueueId, Rate),
+}
+
+/// The control plane's handle on a group running elsewhere.
+#[derive(Clone)]
+pub struct GroupHandle {
+    tx: std::sync::mpsc::Sender<Command>,
+    load: Arc<AtomicU64>,
+}
+
+impl GroupHandle {
+    /// Queues the group runs (for least-loaded assignment).
+    pub fn load(&self) -> u64 {
+        self.load.load(Ordering::Relaxed)
+    }
+
+    pub fn add_queue(&self, s: QueueSetup) -> bool {
+        self.tx.send(Command::AddQueue(Box::new(s))).is_ok()
+    }
+
+    /// Removes a queue and waits (up to `timeout`) until the group has let go of it.
+    pub fn remove_queue(&self, id: QueueId, timeout: std::time::Duration) -> bool {
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+        if self.tx.send(Command::RemoveQueue(id, ack_tx)).is_err() {
+            return false;
+        }
+        ack_rx.recv_timeout(timeout).unwrap_or(false)
+    }
+
+    pub fn set_rate(&self, id: QueueId, rate: Rate) -> bool {
+        self.tx.send(Command::SetRate(id, rate)).is_ok()
+    }
+}
+
+/// The group with the fewest queues (Linux netback's `xen_netbk_add_xenvif` rule).
+pub fn least_loaded(groups: &[GroupHandle]) -> Option<&GroupHandle> {
+    groups.iter().min_by_key(|g| g.load())
+}
+
+/// Group-wide counters (readable while the group runs).
+#[derive(Debug, Default)]
+pub struct GroupCounters {
+    pub iterations: AtomicU64,
+    pub busy_iterations: AtomicU64,
+    pub grant_copy_calls: AtomicU64,
+    pub grant_copy_ops: AtomicU64,
+    pub port_tx_full: AtomicU64,
+    /// Sum of packets per busy iteration (batch size = this / busy_iterations).
+    pub batched_packets: AtomicU64,
+}
+
 /// Why a queue was disabled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disable {
@@ -262,8 +319,14 @@ pub struct Group<G: GrantCopy, E: EventChannel> {
     t0: Instant,
     /// Queues disabled since the last `take_disabled`.
     disabled: Vec<(QueueId, Disable)>,
-    /// Packets the port refused (its TX ring full).
-    pub port_full: u64,
+    /// Packets the port refused this iteration (flushed to `counters.port_tx_full`).
+    port_full: u64,
+    commands: Option<std::sync::mpsc::Receiver<Command>>,
+    cmd_tx: Option<std::sync::mpsc::Sender<Command>>,
+    load: Arc<AtomicU64>,
+    pub counters: Arc<GroupCounters>,
+    copy_calls: u64,
+    copy_ops: u64,
 }
 
 const UPLINK: EndpointId = EndpointId(0);
@@ -299,7 +362,48 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             t0: Instant::now(),
             disabled: Vec::new(),
             port_full: 0,
+            commands: None,
+            cmd_tx: None,
+            load: Arc::new(AtomicU64::new(0)),
+            counters: Arc::new(GroupCounters::default()),
+            copy_calls: 0,
+            copy_ops: 0,
         }
+    }
+
+    /// A handle through which the control plane adds and removes queues while the group
+    /// runs (its `poll` applies the commands between iterations).
+    pub fn handle(&mut self) -> GroupHandle {
+        let tx = match &self.commands {
+            Some(_) => self.cmd_tx.clone().expect("set with commands"),
+            None => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                self.commands = Some(rx);
+                self.cmd_tx = Some(tx.clone());
+                tx
+            }
+        };
+        GroupHandle {
+            tx,
+            load: self.load.clone(),
+        }
+    }
+
+    fn apply_commands(&mut self) {
+        let Some(rx) = self.commands.take() else {
+            return;
+        };
+        while let Ok(c) = rx.try_recv() {
+            match c {
+                Command::AddQueue(s) => self.add_queue(*s),
+                Command::RemoveQueue(id, ack) => {
+                    let removed = self.remove_queue(id);
+                    let _ = ack.send(removed);
+                }
+                Command::SetRate(id, r) => self.set_rate(id, r),
+            }
+        }
+        self.commands = Some(rx);
     }
 
     fn now(&self) -> u64 {
@@ -337,6 +441,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             disabled: None,
             endpoint,
         });
+        self.load.store(self.queues.len() as u64, Ordering::Relaxed);
     }
 
     /// Removes a queue; nothing of it is in flight between iterations, so this is the
@@ -348,6 +453,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         let mut q = self.queues.remove(i);
         self.switch.remove_endpoint(q.endpoint);
         q.local.flush(&q.counters);
+        self.load.store(self.queues.len() as u64, Ordering::Relaxed);
         true
     }
 
@@ -387,10 +493,28 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
 
     /// One iteration of both directions; returns the work done (packets), 0 when idle.
     pub fn poll(&mut self) -> usize {
+        self.apply_commands();
         let mut work = self.guest_tx();
         work += self.guest_rx();
         for q in &mut self.queues {
             q.local.flush(&q.counters);
+        }
+        let c = &self.counters;
+        c.iterations.fetch_add(1, Ordering::Relaxed);
+        if work > 0 {
+            c.busy_iterations.fetch_add(1, Ordering::Relaxed);
+            c.batched_packets.fetch_add(work as u64, Ordering::Relaxed);
+        }
+        if self.copy_calls > 0 {
+            c.grant_copy_calls
+                .fetch_add(self.copy_calls, Ordering::Relaxed);
+            c.grant_copy_ops.fetch_add(self.copy_ops, Ordering::Relaxed);
+            self.copy_calls = 0;
+            self.copy_ops = 0;
+        }
+        if self.port_full > 0 {
+            c.port_tx_full.fetch_add(self.port_full, Ordering::Relaxed);
+            self.port_full = 0;
         }
         work
     }
@@ -481,6 +605,8 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         }
         let packets = self.ptx.len();
         if !self.ops.is_empty() {
+            self.copy_calls += 1;
+            self.copy_ops += self.ops.len() as u64;
             // SAFETY: every op's local pointer addresses data room inside an mbuf owned by
             // an entry of self.ptx, which lives until after the call.
             if unsafe { self.gc.copy(&mut self.ops) }.is_err() {
@@ -733,6 +859,8 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         }
         let packets = self.prx.len();
         if !self.ops.is_empty() {
+            self.copy_calls += 1;
+            self.copy_ops += self.ops.len() as u64;
             // SAFETY: every op's local pointer addresses data of an mbuf owned by an entry
             // of self.prx, alive until after the call; ToForeign only reads it.
             if unsafe { self.gc.copy(&mut self.ops) }.is_err() {

@@ -127,7 +127,11 @@ fn guest_traffic_through_engine_and_net_ring() {
         );
         assert_eq!(sink6.stats.bad, 0);
         assert_eq!(ctr6.rx_packets.load(Ordering::Relaxed), sink6.stats.packets);
-        assert_eq!(g.port_full, 0, "the port never refused a packet");
+        assert_eq!(
+            g.counters.port_tx_full.load(Ordering::Relaxed),
+            0,
+            "the port never refused a packet"
+        );
         assert_eq!(ctr.tx_packets.load(Ordering::Relaxed), n);
         assert_eq!(ctr.rx_packets.load(Ordering::Relaxed), n);
         assert_eq!(nf.stats.tx_errors, 0);
@@ -204,6 +208,48 @@ fn guest_traffic_through_engine_and_net_ring() {
             }
         }
         assert_eq!(s6.stats.packets, 1, "the healthy vif keeps working");
+        // 4. The control plane's channel: while the group runs in its own thread, removing
+        //    a queue returns only once the group has let go of it.
+        let handle = g.handle();
+        assert_eq!(handle.load(), 2);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let runner = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                g.poll();
+            }
+            g
+        });
+        let q6 = dataplane::engine::QueueId {
+            domid: 6,
+            devid: 0,
+            queue: 0,
+        };
+        assert!(
+            handle.remove_queue(q6, Duration::from_secs(5)),
+            "acknowledged"
+        );
+        assert!(
+            !handle.remove_queue(q6, Duration::from_secs(5)),
+            "already gone"
+        );
+        assert_eq!(handle.load(), 1);
+        assert_eq!(
+            dataplane::engine::least_loaded(&[handle.clone()]).map(|h| h.load()),
+            Some(1)
+        );
+        stop.store(true, Ordering::Relaxed);
+        let g = runner.join().unwrap();
+        assert_eq!(g.queue_count(), 1);
+        let gc = &g.counters;
+        assert!(gc.grant_copy_calls.load(Ordering::Relaxed) > 0);
+        assert!(
+            gc.grant_copy_ops.load(Ordering::Relaxed)
+                >= gc.grant_copy_calls.load(Ordering::Relaxed)
+        );
+        assert!(
+            gc.busy_iterations.load(Ordering::Relaxed) <= gc.iterations.load(Ordering::Relaxed)
+        );
         drop(g);
         drop(port);
         let _ = (&mut nf, &mut nf6);
