@@ -235,7 +235,7 @@ fn guest_traffic_through_engine_and_net_ring() {
         );
         assert_eq!(handle.load(), 1);
         assert_eq!(
-            dataplane::engine::least_loaded(&[handle.clone()]).map(|h| h.load()),
+            dataplane::engine::least_loaded(std::slice::from_ref(&handle)).map(|h| h.load()),
             Some(1)
         );
         stop.store(true, Ordering::Relaxed);
