@@ -49,6 +49,26 @@ pub struct FrontConfig {
     pub split_evtchn: bool,
 }
 
+impl FrontConfig {
+    pub fn new(domid: u16, devid: u32) -> FrontConfig {
+        FrontConfig {
+            domid,
+            devid,
+            queues: 1,
+            split_evtchn: true,
+        }
+    }
+}
+
+/// Index the rings of the next queues start at. A real frontend starts at 0; tests start
+/// near `u32::MAX` to exercise index wrap in the backend.
+static RING_START: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Sets the ring start index for netfronts set up after this call in this process.
+pub fn set_ring_start_for_tests(start: u32) {
+    RING_START.store(start, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Features the backend advertised.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BackendFeatures {
@@ -334,8 +354,9 @@ impl Netfront {
         let be = self.backend_dom;
         let tx_frame = self.alloc.frame()?;
         let rx_frame = self.alloc.frame()?;
-        let tx = FrontRing::<TxRing>::init(ring_page(&self.alloc.mem, tx_frame));
-        let rx = FrontRing::<RxRing>::init(ring_page(&self.alloc.mem, rx_frame));
+        let start = RING_START.load(std::sync::atomic::Ordering::Relaxed);
+        let tx = FrontRing::<TxRing>::init_at(ring_page(&self.alloc.mem, tx_frame), start);
+        let rx = FrontRing::<RxRing>::init_at(ring_page(&self.alloc.mem, rx_frame), start);
         let tx_ring_ref = self.alloc.grant(tx_frame, be, false)?;
         let rx_ring_ref = self.alloc.grant(rx_frame, be, false)?;
         let evtchn_tx = self.ev.alloc_unbound(be)?;
