@@ -598,9 +598,21 @@ impl Netfront {
         Ok(seen)
     }
 
+    /// Collects RX responses like [`Netfront::poll_rx`] but posts no buffers back (a guest
+    /// that stopped refilling its RX ring, for tests of the backend's stall handling).
+    pub fn poll_rx_no_refill(&mut self, qi: usize) -> Result<Vec<RxPacket>, FrontError> {
+        self.collect_rx(qi)
+    }
+
     /// Collects RX responses of queue `qi` into packets (reassembling multi-slot ones and
     /// their GSO extras), re-posting the buffers. Returns completed packets.
     pub fn poll_rx(&mut self, qi: usize) -> Result<Vec<RxPacket>, FrontError> {
+        let out = self.collect_rx(qi)?;
+        self.post_rx(qi)?;
+        Ok(out)
+    }
+
+    fn collect_rx(&mut self, qi: usize) -> Result<Vec<RxPacket>, FrontError> {
         let mut out = Vec::new();
         loop {
             let q = &mut self.queues[qi];
@@ -653,7 +665,6 @@ impl Netfront {
                 });
             }
         }
-        self.post_rx(qi)?;
         Ok(out)
     }
 

@@ -24,6 +24,27 @@ pub fn attach(
     devid: u32,
     mac: [u8; 6],
 ) -> (Netfront, QueueSetup, Arc<QueueCounters>) {
+    attach_with(
+        h,
+        domid,
+        devid,
+        mac,
+        Features {
+            sg: true,
+            gso_tcpv4: true,
+            ..Default::default()
+        },
+    )
+}
+
+/// As [`attach`], with the features the backend records for the frontend.
+pub fn attach_with(
+    h: &SimHost,
+    domid: u16,
+    devid: u32,
+    mac: [u8; 6],
+    features: Features,
+) -> (Netfront, QueueSetup, Arc<QueueCounters>) {
     let xs = h.store();
     let mac_s = mac
         .iter()
@@ -74,11 +95,7 @@ pub fn attach(
         evtchn_tx: ev.bind_interdomain(domid, r("event-channel-tx")).unwrap(),
         evtchn_rx: ev.bind_interdomain(domid, r("event-channel-rx")).unwrap(),
         mac,
-        features: Features {
-            sg: true,
-            gso_tcpv4: true,
-            ..Default::default()
-        },
+        features,
         rate: Rate::UNLIMITED,
         counters: counters.clone(),
     };
