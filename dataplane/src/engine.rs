@@ -18,10 +18,12 @@
 use crate::credit::{Admit, Credit, Rate};
 use crate::netif::{
     BackRing, ExtraInfo, RxResponse, RxRing, TxResponse, TxRing, NETRXF_EXTRA_INFO,
-    NETRXF_MORE_DATA, NETTXF_CSUM_BLANK, XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6,
-    XEN_NETIF_RSP_ERROR, XEN_NETIF_RSP_NULL, XEN_NETIF_RSP_OKAY,
+    NETRXF_GSO_PREFIX, NETRXF_MORE_DATA, NETTXF_CSUM_BLANK, XEN_NETIF_GSO_TYPE_TCPV4,
+    XEN_NETIF_GSO_TYPE_TCPV6, XEN_NETIF_RSP_ERROR, XEN_NETIF_RSP_NULL, XEN_NETIF_RSP_OKAY,
 };
-use crate::offload::{guest_rx_csum_flags, prepare_guest_tx, OffloadCounters, SoftGso, TxCaps};
+use crate::offload::{
+    finish_in_software, guest_rx_csum_flags, prepare_guest_tx, OffloadCounters, SoftGso, TxCaps,
+};
 use crate::rxplan;
 use crate::switch::{apply_egress, Decision, EndpointId, EndpointKind, Switch, SwitchConfig};
 use crate::txparse::{parse_tx, Gso, Rogue, Rsp, Verdict};
@@ -283,6 +285,8 @@ struct PendingRx {
     bufs: Vec<(u16, std::ops::Range<usize>, u16)>,
     /// The GSO extra and the id of the request slot it takes.
     gso: Option<(u16, u8, u16)>,
+    /// GSO as a prefix slot before the data (legacy frontends) instead of an extra.
+    prefix: bool,
     flags: u16,
 }
 
@@ -706,9 +710,25 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             self.to_port.push(m);
             return;
         }
-        if let Some(q) = self.queues.iter_mut().find(|q| q.endpoint == to) {
-            enqueue_backlog(q, m, &self.cfg);
+        let Some(qi) = self.queues.iter().position(|q| q.endpoint == to) else {
+            return;
+        };
+        // A TSO super-frame goes to a frontend whole only if it negotiated that GSO type
+        // (and scatter-gather); otherwise it is segmented here.
+        if m.ol_flags() & pmd::sys::RTE_MBUF_F_TX_TCP_SEG != 0
+            && head_gso(&m, &self.queues[qi].features).is_none()
+        {
+            let mut segs = Vec::new();
+            if finish_in_software(m, &self.soft, &mut segs, &mut self.ofl).is_err() {
+                self.queues[qi].local.rx_drop_too_big += 1;
+                return;
+            }
+            for s in segs {
+                enqueue_backlog(&mut self.queues[qi], s, &self.cfg);
+            }
+            return;
         }
+        enqueue_backlog(&mut self.queues[qi], m, &self.cfg);
     }
 
     fn guest_rx(&mut self) -> usize {
@@ -813,13 +833,15 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 for _ in 0..needed {
                     reqs.push(q.rx.next_request().expect("counted above"));
                 }
-                // Slot order: first data buffer, the GSO extra, then the other buffers.
-                let data_reqs: Vec<_> = if gso.is_some() {
-                    std::iter::once(reqs[0])
+                // Slot order: first data buffer, the GSO extra, then the other buffers; in the
+                // legacy prefix mode the GSO slot comes first.
+                let prefix = gso.is_some() && q.features.gso_prefix;
+                let data_reqs: Vec<_> = match (gso.is_some(), prefix) {
+                    (false, _) => reqs.clone(),
+                    (true, true) => reqs[1..].to_vec(),
+                    (true, false) => std::iter::once(reqs[0])
                         .chain(reqs[2..].iter().copied())
-                        .collect()
-                } else {
-                    reqs.clone()
+                        .collect(),
                 };
                 let mut bufs: Vec<(u16, std::ops::Range<usize>, u16)> =
                     data_reqs.iter().map(|r| (r.id, 0..0, 0u16)).collect();
@@ -846,12 +868,13 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     b.1.end = ops.len();
                     b.2 += c.len;
                 });
-                let gso_slot = gso.map(|(size, ty)| (size, ty, reqs[1].id));
+                let gso_slot = gso.map(|(size, ty)| (size, ty, reqs[usize::from(!prefix)].id));
                 self.prx.push(PendingRx {
                     q: qi,
                     mbuf: m,
                     bufs,
                     gso: gso_slot,
+                    prefix,
                     flags,
                 });
                 n += 1;
@@ -877,11 +900,20 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 .iter()
                 .all(|b| self.ops[b.1.clone()].iter().all(|o| o.status == 0));
             let n = p.bufs.len();
+            if let (true, Some((size, _ty, id))) = (p.prefix, p.gso) {
+                // The seed's prefix slot: offset = GSO size, status = data slots following.
+                q.rx.push_response(RxResponse {
+                    id,
+                    offset: size,
+                    flags: NETRXF_GSO_PREFIX | NETRXF_MORE_DATA,
+                    status: n as i16,
+                });
+            }
             for (k, (id, _, bytes)) in p.bufs.iter().enumerate() {
                 let mut flags = if k + 1 < n { NETRXF_MORE_DATA } else { 0 };
                 if k == 0 {
                     flags |= p.flags;
-                    if p.gso.is_some() {
+                    if p.gso.is_some() && !p.prefix {
                         flags |= NETRXF_EXTRA_INFO;
                     }
                 }
@@ -896,7 +928,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     flags,
                     status,
                 });
-                if k == 0 {
+                if k == 0 && !p.prefix {
                     if let Some((size, ty, _id)) = p.gso {
                         q.rx.push_response(ExtraInfo::gso(size, ty, false).to_rx_slot());
                     }
@@ -1024,7 +1056,12 @@ fn head_gso(m: &Mbuf, f: &Features) -> Option<(u16, u8)> {
     } else {
         XEN_NETIF_GSO_TYPE_TCPV4
     };
-    let ok = if v6 { f.gso_tcpv6 } else { f.gso_tcpv4 };
+    let ok = f.sg
+        && if v6 {
+            f.gso_tcpv6
+        } else {
+            f.gso_tcpv4 || f.gso_prefix
+        };
     (ok && mss > 0).then_some((mss, ty))
 }
 

@@ -302,6 +302,43 @@ fn sw_segment(
     Ok(())
 }
 
+/// Finishes in software whatever offload a packet still carries (TSO -> segments with
+/// their checksums; pending L4 checksum -> computed), for a destination that can't take
+/// it, e.g. a frontend that did not negotiate that GSO type. Appends the result to `out`.
+pub fn finish_in_software(
+    mut m: Mbuf,
+    soft: &SoftGso,
+    out: &mut Vec<Mbuf>,
+    ctr: &mut OffloadCounters,
+) -> Result<(), OffloadError> {
+    let ol = m.ol_flags();
+    let pending =
+        sys::RTE_MBUF_F_TX_TCP_SEG | sys::RTE_MBUF_F_TX_TCP_CKSUM | sys::RTE_MBUF_F_TX_UDP_CKSUM;
+    if ol & pending == 0 {
+        out.push(m);
+        return Ok(());
+    }
+    let h = wire::parse(m.data())?;
+    if ol & sys::RTE_MBUF_F_TX_TCP_SEG != 0 {
+        let mss = ((m.tx_offload() >> 24) & 0xffff) as u16;
+        if mss == 0 || h.l4 != L4::Tcp {
+            return Err(OffloadError::GsoMismatch);
+        }
+        return match h.l3 {
+            L3::V4 { .. } => sw_segment(m, &h, mss, soft, out, ctr),
+            L3::V6 { .. } => sw_segment_tcp6(m, &h, mss, out, ctr),
+        };
+    }
+    if matches!(h.l4, L4::Other(_)) {
+        return Err(OffloadError::NotTcpUdp(0));
+    }
+    m.set_ol_flags(0);
+    sw_l4_checksum(&mut m, &h);
+    ctr.sw_checksums += 1;
+    out.push(m);
+    Ok(())
+}
+
 /// TCP/IPv6 segmentation for ports without TSO, since DPDK 22.11 cannot: each segment is
 /// the headers plus the next `mss` payload bytes (plain copies), with the IPv6 payload
 /// length, TCP sequence number and flags adjusted (FIN/PSH only on the last segment, CWR

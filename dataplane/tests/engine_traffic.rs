@@ -5,9 +5,9 @@
 //! - fairness: a flooding vif does not starve a light one in the same group;
 //! - credit: a vif limited by `rate` sends within 10% of it over real seconds.
 mod common;
-use common::attach;
+use common::{attach, attach_with};
 use dataplane::credit::Rate;
-use dataplane::engine::{EngineConfig, Group, GroupIo};
+use dataplane::engine::{EngineConfig, Features, Group, GroupIo};
 use dataplane::netif::{XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6};
 use dataplane::offload::{SoftGso, TxCaps};
 use dataplane::switch::SwitchConfig;
@@ -348,6 +348,117 @@ fn gso_wrap_fairness_credit() {
         assert!(cd.tx_bytes.load(Ordering::Relaxed) > start_bytes);
         eprintln!("credit: configured 10000000 B/s, measured {rate:.0} B/s over {secs:.2} s");
         drop(g);
+
+        // --- GSO toward guests: a group whose port does TSO keeps a guest's super-frame
+        //     whole; vif to vif it reaches a frontend that negotiated TCPv4 GSO whole (with
+        //     the GSO extra), one that asked for the legacy prefix whole (prefix slot), and
+        //     one without GSO as software-made segments with valid checksums.
+        guest::netfront::set_ring_start_for_tests(0);
+        for d in [35, 36, 37, 38] {
+            h.add_domain(d, &format!("g{d}"), 4096, 8192).unwrap();
+        }
+        let tso = TxCaps {
+            tso: true,
+            tso6: true,
+            ipv4_cksum: true,
+            tcp_cksum: true,
+            udp_cksum: true,
+        };
+        let io = GroupIo {
+            pool: pool.clone(),
+            port: port.clone(),
+            port_queue: 0,
+            caps: tso,
+            soft: SoftGso::new("tso", 1023, -1).unwrap(),
+        };
+        let mut g2: G = Group::new(
+            EngineConfig::default(),
+            h.grants(0),
+            h.evtchn(0).unwrap(),
+            io,
+            SwitchConfig::default(),
+        );
+        let (mut s35, q35, _) = attach(&h, 35, 0, mac(35));
+        let (mut gso36, q36, _) = attach_with(
+            &h,
+            36,
+            0,
+            mac(36),
+            Features {
+                sg: true,
+                gso_tcpv4: true,
+                ..Default::default()
+            },
+        );
+        let (mut plain37, q37, _) = attach_with(
+            &h,
+            37,
+            0,
+            mac(37),
+            Features {
+                sg: true,
+                ..Default::default()
+            },
+        );
+        let (mut pre38, q38, _) = attach_with(
+            &h,
+            38,
+            0,
+            mac(38),
+            Features {
+                sg: true,
+                gso_prefix: true,
+                ..Default::default()
+            },
+        );
+        for q in [q35, q36, q37, q38] {
+            g2.add_queue(q);
+        }
+        let payload: Vec<u8> = (0..20_000usize).map(|i| (i * 5) as u8).collect();
+        for (dst, nf) in [(36u16, &mut gso36), (37, &mut plain37), (38, &mut pre38)] {
+            let f = tcp_frame(mac(dst), mac(35), false, &payload);
+            s35.send(
+                0,
+                &f,
+                TxMeta {
+                    csum_blank: true,
+                    gso: Some((1448, XEN_NETIF_GSO_TYPE_TCPV4)),
+                    slot_size: 4096,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let want = if dst == 37 {
+                payload.len().div_ceil(1448)
+            } else {
+                1
+            };
+            let mut got = Vec::new();
+            poll_until(&mut g2, 10, |_| {
+                got.extend(nf.poll_rx(0).unwrap());
+                got.len() >= want
+            });
+            assert_eq!(got.len(), want, "dom{dst}");
+            if dst == 37 {
+                let mut re = Vec::new();
+                for p in &got {
+                    re.extend(verify_tcp(&p.data));
+                }
+                assert_eq!(re, payload);
+            } else {
+                let p = &got[0];
+                assert_eq!(p.gso, Some((1448, XEN_NETIF_GSO_TYPE_TCPV4)), "dom{dst}");
+                assert_eq!(&p.data[54..], &payload[..], "dom{dst}: payload whole");
+                assert!(
+                    p.flags & dataplane::netif::NETRXF_CSUM_BLANK != 0,
+                    "checksum left to the guest"
+                );
+                let data_slots = p.data.len().div_ceil(4096);
+                assert_eq!(p.slots, data_slots + 1, "dom{dst}: data + GSO slot");
+            }
+            s35.reap_tx(0).unwrap();
+        }
+        drop(g2);
         drop(port);
         drop(h);
         assert_eq!(pool.in_use(), 0, "no mbuf leaked");

@@ -10,8 +10,8 @@
 //! its RX buffers. It closes when the backend goes Closing.
 use dataplane::netif::{
     ExtraInfo, FrontRing, RxRequest, RxResponse, RxRing, SharedPage, TxRequest, TxRing,
-    NETRXF_EXTRA_INFO, NETRXF_MORE_DATA, NETTXF_CSUM_BLANK, NETTXF_EXTRA_INFO, NETTXF_MORE_DATA,
-    RX_RING_SIZE, TX_RING_SIZE, XEN_NETIF_EXTRA_TYPE_GSO, XEN_NETIF_RSP_NULL,
+    NETRXF_EXTRA_INFO, NETRXF_GSO_PREFIX, NETRXF_MORE_DATA, NETTXF_CSUM_BLANK, NETTXF_EXTRA_INFO,
+    NETTXF_MORE_DATA, RX_RING_SIZE, TX_RING_SIZE, XEN_NETIF_EXTRA_TYPE_GSO, XEN_NETIF_RSP_NULL,
 };
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -214,6 +214,10 @@ fn extra_slots(parts: &[RxResponse]) -> usize {
 /// Whether the responses so far form a whole packet (Linux `xennet_get_responses`): the
 /// first, its extras while `MORE`, then data slots while `more_data`.
 fn packet_complete(parts: &[RxResponse]) -> bool {
+    // A legacy GSO prefix slot comes before the packet proper.
+    if parts[0].flags & NETRXF_GSO_PREFIX != 0 {
+        return parts.len() > 1 && packet_complete(&parts[1..]);
+    }
     let first = parts[0];
     let mut i = 1;
     if first.flags & NETRXF_EXTRA_INFO != 0 {
@@ -629,10 +633,15 @@ impl Netfront {
             let mut data = Vec::new();
             let mut gso = None;
             let mut err = false;
-            let n_extras = extra_slots(&parts);
-            for (k, p) in parts.iter().enumerate() {
+            // A legacy prefix slot carries the GSO size in `offset` and no data.
+            let skip = usize::from(parts[0].flags & NETRXF_GSO_PREFIX != 0);
+            if skip == 1 {
+                gso = Some((parts[0].offset, dataplane::netif::XEN_NETIF_GSO_TYPE_TCPV4));
+            }
+            let n_extras = extra_slots(&parts[skip..]);
+            for (k, p) in parts.iter().enumerate().skip(skip) {
                 let slot = base.wrapping_add(k as u32) as usize % RX_RING_SIZE;
-                if (1..=n_extras).contains(&k) {
+                if (skip + 1..=skip + n_extras).contains(&k) {
                     let e = ExtraInfo::from_rx_slot(p);
                     if e.ty == XEN_NETIF_EXTRA_TYPE_GSO {
                         let g = e.as_gso();
@@ -659,7 +668,7 @@ impl Netfront {
                 self.stats.rx_bytes += data.len() as u64;
                 out.push(RxPacket {
                     data,
-                    flags: parts[0].flags,
+                    flags: parts[skip].flags,
                     gso,
                     slots: parts.len(),
                 });
