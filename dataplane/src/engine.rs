@@ -237,6 +237,17 @@ pub struct GroupCounters {
     pub port_tx_full: AtomicU64,
     /// Sum of packets per busy iteration (batch size = this / busy_iterations).
     pub batched_packets: AtomicU64,
+    /// Times the group slept on its event channels (adaptive mode).
+    pub sleeps: AtomicU64,
+}
+
+/// Adaptive polling: after `idle_ns` without work the group asks its frontends for
+/// notifications and sleeps on its event channels, at most `max_sleep` (packets arriving
+/// from the port raise no event channel, so the sleep is bounded), like DPDK's l3fwd-power.
+#[derive(Clone, Copy, Debug)]
+pub struct Adaptive {
+    pub idle_ns: u64,
+    pub max_sleep: std::time::Duration,
 }
 
 /// Why a queue was disabled.
@@ -493,6 +504,54 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             }
             q.backlog_bytes = 0;
         }
+    }
+
+    /// Polls until `stop`; with `adaptive`, sleeps on the event channels when idle.
+    pub fn run(&mut self, stop: &std::sync::atomic::AtomicBool, adaptive: Option<Adaptive>) {
+        let mut idle_since = self.now();
+        while !stop.load(Ordering::Relaxed) {
+            if self.poll() > 0 {
+                idle_since = self.now();
+                continue;
+            }
+            let Some(a) = adaptive else {
+                std::hint::spin_loop();
+                continue;
+            };
+            if self.now().saturating_sub(idle_since) < a.idle_ns {
+                continue;
+            }
+            if self.arm_notifications() {
+                // Work arrived while arming: keep polling.
+                idle_since = self.now();
+                continue;
+            }
+            self.counters.sleeps.fetch_add(1, Ordering::Relaxed);
+            self.ev.wait(a.max_sleep);
+            for q in &self.queues {
+                self.ev.take_pending(q.evtchn_tx);
+                self.ev.take_pending(q.evtchn_rx);
+            }
+            idle_since = self.now();
+        }
+    }
+
+    /// `RING_FINAL_CHECK_FOR_REQUESTS` on every live ring (asking the frontends to notify
+    /// on their next request) and unmasking the channels; true if work showed up.
+    fn arm_notifications(&mut self) -> bool {
+        let mut work = false;
+        for q in &mut self.queues {
+            if q.disabled.is_some() {
+                continue;
+            }
+            work |= q.tx.final_check_for_requests();
+            if !q.backlog.is_empty() {
+                work |= q.rx.final_check_for_requests();
+            }
+            let _ = self.ev.unmask(q.evtchn_tx);
+            let _ = self.ev.unmask(q.evtchn_rx);
+        }
+        work
     }
 
     /// One iteration of both directions; returns the work done (packets), 0 when idle.
