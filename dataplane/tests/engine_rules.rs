@@ -222,6 +222,48 @@ fn every_tx_rule_with_a_healthy_neighbour() {
         );
         healthy_roundtrip(&mut g, &mut good, &mut gen);
 
+        // Headers spread over 18 tiny slots (XSA-423's shape): accepted, gathered, and the
+        // frame arrives whole at the healthy guest (unicast to its MAC).
+        let mut frame = good_mac.to_vec();
+        frame.extend_from_slice(&[0x00, 0x16, 0x3e, 0, 5, 0x42, 0x88, 0xb5]);
+        frame.extend((0..170u8).map(|i| i.wrapping_mul(3)));
+        let (r, d, c, _nf) = case(&h, &mut g, next(), |nf| {
+            let mut sizes = vec![14usize];
+            sizes.extend(std::iter::repeat_n(10usize, 17));
+            let total: usize = sizes.iter().sum();
+            let mut v = Vec::new();
+            let mut off = 0;
+            for (i, sz) in sizes.iter().enumerate() {
+                let gr = nf.grant_data(&frame[off..off + sz]).unwrap();
+                let more = if i + 1 < sizes.len() {
+                    NETTXF_MORE_DATA
+                } else {
+                    0
+                };
+                let size = if i == 0 { total as u16 } else { *sz as u16 };
+                v.push(req(gr, 0, more, i as u16, size));
+                off += sz;
+            }
+            v
+        });
+        assert_eq!(r.len(), 18);
+        assert!(r.iter().all(|x| x.1 == XEN_NETIF_RSP_OKAY) && d.is_empty());
+        assert_eq!(c.tx_packets.load(Ordering::Relaxed), 1);
+        let t = Instant::now();
+        let mut got = Vec::new();
+        while got.is_empty() {
+            assert!(t.elapsed() < Duration::from_secs(5));
+            g.poll();
+            got.extend(
+                good.poll_rx(0)
+                    .unwrap()
+                    .into_iter()
+                    .filter(|p| p.data.len() == 184),
+            );
+        }
+        assert_eq!(got[0].data, frame[..184].to_vec());
+        healthy_roundtrip(&mut g, &mut good, &mut gen);
+
         // --- Tier 2: the frontend is rogue; its queue is disabled, counted, reported.
         let rogue_cases: Vec<(Rogue, Build)> = vec![
             (
