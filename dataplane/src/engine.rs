@@ -713,7 +713,9 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             q.local.tx_gso_checksum_fixup +=
                 self.ofl.gso_checksum_fixup - before.gso_checksum_fixup;
             for m in out {
-                self.switch_from_vif(p.q, from, m, now);
+                if !self.switch_frame(from, m, now) {
+                    self.queues[p.q].local.tx_drop_switch += 1;
+                }
             }
         }
         for qi in 0..self.queues.len() {
@@ -731,35 +733,37 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         packets
     }
 
-    fn switch_from_vif(&mut self, qi: usize, from: EndpointId, m: Mbuf, now: u64) {
+    /// Switches one frame entering at `from` to its destinations (copying it for all but
+    /// the last of a flood); false when the switch or the egress tagging dropped it.
+    fn switch_frame(&mut self, from: EndpointId, m: Mbuf, now: u64) -> bool {
         match self.switch.forward(from, m.data(), now) {
             Decision::Unicast(to, e) => {
                 let mut m = m;
-                if apply_egress(&mut m, e) {
-                    self.deliver(to, m);
-                } else {
-                    self.queues[qi].local.tx_drop_switch += 1;
+                if !apply_egress(&mut m, e) {
+                    return false;
                 }
+                self.deliver(to, m);
+                true
             }
             Decision::Flood { domain } => {
                 let targets: Vec<_> = self.switch.flood_targets(from, domain).collect();
                 let n = targets.len();
                 let mut m = Some(m);
                 for (k, (to, e)) in targets.into_iter().enumerate() {
-                    let mut c = if k + 1 == n {
-                        m.take().expect("last target takes the original")
+                    let copy = if k + 1 == n {
+                        m.take()
                     } else {
-                        match m.as_ref().expect("original kept").deep_copy(&self.pool) {
-                            Ok(c) => c,
-                            Err(_) => continue,
-                        }
+                        m.as_ref().and_then(|o| o.deep_copy(&self.pool).ok())
                     };
-                    if apply_egress(&mut c, e) {
-                        self.deliver(to, c);
+                    if let Some(mut c) = copy {
+                        if apply_egress(&mut c, e) {
+                            self.deliver(to, c);
+                        }
                     }
                 }
+                true
             }
-            Decision::Drop(_) => self.queues[qi].local.tx_drop_switch += 1,
+            Decision::Drop(_) => false,
         }
     }
 
@@ -812,33 +816,8 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         }
         let burst = std::mem::take(&mut self.rx_burst);
         for m in burst {
-            match self.switch.forward(UPLINK, m.data(), now) {
-                Decision::Unicast(to, e) => {
-                    let mut m = m;
-                    if apply_egress(&mut m, e) {
-                        self.deliver(to, m);
-                    }
-                }
-                Decision::Flood { domain } => {
-                    let targets: Vec<_> = self.switch.flood_targets(UPLINK, domain).collect();
-                    let n = targets.len();
-                    let mut m = Some(m);
-                    for (k, (to, e)) in targets.into_iter().enumerate() {
-                        let mut c = if k + 1 == n {
-                            m.take().expect("last")
-                        } else {
-                            match m.as_ref().expect("kept").deep_copy(&self.pool) {
-                                Ok(c) => c,
-                                Err(_) => continue,
-                            }
-                        };
-                        if apply_egress(&mut c, e) {
-                            self.deliver(to, c);
-                        }
-                    }
-                }
-                Decision::Drop(_) => {}
-            }
+            // From the wire: the switch's own drops (runts, unknown VLANs) are not a guest's.
+            self.switch_frame(UPLINK, m, now);
         }
         self.ops.clear();
         for qi in 0..self.queues.len() {
