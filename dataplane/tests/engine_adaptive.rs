@@ -1,60 +1,25 @@
 //! Adaptive mode: an idle group sleeps on its event channels (it stops iterating), and a
 //! guest's next request notifies it awake long before the sleep bound. EAL once per process.
-mod common;
-use common::attach;
-use dataplane::engine::{Adaptive, EngineConfig, Group, GroupIo};
-use dataplane::offload::{SoftGso, TxCaps};
-use dataplane::switch::SwitchConfig;
+
+use dataplane::engine::{Adaptive, EngineConfig};
+use dataplane::offload::TxCaps;
+use guest::harness::attach;
 use guest::TxMeta;
-use pmd::{Eal, Mempool, Port, PortConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use xen::sim::{SimHost, SimOptions};
 
 #[test]
 fn idle_group_sleeps_and_wakes_on_a_request() {
-    let prefix = format!("nbd-adaptive-{}", std::process::id());
-    let eal = Eal::init(&[
-        "--no-huge",
-        "-m",
-        "256",
-        "--no-pci",
-        "--no-shconf",
-        "--file-prefix",
-        &prefix,
-        "--vdev",
-        "net_ring0",
-        "--log-level",
-        "*:error",
-    ])
-    .unwrap();
+    let env = guest::harness::Env::new("adapt", 256, 4095);
     {
-        let pool = Arc::new(Mempool::new("adapt", 4095, 128, 2176, -1).unwrap());
-        let mut port = Port::by_name("net_ring0").unwrap();
-        port.configure_and_start(&PortConfig::default(), &pool)
-            .unwrap();
-        let port = Arc::new(port);
-        let h = SimHost::start(SimOptions::default()).unwrap();
+        let (_pool, _port, h) = (&env.pool, &env.port, &env.host);
         h.add_domain(51, "a", 2048, 4096).unwrap();
         h.add_domain(52, "b", 2048, 4096).unwrap();
-        let io = GroupIo {
-            pool: pool.clone(),
-            port: port.clone(),
-            port_queue: 0,
-            caps: TxCaps::default(),
-            soft: SoftGso::new("adapt", 255, -1).unwrap(),
-        };
-        let mut g = Group::new(
-            EngineConfig::default(),
-            h.grants(0),
-            h.evtchn(0).unwrap(),
-            io,
-            SwitchConfig::default(),
-        );
+        let mut g = env.group(EngineConfig::default(), TxCaps::default());
         let mac_b = [0x00, 0x16, 0x3e, 0, 5, 2];
-        let (mut a, sa, _) = attach(&h, 51, 0, [0x00, 0x16, 0x3e, 0, 5, 1]);
-        let (mut b, sb, cb) = attach(&h, 52, 0, mac_b);
+        let (mut a, sa, _) = attach(h, 51, 0, [0x00, 0x16, 0x3e, 0, 5, 1]);
+        let (mut b, sb, cb) = attach(h, 52, 0, mac_b);
         g.add_queue(sa);
         g.add_queue(sb);
         let counters = g.counters.clone();
@@ -117,9 +82,6 @@ fn idle_group_sleeps_and_wakes_on_a_request() {
         let _ = a.send(0, &f, TxMeta::default());
         let g = runner.join().unwrap();
         drop(g);
-        drop(port);
-        drop(h);
-        assert_eq!(pool.in_use(), 0);
     }
-    drop(eal);
+    env.finish();
 }

@@ -2,23 +2,21 @@
 //! the test checks the exact outcome (response statuses in the ring, the queue disabled or
 //! not, the counter), while a second, healthy vif in the same group keeps passing traffic
 //! (a frame to the wire and back) with nothing lost. EAL once per process: one test.
-mod common;
-use common::attach;
-use dataplane::engine::{Disable, EngineConfig, Group, GroupIo, QueueCounters};
+
+use dataplane::engine::{Disable, EngineConfig, Group, QueueCounters};
 use dataplane::netif::{
     ExtraInfo, TxRequest, NETTXF_EXTRA_INFO, NETTXF_MORE_DATA, XEN_NETIF_EXTRA_TYPE_MCAST_ADD,
     XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_RSP_ERROR, XEN_NETIF_RSP_NULL, XEN_NETIF_RSP_OKAY,
 };
-use dataplane::offload::{SoftGso, TxCaps};
-use dataplane::switch::SwitchConfig;
+use dataplane::offload::TxCaps;
 use dataplane::txparse::Rogue;
+use guest::harness::attach;
 use guest::pktgen::{PktGen, Sink};
 use guest::{Netfront, TxMeta};
-use pmd::{Eal, Mempool, Port, PortConfig};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use xen::sim::{SimHost, SimOptions};
+use xen::sim::SimHost;
 
 type G = Group<xen::sim::SimGrant, xen::sim::SimEvtchn>;
 /// Builds the raw requests of one case.
@@ -80,45 +78,13 @@ fn case(
 
 #[test]
 fn every_tx_rule_with_a_healthy_neighbour() {
-    let prefix = format!("nbd-rules-{}", std::process::id());
-    let eal = Eal::init(&[
-        "--no-huge",
-        "-m",
-        "512",
-        "--no-pci",
-        "--no-shconf",
-        "--file-prefix",
-        &prefix,
-        "--vdev",
-        "net_ring0",
-        "--log-level",
-        "*:error",
-    ])
-    .unwrap();
+    let env = guest::harness::Env::new("rules", 512, 8191);
     {
-        let pool = Arc::new(Mempool::new("rules", 8191, 256, 2176, -1).unwrap());
-        let mut port = Port::by_name("net_ring0").unwrap();
-        port.configure_and_start(&PortConfig::default(), &pool)
-            .unwrap();
-        let port = Arc::new(port);
-        let h = SimHost::start(SimOptions::default()).unwrap();
+        let (_pool, _port, h) = (&env.pool, &env.port, &env.host);
         h.add_domain(9, "good", 4096, 8192).unwrap();
-        let io = GroupIo {
-            pool: pool.clone(),
-            port: port.clone(),
-            port_queue: 0,
-            caps: TxCaps::default(),
-            soft: SoftGso::new("rules", 511, -1).unwrap(),
-        };
-        let mut g: G = Group::new(
-            EngineConfig::default(),
-            h.grants(0),
-            h.evtchn(0).unwrap(),
-            io,
-            SwitchConfig::default(),
-        );
+        let mut g: G = env.group(EngineConfig::default(), TxCaps::default());
         let good_mac = [0x00, 0x16, 0x3e, 0, 0, 9];
-        let (mut good, gsetup, gctr) = attach(&h, 9, 0, good_mac);
+        let (mut good, gsetup, gctr) = attach(h, 9, 0, good_mac);
         g.add_queue(gsetup);
         let mut gen = PktGen {
             src_mac: good_mac,
@@ -141,7 +107,7 @@ fn every_tx_rule_with_a_healthy_neighbour() {
 
         // --- Tier 1: the packet is answered with an error and counted; the vif goes on.
         // Runt: first slot shorter than an Ethernet header.
-        let (r, d, c, _nf) = case(&h, &mut g, next(), |nf| {
+        let (r, d, c, _nf) = case(h, &mut g, next(), |nf| {
             vec![req(nf.grant_data(&page).unwrap(), 0, 0, 1, 13)]
         });
         assert_eq!((r, d.len()), (vec![(1, XEN_NETIF_RSP_ERROR)], 0));
@@ -149,7 +115,7 @@ fn every_tx_rule_with_a_healthy_neighbour() {
         healthy_roundtrip(&mut g, &mut good, &mut gen);
 
         // More than 18 slots (19): every slot ERROR.
-        let (r, d, c, _nf) = case(&h, &mut g, next(), |nf| {
+        let (r, d, c, _nf) = case(h, &mut g, next(), |nf| {
             let gr = nf.grant_data(&page).unwrap();
             let mut v = vec![req(gr, 0, NETTXF_MORE_DATA, 0, 19 * 100)];
             for i in 1..19u16 {
@@ -169,7 +135,7 @@ fn every_tx_rule_with_a_healthy_neighbour() {
         healthy_roundtrip(&mut g, &mut good, &mut gen);
 
         // A continuation slot bigger than what is left of the frame.
-        let (r, d, c, _nf) = case(&h, &mut g, next(), |nf| {
+        let (r, d, c, _nf) = case(h, &mut g, next(), |nf| {
             let gr = nf.grant_data(&page).unwrap();
             vec![req(gr, 0, NETTXF_MORE_DATA, 1, 100), req(gr, 0, 0, 2, 200)]
         });
@@ -182,7 +148,7 @@ fn every_tx_rule_with_a_healthy_neighbour() {
 
         // Zero-length continuation slot (XSA-448): answered OKAY, never attached; the
         // packet itself goes out.
-        let (r, d, c, _nf) = case(&h, &mut g, next(), |nf| {
+        let (r, d, c, _nf) = case(h, &mut g, next(), |nf| {
             let gr = nf.grant_data(&page).unwrap();
             vec![req(gr, 0, NETTXF_MORE_DATA, 1, 100), req(gr, 0, 0, 2, 0)]
         });
@@ -198,7 +164,7 @@ fn every_tx_rule_with_a_healthy_neighbour() {
         healthy_roundtrip(&mut g, &mut good, &mut gen);
 
         // A grant revoked while its request is in flight: ERROR, counted, no crash.
-        let (r, d, c, _nf) = case(&h, &mut g, next(), |nf| {
+        let (r, d, c, _nf) = case(h, &mut g, next(), |nf| {
             let gr = nf.grant_data(&page).unwrap();
             nf.revoke(gr);
             vec![req(gr, 0, 0, 7, 100)]
@@ -208,7 +174,7 @@ fn every_tx_rule_with_a_healthy_neighbour() {
         healthy_roundtrip(&mut g, &mut good, &mut gen);
 
         // Multicast add without multicast control negotiated: answered ERROR, extra NULL.
-        let (r, d, _c, _nf) = case(&h, &mut g, next(), |nf| {
+        let (r, d, _c, _nf) = case(h, &mut g, next(), |nf| {
             let gr = nf.grant_data(&page).unwrap();
             vec![
                 req(gr, 0, NETTXF_EXTRA_INFO, 3, 0),
@@ -227,7 +193,7 @@ fn every_tx_rule_with_a_healthy_neighbour() {
         let mut frame = good_mac.to_vec();
         frame.extend_from_slice(&[0x00, 0x16, 0x3e, 0, 5, 0x42, 0x88, 0xb5]);
         frame.extend((0..170u8).map(|i| i.wrapping_mul(3)));
-        let (r, d, c, _nf) = case(&h, &mut g, next(), |nf| {
+        let (r, d, c, _nf) = case(h, &mut g, next(), |nf| {
             let mut sizes = vec![14usize];
             sizes.extend(std::iter::repeat_n(10usize, 17));
             let total: usize = sizes.iter().sum();
@@ -358,7 +324,7 @@ fn every_tx_rule_with_a_healthy_neighbour() {
             ),
         ];
         for (expect, build) in rogue_cases {
-            let (r, d, c, _nf) = case(&h, &mut g, next(), build);
+            let (r, d, c, _nf) = case(h, &mut g, next(), build);
             assert_eq!(d, vec![Disable::Rogue(expect)], "{expect:?}");
             assert!(
                 r.is_empty(),
@@ -371,7 +337,7 @@ fn every_tx_rule_with_a_healthy_neighbour() {
         // An impossible producer index: disabled.
         let d_idx = next();
         h.add_domain(d_idx, "badidx", 1024, 2048).unwrap();
-        let (mut nf, setup, c) = attach(&h, d_idx, 0, [0x00, 0x16, 0x3e, 0, 5, 0xee]);
+        let (mut nf, setup, c) = attach(h, d_idx, 0, [0x00, 0x16, 0x3e, 0, 5, 0xee]);
         g.add_queue(setup);
         nf.poke_tx_req_prod(0, 5000);
         g.poll();
@@ -386,9 +352,6 @@ fn every_tx_rule_with_a_healthy_neighbour() {
         );
         assert_eq!(good.stats.tx_errors, 0);
         drop(g);
-        drop(port);
-        drop(h);
-        assert_eq!(pool.in_use(), 0, "no mbuf leaked");
     }
-    drop(eal);
+    env.finish();
 }

@@ -2,18 +2,14 @@
 //! buffers (XSA-392) and recovery when it posts again, and oversize packets toward a
 //! frontend without scatter-gather dropped and counted. Every frame sent is either
 //! delivered intact or counted. EAL once per process: one test.
-mod common;
-use common::{attach, attach_with};
-use dataplane::engine::{EngineConfig, Features, Group, GroupIo};
-use dataplane::offload::{SoftGso, TxCaps};
-use dataplane::switch::SwitchConfig;
+
+use dataplane::engine::{EngineConfig, Features};
+use dataplane::offload::TxCaps;
+use guest::harness::{attach, attach_with};
 use guest::pktgen::{PktGen, Sink};
 use guest::TxMeta;
-use pmd::{Eal, Mempool, Port, PortConfig};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use xen::sim::{SimHost, SimOptions};
 
 fn mac(d: u16) -> [u8; 6] {
     [0x00, 0x16, 0x3e, 0, 2, d as u8]
@@ -21,28 +17,9 @@ fn mac(d: u16) -> [u8; 6] {
 
 #[test]
 fn backlog_stall_recovery_and_non_sg() {
-    let prefix = format!("nbd-rx-{}", std::process::id());
-    let eal = Eal::init(&[
-        "--no-huge",
-        "-m",
-        "512",
-        "--no-pci",
-        "--no-shconf",
-        "--file-prefix",
-        &prefix,
-        "--vdev",
-        "net_ring0",
-        "--log-level",
-        "*:error",
-    ])
-    .unwrap();
+    let env = guest::harness::Env::new("rx", 512, 8191);
     {
-        let pool = Arc::new(Mempool::new("rx", 8191, 256, 2176, -1).unwrap());
-        let mut port = Port::by_name("net_ring0").unwrap();
-        port.configure_and_start(&PortConfig::default(), &pool)
-            .unwrap();
-        let port = Arc::new(port);
-        let h = SimHost::start(SimOptions::default()).unwrap();
+        let (_pool, _port, h) = (&env.pool, &env.port, &env.host);
         for d in [41, 42, 43] {
             h.add_domain(d, &format!("g{d}"), 4096, 8192).unwrap();
         }
@@ -51,24 +28,11 @@ fn backlog_stall_recovery_and_non_sg() {
             stall_ns: 200_000_000,
             ..Default::default()
         };
-        let io = GroupIo {
-            pool: pool.clone(),
-            port: port.clone(),
-            port_queue: 0,
-            caps: TxCaps::default(),
-            soft: SoftGso::new("rx", 255, -1).unwrap(),
-        };
-        let mut g = Group::new(
-            cfg,
-            h.grants(0),
-            h.evtchn(0).unwrap(),
-            io,
-            SwitchConfig::default(),
-        );
-        let (mut a, sa, ca) = attach(&h, 41, 0, mac(41));
-        let (mut b, sb, _cb) = attach(&h, 42, 0, mac(42));
+        let mut g = env.group(cfg, TxCaps::default());
+        let (mut a, sa, ca) = attach(h, 41, 0, mac(41));
+        let (mut b, sb, _cb) = attach(h, 42, 0, mac(42));
         let (mut n, sn, cn) = attach_with(
-            &h,
+            h,
             43,
             0,
             mac(43),
@@ -194,9 +158,6 @@ fn backlog_stall_recovery_and_non_sg() {
             }
         }
         drop(g);
-        drop(port);
-        drop(h);
-        assert_eq!(pool.in_use(), 0, "no mbuf leaked");
     }
-    drop(eal);
+    env.finish();
 }

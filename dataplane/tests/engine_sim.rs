@@ -2,64 +2,29 @@
 //! `net_ring` port looping the guest's packets back (guest TX -> grant copy -> mbuf ->
 //! switch -> port -> net_ring -> port -> switch -> guest RX -> grant copy -> netfront).
 //! EAL once per process: one test function.
-mod common;
-use common::attach;
-use dataplane::engine::{EngineConfig, Group, GroupIo};
+
+use dataplane::engine::EngineConfig;
 use dataplane::netif::TxRequest;
-use dataplane::offload::{SoftGso, TxCaps};
-use dataplane::switch::SwitchConfig;
+use dataplane::offload::TxCaps;
+use guest::harness::attach;
 use guest::pktgen::{PktGen, Sink};
 use guest::TxMeta;
-use pmd::{Eal, Mempool, Port, PortConfig};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use xen::sim::{SimHost, SimOptions};
 
 const MAC: [u8; 6] = [0x00, 0x16, 0x3e, 0, 0, 5];
 
 #[test]
 fn guest_traffic_through_engine_and_net_ring() {
-    let prefix = format!("nbd-engine-{}", std::process::id());
-    let eal = Eal::init(&[
-        "--no-huge",
-        "-m",
-        "512",
-        "--no-pci",
-        "--no-shconf",
-        "--file-prefix",
-        &prefix,
-        "--vdev",
-        "net_ring0",
-        "--log-level",
-        "*:error",
-    ])
-    .unwrap();
+    let env = guest::harness::Env::new("eng", 512, 16383);
     {
-        let pool = Arc::new(Mempool::new("eng", 16383, 256, 2176, -1).unwrap());
-        let mut port = Port::by_name("net_ring0").unwrap();
-        port.configure_and_start(&PortConfig::default(), &pool)
-            .unwrap();
-        let port = Arc::new(port);
-        let h = SimHost::start(SimOptions::default()).unwrap();
+        let (_pool, _port, h) = (&env.pool, &env.port, &env.host);
         h.add_domain(5, "g5", 4096, 8192).unwrap();
         h.add_domain(6, "g6", 4096, 8192).unwrap();
-        let (mut nf, setup, ctr) = attach(&h, 5, 0, MAC);
-        let (mut nf6, setup6, ctr6) = attach(&h, 6, 0, [0x00, 0x16, 0x3e, 0, 0, 6]);
-        let io = GroupIo {
-            pool: pool.clone(),
-            port: port.clone(),
-            port_queue: 0,
-            caps: TxCaps::default(),
-            soft: SoftGso::new("eng", 1023, -1).unwrap(),
-        };
-        let mut g = Group::new(
-            EngineConfig::default(),
-            h.grants(0),
-            h.evtchn(0).unwrap(),
-            io,
-            SwitchConfig::default(),
-        );
+        let (mut nf, setup, ctr) = attach(h, 5, 0, MAC);
+        let (mut nf6, setup6, ctr6) = attach(h, 6, 0, [0x00, 0x16, 0x3e, 0, 0, 6]);
+        let mut g = env.group(EngineConfig::default(), TxCaps::default());
         g.add_queue(setup);
         g.add_queue(setup6);
 
@@ -251,10 +216,6 @@ fn guest_traffic_through_engine_and_net_ring() {
             gc.busy_iterations.load(Ordering::Relaxed) <= gc.iterations.load(Ordering::Relaxed)
         );
         drop(g);
-        drop(port);
-        let _ = (&mut nf, &mut nf6);
-        drop(h);
-        assert_eq!(pool.in_use(), 0, "no mbuf leaked");
     }
-    drop(eal);
+    env.finish();
 }

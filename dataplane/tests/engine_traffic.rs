@@ -4,20 +4,16 @@
 //! - rings starting near u32::MAX (index wrap) with nothing lost;
 //! - fairness: a flooding vif does not starve a light one in the same group;
 //! - credit: a vif limited by `rate` sends within 10% of it over real seconds.
-mod common;
-use common::{attach, attach_with};
+
 use dataplane::credit::Rate;
-use dataplane::engine::{EngineConfig, Features, Group, GroupIo};
+use dataplane::engine::{EngineConfig, Group};
 use dataplane::netif::{XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6};
-use dataplane::offload::{SoftGso, TxCaps};
-use dataplane::switch::SwitchConfig;
+use dataplane::offload::TxCaps;
+use guest::harness::attach;
 use guest::pktgen::{PktGen, Sink};
 use guest::TxMeta;
-use pmd::{Eal, Mempool, Port, PortConfig};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use xen::sim::{SimHost, SimOptions};
 
 type G = Group<xen::sim::SimGrant, xen::sim::SimEvtchn>;
 
@@ -90,49 +86,17 @@ fn poll_until(g: &mut G, secs: u64, mut done: impl FnMut(&mut G) -> bool) {
 
 #[test]
 fn gso_wrap_fairness_credit() {
-    let prefix = format!("nbd-traffic-{}", std::process::id());
-    let eal = Eal::init(&[
-        "--no-huge",
-        "-m",
-        "512",
-        "--no-pci",
-        "--no-shconf",
-        "--file-prefix",
-        &prefix,
-        "--vdev",
-        "net_ring0",
-        "--log-level",
-        "*:error",
-    ])
-    .unwrap();
+    let env = guest::harness::Env::new("traffic", 512, 16383);
     {
-        let pool = Arc::new(Mempool::new("traffic", 16383, 256, 2176, -1).unwrap());
-        let mut port = Port::by_name("net_ring0").unwrap();
-        port.configure_and_start(&PortConfig::default(), &pool)
-            .unwrap();
-        let port = Arc::new(port);
-        let h = SimHost::start(SimOptions::default()).unwrap();
+        let (_pool, _port, h) = (&env.pool, &env.port, &env.host);
         // Rings of every guest start 100 short of the u32 wrap.
         guest::netfront::set_ring_start_for_tests(u32::MAX - 100);
         for d in [31, 32, 33, 34] {
             h.add_domain(d, &format!("g{d}"), 4096, 8192).unwrap();
         }
-        let io = GroupIo {
-            pool: pool.clone(),
-            port: port.clone(),
-            port_queue: 0,
-            caps: TxCaps::default(),
-            soft: SoftGso::new("traffic", 1023, -1).unwrap(),
-        };
-        let mut g: G = Group::new(
-            EngineConfig::default(),
-            h.grants(0),
-            h.evtchn(0).unwrap(),
-            io,
-            SwitchConfig::default(),
-        );
-        let (mut a, sa, ca) = attach(&h, 31, 0, mac(31));
-        let (mut b, sb, cb) = attach(&h, 32, 0, mac(32));
+        let mut g: G = env.group(EngineConfig::default(), TxCaps::default());
+        let (mut a, sa, ca) = attach(h, 31, 0, mac(31));
+        let (mut b, sb, cb) = attach(h, 32, 0, mac(32));
         g.add_queue(sa);
         g.add_queue(sb);
 
@@ -263,8 +227,8 @@ fn gso_wrap_fairness_credit() {
 
         // --- Fairness: C floods, D sends 100 frames; D's all go out promptly.
         guest::netfront::set_ring_start_for_tests(0);
-        let (mut c, sc, cc) = attach(&h, 33, 0, mac(33));
-        let (mut d, sd, cd) = attach(&h, 34, 0, mac(34));
+        let (mut c, sc, cc) = attach(h, 33, 0, mac(33));
+        let (mut d, sd, cd) = attach(h, 34, 0, mac(34));
         g.add_queue(sc);
         g.add_queue(sd);
         let mut flood = PktGen {
@@ -348,120 +312,6 @@ fn gso_wrap_fairness_credit() {
         assert!(cd.tx_bytes.load(Ordering::Relaxed) > start_bytes);
         eprintln!("credit: configured 10000000 B/s, measured {rate:.0} B/s over {secs:.2} s");
         drop(g);
-
-        // --- GSO toward guests: a group whose port does TSO keeps a guest's super-frame
-        //     whole; vif to vif it reaches a frontend that negotiated TCPv4 GSO whole (with
-        //     the GSO extra), one that asked for the legacy prefix whole (prefix slot), and
-        //     one without GSO as software-made segments with valid checksums.
-        guest::netfront::set_ring_start_for_tests(0);
-        for d in [35, 36, 37, 38] {
-            h.add_domain(d, &format!("g{d}"), 4096, 8192).unwrap();
-        }
-        let tso = TxCaps {
-            tso: true,
-            tso6: true,
-            ipv4_cksum: true,
-            tcp_cksum: true,
-            udp_cksum: true,
-        };
-        let io = GroupIo {
-            pool: pool.clone(),
-            port: port.clone(),
-            port_queue: 0,
-            caps: tso,
-            soft: SoftGso::new("tso", 1023, -1).unwrap(),
-        };
-        let mut g2: G = Group::new(
-            EngineConfig::default(),
-            h.grants(0),
-            h.evtchn(0).unwrap(),
-            io,
-            SwitchConfig::default(),
-        );
-        let (mut s35, q35, _) = attach(&h, 35, 0, mac(35));
-        let (mut gso36, q36, _) = attach_with(
-            &h,
-            36,
-            0,
-            mac(36),
-            Features {
-                sg: true,
-                gso_tcpv4: true,
-                ..Default::default()
-            },
-        );
-        let (mut plain37, q37, _) = attach_with(
-            &h,
-            37,
-            0,
-            mac(37),
-            Features {
-                sg: true,
-                ..Default::default()
-            },
-        );
-        let (mut pre38, q38, _) = attach_with(
-            &h,
-            38,
-            0,
-            mac(38),
-            Features {
-                sg: true,
-                gso_prefix: true,
-                ..Default::default()
-            },
-        );
-        for q in [q35, q36, q37, q38] {
-            g2.add_queue(q);
-        }
-        let payload: Vec<u8> = (0..20_000usize).map(|i| (i * 5) as u8).collect();
-        for (dst, nf) in [(36u16, &mut gso36), (37, &mut plain37), (38, &mut pre38)] {
-            let f = tcp_frame(mac(dst), mac(35), false, &payload);
-            s35.send(
-                0,
-                &f,
-                TxMeta {
-                    csum_blank: true,
-                    gso: Some((1448, XEN_NETIF_GSO_TYPE_TCPV4)),
-                    slot_size: 4096,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-            let want = if dst == 37 {
-                payload.len().div_ceil(1448)
-            } else {
-                1
-            };
-            let mut got = Vec::new();
-            poll_until(&mut g2, 10, |_| {
-                got.extend(nf.poll_rx(0).unwrap());
-                got.len() >= want
-            });
-            assert_eq!(got.len(), want, "dom{dst}");
-            if dst == 37 {
-                let mut re = Vec::new();
-                for p in &got {
-                    re.extend(verify_tcp(&p.data));
-                }
-                assert_eq!(re, payload);
-            } else {
-                let p = &got[0];
-                assert_eq!(p.gso, Some((1448, XEN_NETIF_GSO_TYPE_TCPV4)), "dom{dst}");
-                assert_eq!(&p.data[54..], &payload[..], "dom{dst}: payload whole");
-                assert!(
-                    p.flags & dataplane::netif::NETRXF_CSUM_BLANK != 0,
-                    "checksum left to the guest"
-                );
-                let data_slots = p.data.len().div_ceil(4096);
-                assert_eq!(p.slots, data_slots + 1, "dom{dst}: data + GSO slot");
-            }
-            s35.reap_tx(0).unwrap();
-        }
-        drop(g2);
-        drop(port);
-        drop(h);
-        assert_eq!(pool.in_use(), 0, "no mbuf leaked");
     }
-    drop(eal);
+    env.finish();
 }

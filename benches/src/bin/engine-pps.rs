@@ -7,85 +7,17 @@
 //! port (which generates frames as fast as asked). Prints medians of 1-second rates.
 //!
 //!   cargo run --release -p netbackd-benches --bin engine-pps -- [seconds]
-use dataplane::credit::Rate;
-use dataplane::engine::{
-    EngineConfig, Features, Group, GroupIo, QueueCounters, QueueId, QueueSetup,
-};
-use dataplane::netif::{BackRing, SharedPage};
+use dataplane::engine::{EngineConfig, Features, Group, GroupIo, QueueCounters};
 use dataplane::offload::{SoftGso, TxCaps};
 use dataplane::switch::SwitchConfig;
 use guest::pktgen::PktGen;
-use guest::{FrontConfig, Netfront, TxMeta};
+use guest::TxMeta;
 use netbackd_benches::{median, rates};
 use pmd::{Eal, Mempool, Port, PortConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use xen::sim::{toolstack, SimHost, SimOptions};
-use xen::{EventChannel, GrantMap, Mapping, Tx};
-
-fn map_ring(h: &SimHost, domid: u16, gref: u32) -> SharedPage {
-    let m = Arc::new(h.grants(0).map(domid, &[gref], true).expect("map ring"));
-    let p = std::ptr::NonNull::new(m.as_ptr()).expect("mapped");
-    // SAFETY: the mapping lives as long as the SharedPage, which holds the Arc.
-    unsafe { SharedPage::from_raw(p, Some(m)) }
-}
-
-fn attach(h: &SimHost, domid: u16) -> (Netfront, QueueSetup, Arc<QueueCounters>) {
-    let xs = h.store();
-    h.add_domain(domid, "bench", 4096, 8192).expect("domain");
-    toolstack::add_vif(xs, 0, domid, 0, "00:16:3e:00:00:01", &Default::default()).expect("vif");
-    let be = toolstack::backend_path(0, domid, 0);
-    let fe = toolstack::frontend_path(domid, 0);
-    for (k, v) in [
-        ("feature-rx-copy", "1"),
-        ("feature-sg", "1"),
-        ("feature-split-event-channels", "1"),
-    ] {
-        xs.write(Tx::NONE, &format!("{be}/{k}"), v).unwrap();
-    }
-    xs.write(Tx::NONE, &format!("{be}/state"), "2").unwrap();
-    let mut nf = Netfront::new(
-        h.layout(),
-        h.connect().unwrap(),
-        FrontConfig {
-            domid,
-            devid: 0,
-            queues: 1,
-            split_evtchn: true,
-        },
-    )
-    .unwrap();
-    nf.connect(Duration::from_secs(5)).unwrap();
-    let r = |k: &str| {
-        xs.read(Tx::NONE, &format!("{fe}/{k}"))
-            .unwrap()
-            .unwrap()
-            .parse::<u32>()
-            .unwrap()
-    };
-    let mut ev = h.evtchn(0).unwrap();
-    let c = Arc::new(QueueCounters::default());
-    let s = QueueSetup {
-        id: QueueId {
-            domid,
-            devid: 0,
-            queue: 0,
-        },
-        tx: BackRing::attach(map_ring(h, domid, r("tx-ring-ref"))),
-        rx: BackRing::attach(map_ring(h, domid, r("rx-ring-ref"))),
-        evtchn_tx: ev.bind_interdomain(domid, r("event-channel-tx")).unwrap(),
-        evtchn_rx: ev.bind_interdomain(domid, r("event-channel-rx")).unwrap(),
-        mac: [0x00, 0x16, 0x3e, 0, 0, 1],
-        features: Features {
-            sg: true,
-            ..Default::default()
-        },
-        rate: Rate::UNLIMITED,
-        counters: c.clone(),
-    };
-    (nf, s, c)
-}
+use xen::sim::{SimHost, SimOptions};
 
 /// Runs one direction for `secs`; returns medians of per-second rates (packets).
 fn run(
@@ -97,7 +29,13 @@ fn run(
     len: usize,
     secs: u64,
 ) -> f64 {
-    let (mut nf, setup, ctr) = attach(h, domid);
+    h.add_domain(domid, "bench", 4096, 8192).expect("domain");
+    let features = Features {
+        sg: true,
+        ..Default::default()
+    };
+    let (mut nf, setup, ctr) =
+        guest::harness::attach_with(h, domid, 0, [0x00, 0x16, 0x3e, 0, 0, 1], features);
     let io = GroupIo {
         pool: pool.clone(),
         port: port.clone(),
