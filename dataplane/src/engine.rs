@@ -667,17 +667,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             }
         }
         let packets = self.ptx.len();
-        if !self.ops.is_empty() {
-            self.copy_calls += 1;
-            self.copy_ops += self.ops.len() as u64;
-            // SAFETY: every op's local pointer addresses data room inside an mbuf owned by
-            // an entry of self.ptx, which lives until after the call.
-            if unsafe { self.gc.copy(&mut self.ops) }.is_err() {
-                for op in self.ops.iter_mut() {
-                    op.status = xen::iface::gntst::GENERAL_ERROR;
-                }
-            }
-        }
+        self.submit_batch();
         let ptx = std::mem::take(&mut self.ptx);
         for p in ptx {
             let q = &mut self.queues[p.q];
@@ -731,6 +721,24 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         // Port refusals are the group's (the port's), not one guest's: counted per group.
         self.port_full += dropped as u64;
         packets
+    }
+
+    /// One grant-copy call for the whole batch of this direction. If the call itself fails
+    /// every op counts as failed (each slot then gets its error response).
+    fn submit_batch(&mut self) {
+        if self.ops.is_empty() {
+            return;
+        }
+        self.copy_calls += 1;
+        self.copy_ops += self.ops.len() as u64;
+        // SAFETY: every op's local pointer addresses data of an mbuf owned by an entry of
+        // self.ptx (guest TX, written) or self.prx (guest RX, only read), and those entries
+        // live until after this call: both directions take them only afterwards.
+        if unsafe { self.gc.copy(&mut self.ops) }.is_err() {
+            for op in self.ops.iter_mut() {
+                op.status = xen::iface::gntst::GENERAL_ERROR;
+            }
+        }
     }
 
     /// Switches one frame entering at `from` to its destinations (copying it for all but
@@ -919,17 +927,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             }
         }
         let packets = self.prx.len();
-        if !self.ops.is_empty() {
-            self.copy_calls += 1;
-            self.copy_ops += self.ops.len() as u64;
-            // SAFETY: every op's local pointer addresses data of an mbuf owned by an entry
-            // of self.prx, alive until after the call; ToForeign only reads it.
-            if unsafe { self.gc.copy(&mut self.ops) }.is_err() {
-                for op in self.ops.iter_mut() {
-                    op.status = xen::iface::gntst::GENERAL_ERROR;
-                }
-            }
-        }
+        self.submit_batch();
         let prx = std::mem::take(&mut self.prx);
         for p in prx {
             let q = &mut self.queues[p.q];

@@ -414,9 +414,7 @@ impl XenStore {
     /// guest frame `mfn` and store event channel `port`. Fires `@introduceDomain`.
     pub fn introduce_domain(&self, domid: u16, mfn: u64, port: u32) -> Result<(), XenError> {
         // SAFETY: valid handle; plain values.
-        if unsafe {
-            sys::xs_introduce_domain(self.h.as_ptr(), u32::from(domid), mfn as _, port)
-        } {
+        if unsafe { sys::xs_introduce_domain(self.h.as_ptr(), u32::from(domid), mfn as _, port) } {
             Ok(())
         } else {
             Err(Self::err("introduce", &format!("domain {domid}")))
