@@ -59,6 +59,15 @@ fn backlog_stall_recovery_and_non_sg() {
         let mut sink = Sink::default();
         let mut f = Vec::new();
         let mut sent = 0u64;
+        let mut hgen = PktGen {
+            dst_mac: mac(43),
+            frame_len: 200,
+            seq: 0,
+            ..gen.clone()
+        };
+        let mut hf = Vec::new();
+        let mut healthy = Sink::default();
+        let mut healthy_sent = 0;
         let t = Instant::now();
         while t.elapsed() < Duration::from_millis(700) {
             while sent < 600 {
@@ -69,13 +78,30 @@ fn backlog_stall_recovery_and_non_sg() {
                 }
                 sent += 1;
             }
+            // Meanwhile a healthy vif (N) keeps receiving from B.
+            if healthy_sent < 50 {
+                hgen.next_frame(&mut hf);
+                if b.send(0, &hf, TxMeta::default()).is_ok() {
+                    healthy_sent += 1;
+                } else {
+                    hgen.seq -= 1;
+                }
+            }
             g.poll();
             b.reap_tx(0).unwrap();
             for p in a.poll_rx_no_refill(0).unwrap() {
                 assert!(sink.accept(&p.data));
             }
+            for p in n.poll_rx(0).unwrap() {
+                assert!(healthy.accept(&p.data));
+            }
         }
         assert_eq!(sent, 600);
+        assert_eq!(
+            (healthy.stats.packets, healthy.stats.lost, healthy.stats.bad),
+            (50, 0, 0),
+            "the healthy vif lost nothing during the stall"
+        );
         let full = ca.rx_drop_backlog_full.load(Ordering::Relaxed);
         let stalled = ca.rx_drop_stalled.load(Ordering::Relaxed);
         assert_eq!(sink.stats.packets, 256, "one full ring of buffers was used");

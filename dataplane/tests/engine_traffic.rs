@@ -101,9 +101,11 @@ fn gso_wrap_fairness_credit() {
         g.add_queue(sb);
 
         // --- TSO A -> B (unicast vif to vif), software segmentation toward B.
-        for (v6, len, mss, ty) in [
-            (false, 60_000usize, 1448u16, XEN_NETIF_GSO_TYPE_TCPV4),
-            (true, 65_000, 1428, XEN_NETIF_GSO_TYPE_TCPV6),
+        // The third packet is GSO without csum_blank (a buggy frontend): fixed up, counted.
+        for (v6, len, mss, ty, csum_blank) in [
+            (false, 60_000usize, 1448u16, XEN_NETIF_GSO_TYPE_TCPV4, true),
+            (true, 65_000, 1428, XEN_NETIF_GSO_TYPE_TCPV6, true),
+            (false, 10_000, 1448, XEN_NETIF_GSO_TYPE_TCPV4, false),
         ] {
             let payload: Vec<u8> = (0..len).map(|i| (i * 11 + len) as u8).collect();
             let f = tcp_frame(mac(32), mac(31), v6, &payload);
@@ -111,7 +113,7 @@ fn gso_wrap_fairness_credit() {
                 0,
                 &f,
                 TxMeta {
-                    csum_blank: true,
+                    csum_blank,
                     gso: Some((mss, ty)),
                     slot_size: 4096,
                     ..Default::default()
@@ -134,6 +136,7 @@ fn gso_wrap_fairness_credit() {
             a.reap_tx(0).unwrap();
         }
         assert_eq!(ca.tx_drop_offload.load(Ordering::Relaxed), 0);
+        assert_eq!(ca.tx_gso_checksum_fixup.load(Ordering::Relaxed), 1);
 
         // --- Index wrap: 1000 frames A -> wire -> A across u32::MAX, nothing lost.
         let mut gen = PktGen {
