@@ -467,3 +467,50 @@ fn python_frontend_attaches_by_the_documented_abi() {
         .collect();
     assert_eq!(page, expect);
 }
+
+/// Several processes starting and stopping sim hosts in one parent directory at once: a
+/// start reaping stale roots must never take another process's root being created.
+#[test]
+fn concurrent_starts_across_processes() {
+    let _serial = serial();
+    if let Ok(parent) = std::env::var("NBD_SIM_CHURN_PARENT") {
+        let opts = SimOptions {
+            parent: parent.into(),
+            root: None,
+        };
+        for _ in 0..40 {
+            let h = SimHost::start(opts.clone()).expect("start while others churn");
+            h.add_domain(3, "x", 16, 32)
+                .expect("domain while others churn");
+            h.stop().expect("stop");
+        }
+        return;
+    }
+    let parent = std::env::temp_dir().join(format!("nbd-churn-{}", std::process::id()));
+    std::fs::create_dir_all(&parent).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let kids: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(&exe)
+                .args([
+                    "--exact",
+                    "concurrent_starts_across_processes",
+                    "--test-threads=1",
+                ])
+                .env("NBD_SIM_CHURN_PARENT", &parent)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut k in kids {
+        assert!(k.wait().unwrap().success(), "a concurrent start failed");
+    }
+    assert_eq!(
+        std::fs::read_dir(&parent).unwrap().count(),
+        0,
+        "nothing left"
+    );
+    std::fs::remove_dir(&parent).unwrap();
+}

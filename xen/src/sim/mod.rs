@@ -158,9 +158,21 @@ impl SimHost {
             domains: std::sync::Mutex::new(Vec::new()),
         };
         let io = |what: &str, e| XenError::io(format!("{what} in {}", root.display()), e);
-        std::fs::create_dir_all(layout.xenstored_dir()).map_err(|e| io("mkdir", e))?;
-        std::fs::write(layout.owner_file(), std::process::id().to_string())
+        // Another process's start may be reaping stale roots right now: the root must never
+        // be visible without its owner. Build it under a hidden name (never reaped), write
+        // owner.pid, then rename it into place (atomic).
+        let staging = root.with_file_name(format!(
+            ".{}.staging",
+            root.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(|e| io("mkdir", e))?;
+        std::fs::write(staging.join("owner.pid"), std::process::id().to_string())
             .map_err(|e| io("owner.pid", e))?;
+        std::fs::rename(&staging, &root).map_err(|e| io("rename staging root", e))?;
+        std::fs::create_dir_all(layout.xenstored_dir()).map_err(|e| io("mkdir", e))?;
         let shim = root.join("libnbd_xsshim.so");
         std::fs::write(&shim, SHIM).map_err(|e| io("shim", e))?;
         // dom0's store event channel and ring page, which xenstored reads at start.
