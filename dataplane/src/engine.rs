@@ -496,6 +496,13 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
     fn disable(&mut self, i: usize, why: Disable) {
         let q = &mut self.queues[i];
         if q.disabled.is_none() {
+            // Once per queue: the queue is skipped from now on, so this cannot repeat.
+            log::warn!(
+                "dom{} vif{} queue {}: frontend broke the netif protocol ({why:?}); queue disabled",
+                q.id.domid,
+                q.id.devid,
+                q.id.queue
+            );
             q.disabled = Some(why);
             q.local.rogue += 1;
             self.disabled.push((q.id, why));
