@@ -5,7 +5,8 @@
  *  - libxenevtchn: a handle whose fd is a never-readable pipe (no hypervisor events),
  *    bind/notify/unmask/unbind succeed with made-up ports, pending returns none;
  *  - libxengnttab: open/close/set_max_grants succeed; mapping a domain's xenstore ring
- *    fails (sim guests talk to xenstored over its unix socket, never through a ring);
+ *    (at XS_INTRODUCE) gives a private zero page, so introduce/release work while sim
+ *    guests talk to xenstored over its unix socket, never through a ring;
  *  - /proc/xen/xsd_port and /proc/xen/xsd_kva (dom0's store event channel and ring page),
  *    read at dom0 initialisation, are redirected to files under $NBD_SIM_XSD_DIR.
  * Clients and xenstored otherwise behave as on a real host: same protocol, permissions,
@@ -20,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 #include <xenctrl.h>
 
@@ -69,17 +71,25 @@ int xenevtchn_pending(void *h) { (void)h; errno = EAGAIN; return -1; }
 int xenevtchn_unmask(void *h, uint32_t port) { (void)h; (void)port; return 0; }
 int xenevtchn_unbind(void *h, uint32_t port) { (void)h; (void)port; return 0; }
 
-/* --- grant tables: no guest rings to map ----------------------------------------- */
+/* --- grant tables: each domain's xenstore ring is a private zero page ------------
+ * XS_INTRODUCE maps the domain's ring (grant GNTTAB_RESERVED_XENSTORE). Sim guests talk to
+ * xenstored over its unix socket, so the ring is a fresh anonymous page that nobody else
+ * writes: xenstored sees an empty, connected ring forever. That is enough for introduce
+ * (the domain becomes known, @introduceDomain fires) and release (@releaseDomain). */
 void *xengnttab_open(void *logger, unsigned flags) { (void)logger; (void)flags; return &dummy_handle; }
 int xengnttab_close(void *h) { (void)h; return 0; }
 int xengnttab_set_max_grants(void *h, uint32_t n) { (void)h; (void)n; return 0; }
 void *xengnttab_map_grant_ref(void *h, uint32_t dom, uint32_t ref, int prot)
 {
     (void)h; (void)dom; (void)ref; (void)prot;
-    errno = ENOSYS;
-    return NULL;
+    void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
 }
-int xengnttab_unmap(void *h, void *addr, uint32_t count) { (void)h; (void)addr; (void)count; return 0; }
+int xengnttab_unmap(void *h, void *addr, uint32_t count)
+{
+    (void)h;
+    return addr ? munmap(addr, (size_t)count * 4096) : 0;
+}
 
 /* --- /proc/xen/xsd_{port,kva} -> files under $NBD_SIM_XSD_DIR --------------------- */
 static const char *redirect(const char *path, char *buf, size_t n)

@@ -8,6 +8,8 @@ pub mod sim;
 pub mod xenstore;
 
 pub use error::XenError;
-pub use iface::{CopyDir, CopyOp, EventChannel, GrantCopy, GrantMap, Mapping};
+pub use iface::{
+    BoundPort, CopyDir, CopyOp, EventChannel, GnttabStatus, GrantCopy, GrantMap, Mapping,
+};
 pub use xen_sys as sys;
 pub use xenstore::{Access, Perm, Tx, WatchEvent, XenStore};

@@ -99,6 +99,11 @@ impl XenStore {
     }
 
     /// Connects to the xenstored listening on the unix socket `path`.
+    ///
+    /// libxenstore only takes the path from the environment, so this sets `XENSTORED_PATH`
+    /// for the duration of the `xs_open` call (serialised with other opens) and restores
+    /// it. Processes spawned meanwhile by other threads could inherit it: give children
+    /// that use xenstore `XENSTORED_PATH` explicitly (`Command::env`).
     pub fn open_at(path: &str) -> Result<XenStore, XenError> {
         let _g = OPEN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let old = std::env::var_os("XENSTORED_PATH");
@@ -316,6 +321,18 @@ impl XenStore {
         (!v.is_null()).then(|| Self::take_event(v))
     }
 
+    /// Blocks until a watch event arrives. An error means the connection is broken.
+    pub fn read_watch(&self) -> Result<WatchEvent, XenError> {
+        let mut n = 0u32;
+        // SAFETY: valid handle; blocks in libxenstore until an event is queued or the
+        // connection fails (NULL).
+        let v = unsafe { sys::xs_read_watch(self.h.as_ptr(), &mut n) };
+        if v.is_null() {
+            return Err(Self::err("read_watch", ""));
+        }
+        Ok(Self::take_event(v))
+    }
+
     /// Waits up to `timeout` for a watch event.
     pub fn read_watch_timeout(&self, timeout: Duration) -> Option<WatchEvent> {
         if let Some(e) = self.try_read_watch() {
@@ -393,6 +410,36 @@ impl XenStore {
             path: String::new(),
             source: io::Error::from_raw_os_error(libc::EAGAIN),
         })
+    }
+}
+
+/// Domain management (what a toolstack does; dom0 only).
+impl XenStore {
+    /// `XS_INTRODUCE`: tells xenstored that domain `domid` exists, with its store ring at
+    /// guest frame `mfn` and store event channel `port`. Fires `@introduceDomain`.
+    pub fn introduce_domain(&self, domid: u16, mfn: u64, port: u32) -> Result<(), XenError> {
+        // SAFETY: valid handle; plain values.
+        if unsafe { sys::xs_introduce_domain(self.h.as_ptr(), u32::from(domid), mfn as _, port) } {
+            Ok(())
+        } else {
+            Err(Self::err("introduce", &format!("domain {domid}")))
+        }
+    }
+
+    /// `XS_RELEASE`: xenstored forgets domain `domid`. Fires `@releaseDomain`.
+    pub fn release_domain(&self, domid: u16) -> Result<(), XenError> {
+        // SAFETY: valid handle; plain value.
+        if unsafe { sys::xs_release_domain(self.h.as_ptr(), u32::from(domid)) } {
+            Ok(())
+        } else {
+            Err(Self::err("release", &format!("domain {domid}")))
+        }
+    }
+
+    /// `XS_IS_DOMAIN_INTRODUCED`.
+    pub fn is_domain_introduced(&self, domid: u16) -> bool {
+        // SAFETY: valid handle; plain value.
+        unsafe { sys::xs_is_domain_introduced(self.h.as_ptr(), u32::from(domid)) }
     }
 }
 

@@ -1,7 +1,8 @@
 //! Event channels of the simulated host, in shared memory so any process can use them.
 //!
 //! `dom<D>/evtchn`: a 64-byte header whose first u32 is the domain's wake-up futex word
-//! (incremented on every event delivered to D), then `PORTS` entries of 16 bytes:
+//! (incremented on every event delivered to D) and whose second u32 is the domain's life
+//! state (0 being built, 1 running, 2 destroyed), then `PORTS` entries of 16 bytes:
 //! `u32 state` (0 free, 1 unbound, 2 interdomain), `u32 remote_dom`, `u32 remote_port`,
 //! `u32 flags` (bit 0 pending, bit 1 masked). Port 0 is never used, as in Xen. Notify sets
 //! the peer's pending bit and, unless masked, bumps and wakes the peer domain's futex.
@@ -23,11 +24,18 @@ const UNBOUND: u32 = 1;
 const INTERDOMAIN: u32 = 2;
 const PENDING: u32 = 1;
 const MASKED: u32 = 2;
+/// Byte offset of the domain's life state in the header.
+const DOM_STATE: usize = 4;
+/// Life states of a domain.
+pub const DOM_BUILDING: u32 = 0;
+pub const DOM_RUNNING: u32 = 1;
+pub const DOM_DESTROYED: u32 = 2;
 
 /// One domain's port table.
 pub struct PortTable(ShmFile);
 
 impl PortTable {
+    /// Creates the table of a domain being built (life state 0).
     pub(crate) fn create(layout: &SimLayout, domid: u16) -> Result<PortTable, XenError> {
         Ok(PortTable(ShmFile::create(
             &layout.dom_dir(domid).join("evtchn"),
@@ -42,6 +50,13 @@ impl PortTable {
     }
     fn futex(&self) -> &AtomicU32 {
         self.0.u32_at(0)
+    }
+    /// Whether the domain is running (not being built, not destroyed).
+    pub fn is_alive(&self) -> bool {
+        self.0.u32_at(DOM_STATE).load(Ordering::Acquire) == DOM_RUNNING
+    }
+    pub(crate) fn set_state(&self, state: u32) {
+        self.0.u32_at(DOM_STATE).store(state, Ordering::Release);
     }
     fn field(&self, port: u32, i: usize) -> &AtomicU32 {
         self.0.u32_at(HDR + port as usize * ENTRY + i * 4)
@@ -114,7 +129,11 @@ impl SimEvtchn {
     fn table(&self, domid: u16) -> Result<Arc<PortTable>, XenError> {
         let mut g = self.tables.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = g.get(&domid) {
-            return Ok(t.clone());
+            // A destroyed domain's table is dropped: a new domain may reuse the id.
+            if domid == self.local_dom || t.is_alive() {
+                return Ok(t.clone());
+            }
+            g.remove(&domid);
         }
         let t = Arc::new(
             PortTable::open(&self.layout, domid).map_err(|_| XenError::Evtchn {
@@ -148,6 +167,38 @@ impl SimEvtchn {
 
     fn err(op: &'static str, msg: String) -> XenError {
         XenError::Evtchn { op, msg }
+    }
+}
+
+/// What Xen does to event channels when domain `domid` is destroyed: every peer port bound
+/// to one of its ports goes back to unbound (a notify on it is then dropped), and the
+/// domain's own ports are closed. Called by the sim host after marking the domain destroyed.
+pub(crate) fn close_domain(layout: &SimLayout, domid: u16) {
+    let Ok(table) = PortTable::open(layout, domid) else {
+        return;
+    };
+    let mut peers: HashMap<u16, Option<PortTable>> = HashMap::new();
+    for p in 1..PORTS {
+        if table.state(p).load(Ordering::Acquire) == INTERDOMAIN {
+            let rd = table.remote_dom(p).load(Ordering::Acquire) as u16;
+            let rp = table.remote_port(p).load(Ordering::Acquire);
+            let peer = peers
+                .entry(rd)
+                .or_insert_with(|| PortTable::open(layout, rd).ok());
+            if let Some(peer) = peer.as_ref().filter(|_| PortTable::valid(rp)) {
+                if peer.remote_dom(rp).load(Ordering::Acquire) == u32::from(domid)
+                    && peer.remote_port(rp).load(Ordering::Acquire) == p
+                    && peer
+                        .state(rp)
+                        .compare_exchange(INTERDOMAIN, UNBOUND, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    peer.remote_port(rp).store(0, Ordering::Release);
+                }
+            }
+        }
+        table.flags(p).store(0, Ordering::Relaxed);
+        table.state(p).store(FREE, Ordering::Release);
     }
 }
 

@@ -6,6 +6,7 @@
 //! little endian). The backend touches guest memory only after checking the entry the way
 //! Xen's `acquire_grant_for_copy`/`map_grant_ref` do, and reads each entry once (one 8-byte
 //! atomic load), so a revoked grant fails from that moment on.
+use super::evtchn::PortTable;
 use super::shm::ShmFile;
 use super::SimLayout;
 use crate::iface::{gntst, CopyDir, CopyOp, GrantCopy, GrantMap, Mapping};
@@ -21,10 +22,14 @@ pub const GTF_PERMIT_ACCESS: u16 = 1;
 pub const GTF_TYPE_MASK: u16 = 3;
 pub const GTF_READONLY: u16 = 4;
 
-/// One domain's RAM and grant table, mapped.
+/// One domain's RAM and grant table, mapped: the *guest's own* view of its memory (a
+/// simulated guest writes its RAM and grant entries through it). The backend never uses it
+/// directly: it goes through [`SimGrant`], which checks every access like Xen does.
 pub struct DomainMem {
-    pub ram: ShmFile,
-    pub gnttab: ShmFile,
+    ram: ShmFile,
+    gnttab: ShmFile,
+    /// The domain's event-channel table, whose header holds the domain's life state.
+    ports: PortTable,
     ram_path: PathBuf,
 }
 
@@ -32,6 +37,11 @@ impl DomainMem {
     /// Maps an existing domain's RAM and grant table (what a simulated guest does).
     pub fn open(layout: &SimLayout, domid: u16) -> Result<DomainMem, XenError> {
         open_domain(layout, domid)
+    }
+
+    /// Whether the domain is running (created and not yet destroyed by the sim host).
+    pub fn is_alive(&self) -> bool {
+        self.ports.is_alive()
     }
 
     /// Copies `data` into guest RAM at (frame, offset) — the guest writing its own memory.
@@ -131,13 +141,21 @@ impl DomainTable {
         }
     }
 
-    /// The domain's memory, or None if it does not exist (Xen: bad_domain).
+    /// The domain's memory, or None if it does not exist or is being destroyed (Xen:
+    /// bad_domain). A cached mapping of a destroyed domain is dropped, so a new domain with
+    /// the same id is found afresh.
     pub fn get(&self, domid: u16) -> Option<Arc<DomainMem>> {
         let mut g = self.doms.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(d) = g.get(&domid) {
-            return Some(d.clone());
+            if d.is_alive() {
+                return Some(d.clone());
+            }
+            g.remove(&domid);
         }
         let d = Arc::new(open_domain(&self.layout, domid).ok()?);
+        if !d.is_alive() {
+            return None;
+        }
         g.insert(domid, d.clone());
         Some(d)
     }
@@ -153,32 +171,55 @@ impl DomainTable {
 
 pub(crate) fn open_domain(layout: &SimLayout, domid: u16) -> Result<DomainMem, XenError> {
     let ram_path = layout.dom_dir(domid).join("memory");
+    let ram = ShmFile::open(&ram_path, None)?;
+    let gnttab = ShmFile::open(&layout.dom_dir(domid).join("grant-table"), None)?;
+    if ram.len() % PAGE != 0 || gnttab.len() % 8 != 0 {
+        return Err(XenError::Sim(format!(
+            "dom{domid}: memory ({} bytes) or grant table ({} bytes) ends in a partial entry",
+            ram.len(),
+            gnttab.len()
+        )));
+    }
     Ok(DomainMem {
-        ram: ShmFile::open(&ram_path, None)?,
-        gnttab: ShmFile::open(&layout.dom_dir(domid).join("grant-table"), None)?,
+        ram,
+        gnttab,
+        ports: PortTable::open(layout, domid)?,
         ram_path,
     })
 }
 
+/// Largest guest RAM the sim creates (2^20 frames, 4 GiB).
+pub const MAX_FRAMES: u32 = 1 << 20;
+/// Largest grant table the sim creates (2^20 entries).
+pub const MAX_GRANTS: u32 = 1 << 20;
+
+/// Creates domain `domid`'s files: RAM, grant table and event-channel table, the latter
+/// with the domain still "being built" (the host marks it running when it is complete).
 pub(crate) fn create_domain(
     layout: &SimLayout,
     domid: u16,
     frames: u32,
     grants: u32,
-) -> Result<DomainMem, XenError> {
+) -> Result<PortTable, XenError> {
+    if !(1..=MAX_FRAMES).contains(&frames) || !(1..=MAX_GRANTS).contains(&grants) {
+        return Err(XenError::Invalid(format!(
+            "dom{domid}: {frames} frames, {grants} grant entries \
+             (allowed 1..={MAX_FRAMES}, 1..={MAX_GRANTS})"
+        )));
+    }
     let dir = layout.dom_dir(domid);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| XenError::io(format!("mkdir {}", dir.display()), e))?;
-    let ram_path = dir.join("memory");
-    Ok(DomainMem {
-        ram: ShmFile::create(&ram_path, frames as usize * PAGE)?,
-        gnttab: ShmFile::create(&dir.join("grant-table"), grants as usize * 8)?,
-        ram_path,
-    })
+    // create_dir, not _all: fails if the domain exists (two creators can't share it).
+    std::fs::create_dir(&dir).map_err(|e| XenError::io(format!("mkdir {}", dir.display()), e))?;
+    ShmFile::create(&dir.join("memory"), frames as usize * PAGE)?;
+    ShmFile::create(&dir.join("grant-table"), grants as usize * 8)?;
+    PortTable::create(layout, domid)
 }
 
-/// Checks an entry for use by `local_dom`, as Xen does: the bad flags/domid/read-only
-/// cases are `GNTST_general_error` in Xen 4.17 (`_set_status_v1`), not permission_denied.
+/// Checks an entry for use by `local_dom`, as Xen 4.17 does (`acquire_grant_for_copy`,
+/// `map_grant_ref`): a gref beyond the table is `bad_gntref`; a type other than
+/// permit_access, another domid, or a write to a read-only grant is `general_error` (Xen's
+/// `_set_status_v1`; not permission_denied); a frame outside the guest's RAM is `bad_page`
+/// (Xen's `get_paged_frame`). The entry is read once (one 8-byte atomic load).
 fn check(d: &DomainMem, gref: u32, local_dom: u16, write: bool) -> Result<u32, i16> {
     let (flags, domid, frame) = d.entry(gref).ok_or(gntst::BAD_GNTREF)?;
     if flags & GTF_TYPE_MASK != GTF_PERMIT_ACCESS || domid != local_dom {
@@ -211,10 +252,10 @@ impl SimGrant {
         };
     }
 
+    /// In Xen 4.17's order (`gnttab_copy_one`): find the domain (bad_domain), acquire the
+    /// grant (bad_gntref, general_error, bad_page), then check the range (bad_copy_arg, in
+    /// `gnttab_copy_buf`).
     fn copy_one(&self, op: &CopyOp) -> Result<(), i16> {
-        if usize::from(op.offset) + usize::from(op.len) > PAGE {
-            return Err(gntst::BAD_COPY_ARG);
-        }
         let d = self.table.get(op.domid).ok_or(gntst::BAD_DOMAIN)?;
         let frame = check(&d, op.gref, self.local_dom, op.dir == CopyDir::ToForeign)?;
         let guest = d

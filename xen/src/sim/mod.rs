@@ -88,21 +88,56 @@ pub struct SimHost {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-fn pid_alive(pid: i32) -> bool {
+/// Name prefix of the roots `SimHost::start` creates (`netbackd-sim-<pid>-<n>`).
+const ROOT_PREFIX: &str = "netbackd-sim-";
+/// `sun_path` holds 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// The start time of process `pid` (field 22 of /proc/<pid>/stat, clock ticks after boot):
+/// with the pid it names a process uniquely (pids are reused).
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: skip past it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the process named by (pid, start time) still runs.
+fn owner_alive(pid: i32, start: Option<u64>) -> bool {
     // SAFETY: kill with signal 0 only checks for existence/permission.
-    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+    let exists = pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM));
+    exists && (start.is_none() || start_time(pid) == start)
 }
 
 fn read_pid(p: &Path) -> Option<i32> {
     std::fs::read_to_string(p).ok()?.trim().parse().ok()
 }
 
+/// `owner.pid`: "<pid> <start time>".
+fn read_owner(p: &Path) -> Option<(i32, Option<u64>)> {
+    let s = std::fs::read_to_string(p).ok()?;
+    let mut it = s.split_whitespace();
+    let pid = it.next()?.parse().ok()?;
+    Some((pid, it.next().and_then(|t| t.parse().ok())))
+}
+
+/// The pid in a default root's name (`netbackd-sim-<pid>-<n>`).
+fn pid_from_name(root: &Path) -> Option<i32> {
+    let name = root.file_name()?.to_str()?.strip_prefix(ROOT_PREFIX)?;
+    name.split('-').next()?.parse().ok()
+}
+
 /// Removes a sim root left by a process that died: kills its xenstored if still running,
-/// then deletes the directory. Returns true if it was stale (and is gone).
+/// then deletes the directory. Returns true if it was stale (and is gone). A root whose
+/// owner file is not written yet (another process is creating it) is judged by the pid in
+/// its name.
 fn reap_if_stale(root: &Path) -> bool {
     let layout = SimLayout::new(root);
-    if let Some(owner) = read_pid(&layout.owner_file()) {
-        if pid_alive(owner) {
+    let owner = read_owner(&layout.owner_file()).or_else(|| pid_from_name(root).map(|p| (p, None)));
+    if let Some((pid, start)) = owner {
+        if owner_alive(pid, start) {
             return false;
         }
     }
@@ -121,20 +156,29 @@ fn reap_if_stale(root: &Path) -> bool {
     std::fs::remove_dir_all(root).is_ok()
 }
 
+/// Permissions libxl gives a guest's xenstore directories: owned by dom0, readable by
+/// the guest (`roperm`), or owned by the guest (`rwperm`).
+fn roperm(domid: u16) -> [Perm; 2] {
+    [Perm::new(0, Access::None), Perm::new(domid, Access::Read)]
+}
+fn rwperm(domid: u16) -> [Perm; 1] {
+    [Perm::new(domid, Access::None)]
+}
+
 impl SimHost {
     /// Starts a fresh sim host: removes stale roots of dead processes, creates the root,
     /// starts xenstored and creates dom0's xenstore entries.
     pub fn start(opts: SimOptions) -> Result<SimHost, XenError> {
         if let Ok(rd) = std::fs::read_dir(&opts.parent) {
             for e in rd.flatten() {
-                if e.file_name().to_string_lossy().starts_with("netbackd-sim-") {
+                if e.file_name().to_string_lossy().starts_with(ROOT_PREFIX) {
                     reap_if_stale(&e.path());
                 }
             }
         }
         let root = opts.root.clone().unwrap_or_else(|| {
             opts.parent.join(format!(
-                "netbackd-sim-{}-{}",
+                "{ROOT_PREFIX}{}-{}",
                 std::process::id(),
                 SEQ.fetch_add(1, Ordering::Relaxed)
             ))
@@ -151,28 +195,30 @@ impl SimHost {
             )));
         }
         let layout = SimLayout::new(&root);
+        let sock_len = layout.xenstore_socket().as_os_str().len();
+        if sock_len > MAX_SOCKET_PATH {
+            return Err(XenError::Invalid(format!(
+                "sim root {} is too long: its xenstore socket path needs {sock_len} bytes, a \
+                 unix socket allows {MAX_SOCKET_PATH}",
+                root.display()
+            )));
+        }
+        let io = |what: &str, e| XenError::io(format!("{what} in {}", root.display()), e);
+        // create_dir (not _all): two hosts can never share a root.
+        std::fs::create_dir(&root).map_err(|e| io("mkdir", e))?;
         let mut host = SimHost {
             layout: layout.clone(),
             xenstored: None,
             store: None,
             domains: std::sync::Mutex::new(Vec::new()),
         };
-        let io = |what: &str, e| XenError::io(format!("{what} in {}", root.display()), e);
-        // Another process's start may be reaping stale roots right now: the root must never
-        // be visible without its owner. Build it under a hidden name (never reaped), write
-        // owner.pid, then rename it into place (atomic).
-        let staging = root.with_file_name(format!(
-            ".{}.staging",
-            root.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ));
-        let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir_all(&staging).map_err(|e| io("mkdir", e))?;
-        std::fs::write(staging.join("owner.pid"), std::process::id().to_string())
-            .map_err(|e| io("owner.pid", e))?;
-        std::fs::rename(&staging, &root).map_err(|e| io("rename staging root", e))?;
-        std::fs::create_dir_all(layout.xenstored_dir()).map_err(|e| io("mkdir", e))?;
+        let me = std::process::id() as i32;
+        let owner = match start_time(me) {
+            Some(t) => format!("{me} {t}\n"),
+            None => format!("{me}\n"),
+        };
+        std::fs::write(layout.owner_file(), owner).map_err(|e| io("owner.pid", e))?;
+        std::fs::create_dir(layout.xenstored_dir()).map_err(|e| io("mkdir", e))?;
         let shim = root.join("libnbd_xsshim.so");
         std::fs::write(&shim, SHIM).map_err(|e| io("shim", e))?;
         // dom0's store event channel and ring page, which xenstored reads at start.
@@ -185,6 +231,9 @@ impl SimHost {
             .args(["--no-fork", "--pid-file"])
             .arg(layout.xenstored_pid_file())
             .env("XENSTORED_RUNDIR", layout.xenstored_dir())
+            // xenstored binds XENSTORED_PATH when set: never let it inherit one (the
+            // caller's, or one another thread's `XenStore::open_at` has set for a moment).
+            .env("XENSTORED_PATH", layout.xenstore_socket())
             .env("NBD_SIM_XSD_DIR", layout.xenstored_dir())
             .env("LD_PRELOAD", &shim)
             .current_dir(&root)
@@ -214,12 +263,18 @@ impl SimHost {
                     "xenstored did not open its socket within 10 s".into(),
                 ));
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(2));
         };
+        // What xencommons writes for dom0 on a real host.
         store.write(Tx::NONE, "/local/domain/0/name", "Domain-0")?;
         store.write(Tx::NONE, "/local/domain/0/domid", "0")?;
         host.store = Some(store);
-        host.create_domain_files(0, 16, 256)?;
+        let dom0 = grant::create_domain(&host.layout, 0, 16, 256)?;
+        dom0.set_state(evtchn::DOM_RUNNING);
+        host.domains
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(0);
         Ok(host)
     }
 
@@ -246,18 +301,21 @@ impl SimHost {
         XenStore::open_at(&self.xenstore_path())
     }
 
-    fn create_domain_files(&self, domid: u16, frames: u32, grants: u32) -> Result<(), XenError> {
-        grant::create_domain(&self.layout, domid, frames, grants)?;
-        evtchn::PortTable::create(&self.layout, domid)?;
+    /// The domains that exist, dom0 first.
+    pub fn domains(&self) -> Vec<u16> {
         self.domains
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(domid);
-        Ok(())
+            .clone()
     }
 
-    /// Creates guest `domid` with `frames` pages of RAM and `grants` grant entries, and
-    /// its `/local/domain/<domid>` directory owned by the domain (as the toolstack does).
+    /// Creates guest `domid` as a toolstack (libxl) does: `frames` pages of RAM and
+    /// `grants` grant entries; a store event channel (an unbound port of the guest for
+    /// dom0, in `store/port`); `/local/domain/<domid>` with libxl's nodes and permissions
+    /// (the directory and `device`, `control`, `memory`, `cpu` owned by dom0 and readable
+    /// by the guest; `data`, `drivers`, `feature`, `attr`, `error`, `control/shutdown`,
+    /// `device/suspend/event-channel` owned by the guest); then `XS_INTRODUCE`, which
+    /// fires `@introduceDomain`.
     pub fn add_domain(
         &self,
         domid: u16,
@@ -273,29 +331,92 @@ impl SimHost {
         if self.layout.dom_dir(domid).exists() {
             return Err(XenError::Invalid(format!("domain {domid} exists")));
         }
-        self.create_domain_files(domid, frames, grants)?;
-        let s = self.store();
-        let base = format!("/local/domain/{domid}");
-        s.transaction(10, |t| {
-            s.mkdir(t, &base)?;
-            s.set_perms(
-                t,
-                &base,
-                &[Perm::new(domid, Access::None), Perm::new(0, Access::Read)],
-            )?;
-            s.write(t, &format!("{base}/name"), name)?;
-            s.write(t, &format!("{base}/domid"), &domid.to_string())?;
-            s.mkdir(t, &format!("{base}/device"))?;
-            Ok(())
-        })?;
+        let ports = grant::create_domain(&self.layout, domid, frames, grants)?;
+        ports.set_state(evtchn::DOM_RUNNING);
+        self.domains
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(domid);
+        if let Err(e) = self.register_domain(domid, name, frames) {
+            let _ = self.remove_domain(domid);
+            return Err(e);
+        }
         Ok(())
     }
 
-    /// Destroys a guest: its xenstore directory and its memory.
+    fn register_domain(&self, domid: u16, name: &str, frames: u32) -> Result<(), XenError> {
+        let store_port = SimEvtchn::new(self.layout.clone(), domid)?.alloc_unbound(0)?;
+        let s = self.store();
+        let base = format!("/local/domain/{domid}");
+        let kib = (u64::from(frames) * 4).to_string();
+        s.transaction(10, |t| {
+            s.rm(t, &base)?;
+            s.mkdir(t, &base)?;
+            s.set_perms(t, &base, &roperm(domid))?;
+            for d in ["cpu", "memory", "device", "control"] {
+                let p = format!("{base}/{d}");
+                s.mkdir(t, &p)?;
+                s.set_perms(t, &p, &roperm(domid))?;
+            }
+            for d in [
+                "control/shutdown",
+                "device/suspend/event-channel",
+                "data",
+                "drivers",
+                "feature",
+                "attr",
+                "error",
+            ] {
+                let p = format!("{base}/{d}");
+                s.mkdir(t, &p)?;
+                s.set_perms(t, &p, &rwperm(domid))?;
+            }
+            for (k, v) in [
+                ("name", name),
+                ("domid", &domid.to_string()),
+                ("memory/static-max", &kib),
+                ("memory/target", &kib),
+                ("store/port", &store_port.to_string()),
+                ("control/platform-feature-multiprocessor-suspend", "1"),
+                ("control/platform-feature-xs_reset_watches", "1"),
+            ] {
+                s.write(t, &format!("{base}/{k}"), v)?;
+            }
+            Ok(())
+        })?;
+        s.introduce_domain(domid, 0, store_port)
+    }
+
+    /// Destroys a guest as `xl destroy` does: removes its devices' backend directories
+    /// (`/local/domain/0/backend/*/<domid>`) and its `/local/domain/<domid>`, then the
+    /// domain itself: grant operations on it fail with bad_domain from then on, peer event
+    /// channels bound to it go back to unbound, xenstored forgets it (`@releaseDomain`),
+    /// and its RAM, grant table and port table are deleted.
     pub fn remove_domain(&self, domid: u16) -> Result<(), XenError> {
-        self.store()
-            .rm(Tx::NONE, &format!("/local/domain/{domid}"))?;
-        let _ = std::fs::remove_dir_all(self.layout.dom_dir(domid));
+        if domid == 0 {
+            return Err(XenError::Invalid("dom0 cannot be removed".into()));
+        }
+        if !self.layout.dom_dir(domid).exists() {
+            return Err(XenError::Invalid(format!("no domain {domid}")));
+        }
+        let s = self.store();
+        let types = s
+            .directory(Tx::NONE, "/local/domain/0/backend")?
+            .unwrap_or_default();
+        for ty in types {
+            s.rm(Tx::NONE, &format!("/local/domain/0/backend/{ty}/{domid}"))?;
+        }
+        s.rm(Tx::NONE, &format!("/local/domain/{domid}"))?;
+        if let Ok(t) = evtchn::PortTable::open(&self.layout, domid) {
+            t.set_state(evtchn::DOM_DESTROYED);
+        }
+        evtchn::close_domain(&self.layout, domid);
+        if s.is_domain_introduced(domid) {
+            s.release_domain(domid)?;
+        }
+        let dir = self.layout.dom_dir(domid);
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| XenError::io(format!("remove {}", dir.display()), e))?;
         self.domains
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -328,7 +449,7 @@ impl SimHost {
                 if let Ok(Some(_)) = c.try_wait() {
                     break;
                 }
-                std::thread::sleep(Duration::from_millis(2));
+                std::thread::sleep(Duration::from_millis(1));
             }
             let _ = c.kill();
             let _ = c.wait();
