@@ -285,7 +285,19 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             .read(&format!("{fe}/state"))
             .and_then(|s| parse_u32(&s))
             .unwrap_or(0);
-        let ours = self.vifs[&key].state;
+        let mut ours = self.vifs[&key].state;
+        // The toolstack re-created the directory (state 1 again, our keys gone) before we saw
+        // it removed: start this vif over as a new one.
+        if be_state == state::INITIALISING && ours != state::INITIALISING && ours != 0 {
+            self.disconnect(key);
+            if let Some(v) = self.vifs.get_mut(&key) {
+                v.state = 0;
+                v.rate = None;
+            }
+            self.advertise(&be);
+            self.write_state(key, state::INIT_WAIT);
+            ours = state::INIT_WAIT;
+        }
         // The toolstack asks to detach (online=0 / Closing written to our state).
         if !online || (be_state == state::CLOSING && ours != state::CLOSING) {
             self.disconnect(key);
@@ -320,6 +332,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             {
                 self.disconnect(key);
                 let _ = self.xs.rm(Tx::NONE, &format!("{be}/error"));
+                self.advertise(&be);
                 self.write_state(key, state::INIT_WAIT);
             }
             _ => {}
