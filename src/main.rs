@@ -4,6 +4,9 @@
 //! Xen host the tests and the demo use. The daemon (`netbackd run`) and the demo arrive
 //! with the control-plane issue.
 use anyhow::Context;
+
+mod config;
+mod run;
 use clap::{Parser, Subcommand};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -21,6 +24,16 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Run the backend: serve the vifs of this domain's backend directory with DPDK ports
+    /// and busy-polling groups, until SIGINT/SIGTERM (vifs are left connectable).
+    Run {
+        /// TOML configuration file (see the README's configuration reference).
+        #[arg(long, value_name = "FILE")]
+        config: std::path::PathBuf,
+        /// Override sim.root from the configuration.
+        #[arg(long, value_name = "DIR")]
+        sim_root: Option<String>,
+    },
     /// Run a simulated Xen host (real xenstored, shared-memory guest RAM, grant tables and
     /// event channels) that netbackd and simulated guests attach to. Runs until Ctrl-C,
     /// SIGTERM or --duration, then removes everything it created.
@@ -137,6 +150,14 @@ fn real_main() -> anyhow::Result<()> {
         return Ok(());
     }
     match cli.cmd {
+        Some(Cmd::Run { config, sim_root }) => {
+            let mut cfg = config::Config::load(&config)?;
+            if let Some(r) = sim_root {
+                cfg.sim.root = Some(r);
+            }
+            install_signal_handlers();
+            run::run(cfg, &STOP)
+        }
         Some(Cmd::Sim {
             parent,
             guests,
@@ -148,9 +169,7 @@ fn real_main() -> anyhow::Result<()> {
             // No daemon yet: say so instead of pretending to run one.
             use clap::CommandFactory;
             Cli::command().print_help()?;
-            anyhow::bail!(
-                "no command given; `netbackd run` and `netbackd demo` are not implemented yet"
-            );
+            anyhow::bail!("no command given (`netbackd demo` is not implemented yet)");
         }
     }
 }

@@ -511,6 +511,19 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
         Ok(())
     }
 
+    /// For a daemon shutting down after its groups stopped: unbinds every event channel
+    /// (as closing /dev/xen/evtchn does on a real host) but leaves xenstore as it is, so a
+    /// restarted backend finds the vifs and reconnects them to the same frontend rings.
+    pub fn release(&mut self) {
+        for v in self.vifs.values_mut() {
+            v.queues.clear();
+            v.counters.clear();
+            for p in v.ports.drain(..) {
+                let _ = self.ev.unbind(p);
+            }
+        }
+    }
+
     /// Takes the vif's queues back from their groups (each removal acknowledged).
     fn disconnect(&mut self, key: (u16, u32)) {
         let Some(v) = self.vifs.get_mut(&key) else {

@@ -1,0 +1,256 @@
+//! `netbackd run` configuration (TOML). Unknown keys are errors, so a typo is reported with
+//! its name instead of being silently ignored.
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use std::path::Path;
+
+/// Which hypervisor interface to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostKind {
+    /// A real Xen dom0 (/dev/xen).
+    Xen,
+    /// The simulated host of `netbackd sim`.
+    Sim,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub host: HostKind,
+    #[serde(default)]
+    pub sim: SimSection,
+    #[serde(default)]
+    pub eal: EalSection,
+    /// DPDK ports by devargs ("net_tap0,iface=nbtap0", "0000:03:00.0").
+    #[serde(default)]
+    pub port: Vec<PortSection>,
+    #[serde(default)]
+    pub engine: EngineSection,
+    #[serde(default)]
+    pub backend: BackendSection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimSection {
+    /// The sim root printed by `netbackd sim` (required with host = "sim").
+    pub root: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EalSection {
+    /// EAL arguments passed through as given (e.g. "-l", "0-3", "--no-huge", "-m", "1024").
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// `--file-prefix` (unique per DPDK process on a host).
+    #[serde(default = "default_prefix")]
+    pub file_prefix: String,
+    /// Mbufs in the pool.
+    #[serde(default = "default_mbufs")]
+    pub mbufs: u32,
+}
+
+fn default_prefix() -> String {
+    "netbackd".into()
+}
+fn default_mbufs() -> u32 {
+    16383
+}
+
+impl Default for EalSection {
+    fn default() -> Self {
+        EalSection {
+            args: Vec::new(),
+            file_prefix: default_prefix(),
+            mbufs: default_mbufs(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSection {
+    pub devargs: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSection {
+    /// Groups (poll loops); each runs on an EAL worker lcore when there are enough.
+    #[serde(default = "one")]
+    pub groups: u32,
+    #[serde(default = "default_budget")]
+    pub budget: u32,
+    #[serde(default = "default_backlog")]
+    pub backlog_kib: u32,
+    #[serde(default = "default_stall")]
+    pub stall_secs: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_budget() -> u32 {
+    64
+}
+fn default_backlog() -> u32 {
+    512
+}
+fn default_stall() -> u32 {
+    60
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        EngineSection {
+            groups: 1,
+            budget: 64,
+            backlog_kib: 512,
+            stall_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSection {
+    #[serde(default)]
+    pub domid: u16,
+    #[serde(default = "default_queues")]
+    pub max_queues: u32,
+}
+
+fn default_queues() -> u32 {
+    4
+}
+
+impl Default for BackendSection {
+    fn default() -> Self {
+        BackendSection {
+            domid: 0,
+            max_queues: 4,
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates; errors name the file and the offending key.
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Config> {
+        let c: Config =
+            toml::from_str(text).with_context(|| format!("{origin}: invalid configuration"))?;
+        c.validate()
+            .with_context(|| format!("{origin}: invalid configuration"))?;
+        Ok(c)
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.host == HostKind::Sim && self.sim.root.as_deref().unwrap_or("").is_empty() {
+            bail!("sim.root: required with host = \"sim\" (the root `netbackd sim` prints)");
+        }
+        if self.port.is_empty() {
+            bail!("port: at least one [[port]] with devargs is required");
+        }
+        for (i, p) in self.port.iter().enumerate() {
+            if p.devargs.trim().is_empty() || p.devargs.contains(char::is_whitespace) {
+                bail!(
+                    "port[{i}].devargs: {:?} is not a DPDK devargs string",
+                    p.devargs
+                );
+            }
+        }
+        if self.port.len() > 1 {
+            bail!(
+                "port: only one port is supported by this version ({} given)",
+                self.port.len()
+            );
+        }
+        if !(1..=64).contains(&self.engine.groups) {
+            bail!("engine.groups: {} is not in 1..=64", self.engine.groups);
+        }
+        if !(1..=1024).contains(&self.engine.budget) {
+            bail!("engine.budget: {} is not in 1..=1024", self.engine.budget);
+        }
+        if self.engine.backlog_kib < 64 {
+            bail!(
+                "engine.backlog_kib: {} is below 64 (one 64 KiB packet must fit)",
+                self.engine.backlog_kib
+            );
+        }
+        if !(1..=8).contains(&self.backend.max_queues) {
+            bail!(
+                "backend.max_queues: {} is not in 1..=8",
+                self.backend.max_queues
+            );
+        }
+        if self.eal.mbufs < 1023 {
+            bail!("eal.mbufs: {} is below 1023", self.eal.mbufs);
+        }
+        if self.eal.file_prefix.is_empty() || self.eal.file_prefix.contains('/') {
+            bail!(
+                "eal.file_prefix: {:?} is not a usable prefix",
+                self.eal.file_prefix
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+host = "sim"
+[sim]
+root = "/dev/shm/netbackd-sim-1-0"
+[eal]
+args = ["--no-huge", "-m", "512", "--no-pci"]
+[[port]]
+devargs = "net_tap0,iface=nbtap0"
+[engine]
+groups = 1
+"#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let c = Config::parse(GOOD, "t.toml").unwrap();
+        assert_eq!(c.host, HostKind::Sim);
+        assert_eq!(c.eal.file_prefix, "netbackd");
+        assert_eq!(
+            (c.engine.budget, c.engine.backlog_kib, c.backend.max_queues),
+            (64, 512, 4)
+        );
+    }
+
+    fn err(text: &str) -> String {
+        format!("{:#}", Config::parse(text, "t.toml").unwrap_err())
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err(&GOOD.replace("groups = 1", "groups = 0")).contains("engine.groups"));
+        assert!(
+            err(&GOOD.replace("groups = 1", "grups = 1")).contains("grups"),
+            "{}",
+            err(&GOOD.replace("groups = 1", "grups = 1"))
+        );
+        assert!(err(&GOOD.replace("host = \"sim\"", "host = \"kvm\"")).contains("host"));
+        assert!(
+            err(&GOOD.replace("root = \"/dev/shm/netbackd-sim-1-0\"", "")).contains("sim.root")
+        );
+        assert!(
+            err(&GOOD.replace("devargs = \"net_tap0,iface=nbtap0\"", "devargs = \"\""))
+                .contains("port[0].devargs")
+        );
+        assert!(err(&GOOD.replace("groups = 1", "groups = \"many\"")).contains("groups"));
+        assert!(err("not toml at all [").contains("t.toml"));
+    }
+}

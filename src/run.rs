@@ -1,0 +1,152 @@
+//! `netbackd run`: EAL, the port, the groups on their lcores, and the xenbus control plane,
+//! until SIGINT/SIGTERM. On the way out the groups stop, ports close, and the vifs are left
+//! as they are in xenstore, so a restarted daemon reconnects them.
+use crate::config::{Config, HostKind};
+use anyhow::{bail, Context};
+use control::{Backend, BackendConfig};
+use dataplane::engine::{EngineConfig, Group, GroupIo};
+use dataplane::offload::{SoftGso, TxCaps};
+use dataplane::switch::SwitchConfig;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Runs until `stop` is set (by a signal handler).
+pub fn run(cfg: Config, stop: &'static AtomicBool) -> anyhow::Result<()> {
+    let root = match cfg.host {
+        HostKind::Xen => bail!(
+            "host = \"xen\": the real /dev/xen backend (xen::linux) is not in this build yet; \
+             use host = \"sim\" with a `netbackd sim` root"
+        ),
+        HostKind::Sim => cfg.sim.root.clone().expect("validated"),
+    };
+    let layout = xen::sim::SimLayout::new(&root);
+    let sock = layout.xenstore_socket();
+    if !sock.exists() {
+        bail!(
+            "sim.root {root}: no xenstored socket at {} (is `netbackd sim` running?)",
+            sock.display()
+        );
+    }
+    let devargs = cfg.port[0].devargs.clone();
+    let name = devargs.split(',').next().unwrap_or(&devargs).to_string();
+    let mut args = cfg.eal.args.clone();
+    args.extend(["--file-prefix".to_string(), cfg.eal.file_prefix.clone()]);
+    if name.starts_with("net_") {
+        args.extend(["--vdev".to_string(), devargs.clone()]);
+    } else {
+        args.extend(["-a".to_string(), devargs.clone()]);
+    }
+    let t0 = Instant::now();
+    let eal = pmd::Eal::init(&args).context("EAL initialisation (eal.args)")?;
+    {
+        let pool = Arc::new(
+            pmd::Mempool::new("netbackd", cfg.eal.mbufs, 256, 2176, -1).context("mbuf pool")?,
+        );
+        let mut port =
+            pmd::Port::by_name(&name).with_context(|| format!("port[0].devargs {devargs}"))?;
+        let info = port.info().context("port info")?;
+        let caps = TxCaps::from_port(&info);
+        let groups = cfg.engine.groups as u16;
+        let pcfg = pmd::PortConfig {
+            rx_queues: groups,
+            tx_queues: groups,
+            tx_offloads: caps.port_offloads(),
+            ..Default::default()
+        };
+        port.configure_and_start(&pcfg, &pool)
+            .with_context(|| format!("starting port {name}"))?;
+        let port = Arc::new(port);
+        eprintln!(
+            "netbackd: port {name} ({}) started, {groups} group(s)",
+            info.driver
+        );
+
+        let ecfg = EngineConfig {
+            budget: cfg.engine.budget as usize,
+            backlog_bytes: cfg.engine.backlog_kib as usize * 1024,
+            stall_ns: u64::from(cfg.engine.stall_secs) * 1_000_000_000,
+            ..Default::default()
+        };
+        let group_stop = Arc::new(AtomicBool::new(false));
+        let workers = pmd::lcore::workers();
+        let mut handles = Vec::new();
+        let mut lcores = Vec::new();
+        let mut threads = Vec::new();
+        for gi in 0..groups {
+            let io = GroupIo {
+                pool: pool.clone(),
+                port: port.clone(),
+                port_queue: gi,
+                caps,
+                soft: SoftGso::new(&format!("g{gi}"), 2047, -1).context("GSO pools")?,
+            };
+            let ev = xen::sim::SimEvtchn::new(layout.clone(), cfg.backend.domid)
+                .context("event channels")?;
+            let gm = xen::sim::SimGrant::new(
+                xen::sim::DomainTable::new(layout.clone()),
+                cfg.backend.domid,
+            );
+            let mut g = Group::new(ecfg, gm, ev, io, SwitchConfig::default());
+            handles.push(g.handle());
+            let s = group_stop.clone();
+            match workers.get(usize::from(gi)) {
+                Some(&lc) => {
+                    pmd::lcore::launch(lc, move || {
+                        g.run(&s, None);
+                        0
+                    })?;
+                    lcores.push(lc);
+                }
+                // Fewer lcores than groups: a plain thread (it shares the main core).
+                None => threads.push(std::thread::spawn(move || g.run(&s, None))),
+            }
+        }
+        let xs =
+            xen::XenStore::open_at(&sock.to_string_lossy()).context("connecting to xenstored")?;
+        let bcfg = BackendConfig {
+            backend_dom: cfg.backend.domid,
+            max_queues: cfg.backend.max_queues,
+            ..Default::default()
+        };
+        let ev = xen::sim::SimEvtchn::new(layout.clone(), cfg.backend.domid)?;
+        let gm = xen::sim::SimGrant::new(
+            xen::sim::DomainTable::new(layout.clone()),
+            cfg.backend.domid,
+        );
+        let mut backend =
+            Backend::new(bcfg, xs, gm, ev, handles).context("watching the backend directory")?;
+        eprintln!(
+            "netbackd: serving vifs of dom{} backend directory (ready in {:.0} ms)",
+            cfg.backend.domid,
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+        let mut last = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            backend.step(Duration::from_millis(100));
+            let now = backend.status();
+            if now != last {
+                for s in &now {
+                    eprintln!(
+                        "netbackd: dom{} vif{}: state {} with {} queue(s)",
+                        s.domid, s.devid, s.state, s.queues
+                    );
+                }
+                last = now;
+            }
+        }
+        eprintln!("netbackd: stopping");
+        group_stop.store(true, Ordering::Relaxed);
+        for lc in lcores {
+            pmd::lcore::wait(lc);
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        backend.release();
+        drop(backend);
+    }
+    drop(eal);
+    eprintln!("netbackd: stopped");
+    Ok(())
+}

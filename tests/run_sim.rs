@@ -1,0 +1,216 @@
+//! `netbackd run` as an operator runs it, on the simulated host: `netbackd sim` provides
+//! the host and a vif, `netbackd run --config` serves it, a guest's netfront connects and
+//! passes traffic through the daemon (to the wire and back); SIGTERM stops the daemon and
+//! leaves the vif connected, and a restarted daemon reconnects it. A malformed config is
+//! refused with the offending key named.
+use guest::pktgen::{PktGen, Sink};
+use guest::{FrontConfig, Netfront, TxMeta};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use xen::{Tx, XenStore};
+
+const BIN: &str = env!("CARGO_BIN_EXE_netbackd");
+
+fn wait_state(xs: &XenStore, path: &str, want: &str, secs: u64) -> Duration {
+    let t = Instant::now();
+    while xs.read(Tx::NONE, path).unwrap().as_deref() != Some(want) {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "{path} never became {want}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    t.elapsed()
+}
+
+/// Kills a child if the test panics before it was stopped (else it would outlive us).
+struct Guard(Option<Child>);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn term_and_wait(mut g: Guard) -> std::process::ExitStatus {
+    let mut c = g.0.take().expect("running");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn traffic(nf: &mut Netfront, gen: &mut PktGen, n: u64) {
+    let mut f = Vec::new();
+    let mut sink = Sink::default();
+    for _ in 0..n {
+        gen.next_frame(&mut f);
+        nf.send(0, &f, TxMeta::default()).unwrap();
+    }
+    let t = Instant::now();
+    while sink.stats.packets < n {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "traffic through the daemon: {:?}",
+            sink.stats
+        );
+        for p in nf.poll_rx(0).unwrap() {
+            sink.accept(&p.data);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn run_serves_sim_vifs() {
+    let pid = std::process::id();
+    let parent = std::env::temp_dir().join(format!("nbd-run-{pid}"));
+    std::fs::create_dir_all(&parent).unwrap();
+    let mut sim_child = Command::new(BIN)
+        .args([
+            "sim",
+            "--guest",
+            "71",
+            "--vif",
+            "71:0:00:16:3e:00:07:01",
+            "--parent",
+        ])
+        .arg(&parent)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(sim_child.stdout.take().unwrap()).lines();
+    let sim = Guard(Some(sim_child));
+    let root = lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .strip_prefix("sim root: ")
+        .unwrap()
+        .to_string();
+    let sock = format!("{root}/xenstored/socket");
+    let xs = XenStore::open_at(&sock).unwrap();
+    let be = "/local/domain/0/backend/vif/71/0";
+
+    // A malformed configuration: refused, the key named, exit code 2.
+    let bad = parent.join("bad.toml");
+    std::fs::write(&bad, format!("host = \"sim\"\n[sim]\nroot = \"{root}\"\n[[port]]\ndevargs = \"net_ring0\"\n[engine]\ngroups = 0\n")).unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("engine.groups"), "{msg}");
+
+    let cfg = parent.join("netbackd.toml");
+    let write_cfg = |prefix: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "host = \"sim\"\n[sim]\nroot = \"{root}\"\n[eal]\nargs = [\"-l\", \"0,1\", \"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-shconf\", \"--log-level\", \"*:error\"]\nfile_prefix = \"{prefix}\"\n[[port]]\ndevargs = \"net_ring0\"\n"
+            ),
+        )
+        .unwrap();
+    };
+    write_cfg(&format!("nbd-run-{pid}-a"));
+    let t0 = Instant::now();
+    let run = Guard(Some(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    wait_state(&xs, &format!("{be}/state"), "2", 10);
+    let mut nf = Netfront::new(
+        &xen::sim::SimLayout::new(&root),
+        XenStore::open_at(&sock).unwrap(),
+        FrontConfig::new(71, 0),
+    )
+    .unwrap();
+    nf.connect(Duration::from_secs(5)).unwrap();
+    wait_state(&xs, &format!("{be}/state"), "4", 5);
+    eprintln!("netbackd run -> vif Connected in {:?}", t0.elapsed());
+    let mut gen = PktGen {
+        src_mac: [0x00, 0x16, 0x3e, 0, 7, 1],
+        dst_mac: [2, 0, 0, 0, 0, 0x44],
+        src_ip: [10, 0, 0, 71],
+        dst_ip: [10, 0, 0, 44],
+        sport: 9,
+        dport: 9,
+        frame_len: 400,
+        seq: 0,
+    };
+    traffic(&mut nf, &mut gen, 50);
+
+    // SIGTERM: the daemon stops cleanly and leaves the vif as it is.
+    assert!(term_and_wait(run).success());
+    assert_eq!(
+        xs.read(Tx::NONE, &format!("{be}/state"))
+            .unwrap()
+            .as_deref(),
+        Some("4")
+    );
+
+    // A restarted daemon reconnects the vif to the same frontend rings; traffic flows again.
+    write_cfg(&format!("nbd-run-{pid}-b"));
+    let run = Guard(Some(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let t = Instant::now();
+    let mut sink_state_seen = false;
+    while t.elapsed() < Duration::from_secs(10) {
+        // The new daemon goes through InitWait and back to Connected.
+        if xs
+            .read(Tx::NONE, &format!("{be}/hotplug-status"))
+            .unwrap()
+            .is_some()
+            && xs
+                .read(Tx::NONE, &format!("{be}/state"))
+                .unwrap()
+                .as_deref()
+                == Some("4")
+            && t.elapsed() > Duration::from_millis(500)
+        {
+            sink_state_seen = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(sink_state_seen);
+    traffic(&mut nf, &mut gen, 50);
+    assert!(term_and_wait(run).success());
+    nf.close().unwrap();
+    assert!(term_and_wait(sim).success());
+    assert_eq!(
+        std::fs::read_dir(&parent)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_dir())
+            .count(),
+        0
+    );
+    std::fs::remove_dir_all(&parent).unwrap();
+    for p in ["a", "b"] {
+        assert!(!std::path::Path::new(&format!("/var/run/dpdk/nbd-run-{pid}-{p}")).exists());
+    }
+}
