@@ -29,6 +29,28 @@ pub struct Config {
     pub engine: EngineSection,
     #[serde(default)]
     pub backend: BackendSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Address of the Prometheus endpoint (`GET /metrics`); "" disables it.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9750".into()
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            listen: default_listen(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

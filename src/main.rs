@@ -6,6 +6,7 @@
 use anyhow::Context;
 
 mod config;
+mod metrics;
 mod run;
 use clap::{Parser, Subcommand};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -71,6 +71,7 @@ pub fn run(cfg: Config, stop: &'static AtomicBool) -> anyhow::Result<()> {
         let group_stop = Arc::new(AtomicBool::new(false));
         let workers = pmd::lcore::workers();
         let mut handles = Vec::new();
+        let mut group_counters = Vec::new();
         let mut lcores = Vec::new();
         let mut threads = Vec::new();
         for gi in 0..groups {
@@ -89,6 +90,7 @@ pub fn run(cfg: Config, stop: &'static AtomicBool) -> anyhow::Result<()> {
             );
             let mut g = Group::new(ecfg, gm, ev, io, SwitchConfig::default());
             handles.push(g.handle());
+            group_counters.push(g.counters.clone());
             let s = group_stop.clone();
             match workers.get(usize::from(gi)) {
                 Some(&lc) => {
@@ -121,17 +123,36 @@ pub fn run(cfg: Config, stop: &'static AtomicBool) -> anyhow::Result<()> {
             cfg.backend.domid,
             t0.elapsed().as_secs_f64() * 1e3
         );
+        let shared = Arc::new(crate::metrics::Shared {
+            queues: Default::default(),
+            groups: group_counters,
+        });
+        if !cfg.metrics.listen.is_empty() {
+            crate::metrics::serve(&cfg.metrics.listen, shared.clone())?;
+            eprintln!("netbackd: metrics on http://{}/metrics", cfg.metrics.listen);
+        }
         let mut last = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             backend.step(Duration::from_millis(100));
             let now = backend.status();
             if now != last {
+                let mut views = Vec::new();
                 for s in &now {
                     eprintln!(
                         "netbackd: dom{} vif{}: state {} with {} queue(s)",
                         s.domid, s.devid, s.state, s.queues
                     );
+                    for (q, c) in backend.counters(s.domid, s.devid).into_iter().enumerate() {
+                        views.push(crate::metrics::QueueView {
+                            domid: s.domid,
+                            devid: s.devid,
+                            queue: q as u16,
+                            state: s.state,
+                            counters: c,
+                        });
+                    }
                 }
+                *shared.queues.lock().unwrap_or_else(|e| e.into_inner()) = views;
                 last = now;
             }
         }

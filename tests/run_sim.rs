@@ -73,6 +73,30 @@ fn traffic(nf: &mut Netfront, gen: &mut PktGen, n: u64) {
     }
 }
 
+/// `GET path` over plain HTTP/1.0; returns (status code, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(c, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut r = String::new();
+    c.read_to_string(&mut r).unwrap();
+    let code = r.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = r
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The value of the sample `name{...labels...}` whose labels contain all of `want`.
+fn sample(body: &str, name: &str, want: &[&str]) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| want.iter().all(|w| l.contains(w)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 #[test]
 fn run_serves_sim_vifs() {
     let pid = std::process::id();
@@ -117,11 +141,16 @@ fn run_serves_sim_vifs() {
     assert!(msg.contains("engine.groups"), "{msg}");
 
     let cfg = parent.join("netbackd.toml");
+    // A free loopback port for the metrics endpoint.
+    let maddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
     let write_cfg = |prefix: &str| {
         std::fs::write(
             &cfg,
             format!(
-                "host = \"sim\"\n[sim]\nroot = \"{root}\"\n[eal]\nargs = [\"-l\", \"0,1\", \"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-shconf\", \"--log-level\", \"*:error\"]\nfile_prefix = \"{prefix}\"\n[[port]]\ndevargs = \"net_ring0\"\n"
+                "host = \"sim\"\n[sim]\nroot = \"{root}\"\n[eal]\nargs = [\"-l\", \"0,1\", \"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-shconf\", \"--log-level\", \"*:error\"]\nfile_prefix = \"{prefix}\"\n[[port]]\ndevargs = \"net_ring0\"\n[metrics]\nlisten = \"{maddr}\"\n"
             ),
         )
         .unwrap();
@@ -157,6 +186,35 @@ fn run_serves_sim_vifs() {
         seq: 0,
     };
     traffic(&mut nf, &mut gen, 50);
+
+    // Prometheus metrics over HTTP match the traffic (read from the engine's atomics).
+    let (code, body) = http_get(&maddr, "/metrics");
+    assert_eq!(code, 200);
+    let vif = ["domid=\"71\"", "devid=\"0\"", "queue=\"0\""];
+    assert!(
+        sample(&body, "netbackd_vif_tx_packets_total", &vif).unwrap() >= 50.0,
+        "{body}"
+    );
+    assert!(sample(&body, "netbackd_vif_rx_packets_total", &vif).unwrap() >= 50.0);
+    assert_eq!(sample(&body, "netbackd_vif_state", &vif), Some(4.0));
+    assert_eq!(
+        sample(
+            &body,
+            "netbackd_vif_drops_total",
+            &["domid=\"71\"", "reason=\"runt\""]
+        ),
+        Some(0.0)
+    );
+    assert!(
+        sample(
+            &body,
+            "netbackd_group_grant_copy_calls_total",
+            &["group=\"0\""]
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert_eq!(http_get(&maddr, "/").0, 404);
 
     // SIGTERM: the daemon stops cleanly and leaves the vif as it is.
     assert!(term_and_wait(run).success());
