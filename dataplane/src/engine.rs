@@ -293,7 +293,7 @@ struct PendingRx {
     q: usize,
     mbuf: Mbuf,
     /// (request id, op range, bytes) per data buffer, in slot order.
-    bufs: Vec<(u16, std::ops::Range<usize>, u16)>,
+    bufs: RxBufs,
     /// The GSO extra and the id of the request slot it takes.
     gso: Option<(u16, u8, u16)>,
     /// GSO as a prefix slot before the data (legacy frontends) instead of an extra.
@@ -342,7 +342,27 @@ pub struct Group<G: GrantCopy, E: EventChannel> {
     pub counters: Arc<GroupCounters>,
     copy_calls: u64,
     copy_ops: u64,
+    /// Buffers reused every iteration so the per-packet path allocates nothing.
+    scratch: Scratch,
 }
+
+/// Per-group buffers reused across packets and iterations.
+#[derive(Default)]
+struct Scratch {
+    seg_lens: Vec<u32>,
+    seg_ptrs: Vec<(*mut u8, usize)>,
+    rx_reqs: Vec<crate::netif::RxRequest>,
+    offload_out: Vec<Mbuf>,
+    rsps_pool: Vec<SlotRsps>,
+    bufs_pool: Vec<RxBufs>,
+}
+
+// SAFETY: the raw pointers in `seg_ptrs` are only meaningful (and only used) within one
+// iteration of the group that owns them; between iterations they are stale and ignored.
+unsafe impl Send for Scratch {}
+
+/// (request id, op range, bytes) per guest RX data buffer of a packet.
+type RxBufs = Vec<(u16, std::ops::Range<usize>, u16)>;
 
 const UPLINK: EndpointId = EndpointId(0);
 
@@ -383,6 +403,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             counters: Arc::new(GroupCounters::default()),
             copy_calls: 0,
             copy_ops: 0,
+            scratch: Scratch::default(),
         }
     }
 
@@ -646,12 +667,15 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     }
                     Verdict::Packet(pkt) => {
                         q.tx.advance(parsed.consumed);
+                        let out = self.scratch.rsps_pool.pop().unwrap_or_default();
                         match build_tx(
                             &self.pool,
                             q.id.domid,
                             &pkt,
                             &parsed.responses,
                             &mut self.ops,
+                            &mut self.scratch.seg_ptrs,
+                            out,
                         ) {
                             Some((mbuf, rsps)) => self.ptx.push(PendingTx {
                                 q: qi,
@@ -675,8 +699,9 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         }
         let packets = self.ptx.len();
         self.submit_batch();
-        let ptx = std::mem::take(&mut self.ptx);
-        for p in ptx {
+        let mut ptx = std::mem::take(&mut self.ptx);
+        let mut out = std::mem::take(&mut self.scratch.offload_out);
+        for p in ptx.drain(..) {
             let q = &mut self.queues[p.q];
             let mut ok = true;
             for (rsp, range) in &p.rsps {
@@ -684,6 +709,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 ok &= good;
                 q.tx.push_response(settled(*rsp, good));
             }
+            self.scratch.rsps_pool.push(p.rsps);
             if !ok {
                 q.local.tx_drop_copy_error += 1;
                 continue;
@@ -691,7 +717,6 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             q.local.tx_packets += 1;
             q.local.tx_bytes += u64::from(p.len);
             let from = q.endpoint;
-            let mut out = Vec::with_capacity(1);
             let before = self.ofl;
             if prepare_guest_tx(
                 p.mbuf,
@@ -709,12 +734,14 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             }
             q.local.tx_gso_checksum_fixup +=
                 self.ofl.gso_checksum_fixup - before.gso_checksum_fixup;
-            for m in out {
+            for m in out.drain(..) {
                 if !self.switch_frame(from, m, now) {
                     self.queues[p.q].local.tx_drop_switch += 1;
                 }
             }
         }
+        self.ptx = ptx;
+        self.scratch.offload_out = out;
         for qi in 0..self.queues.len() {
             let q = &mut self.queues[qi];
             if q.tx.push_responses_and_check_notify() {
@@ -829,11 +856,12 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 break;
             }
         }
-        let burst = std::mem::take(&mut self.rx_burst);
-        for m in burst {
+        let mut burst = std::mem::take(&mut self.rx_burst);
+        for m in burst.drain(..) {
             // From the wire: the switch's own drops (runts, unknown VLANs) are not a guest's.
             self.switch_frame(UPLINK, m, now);
         }
+        self.rx_burst = burst;
         self.ops.clear();
         for qi in 0..self.queues.len() {
             let q = &mut self.queues[qi];
@@ -852,7 +880,9 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     break;
                 };
                 let gso = head_gso(head, &q.features);
-                let segs: Vec<u32> = head.segments().map(|s| s.len() as u32).collect();
+                let segs = &mut self.scratch.seg_lens;
+                segs.clear();
+                segs.extend(head.segments().map(|s| s.len() as u32));
                 let buffers = rxplan::buffers_needed(segs.iter().copied());
                 let needed = buffers + u32::from(gso.is_some());
                 // A frontend without scatter-gather takes one buffer per packet.
@@ -882,27 +912,28 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 let m = q.backlog.pop_front().expect("head");
                 q.backlog_bytes -= m.pkt_len() as usize;
                 let flags = guest_rx_csum_flags(m.ol_flags());
-                let mut reqs = Vec::with_capacity(needed as usize);
+                let reqs = &mut self.scratch.rx_reqs;
+                reqs.clear();
                 for _ in 0..needed {
                     reqs.push(q.rx.next_request().expect("counted above"));
                 }
                 // Slot order: first data buffer, the GSO extra, then the other buffers; in the
                 // legacy prefix mode the GSO slot comes first.
                 let prefix = gso.is_some() && q.features.gso_prefix;
-                let data_reqs: Vec<_> = match (gso.is_some(), prefix) {
-                    (false, _) => reqs.clone(),
-                    (true, true) => reqs[1..].to_vec(),
-                    (true, false) => std::iter::once(reqs[0])
-                        .chain(reqs[2..].iter().copied())
-                        .collect(),
+                let data_req = |k: usize| match (gso.is_some(), prefix) {
+                    (false, _) => k,
+                    (true, true) => k + 1,
+                    (true, false) => k + usize::from(k > 0),
                 };
-                let mut bufs: Vec<(u16, std::ops::Range<usize>, u16)> =
-                    data_reqs.iter().map(|r| (r.id, 0..0, 0u16)).collect();
+                let mut bufs = self.scratch.bufs_pool.pop().unwrap_or_default();
+                bufs.clear();
+                bufs.extend((0..buffers as usize).map(|k| (reqs[data_req(k)].id, 0..0, 0u16)));
                 let mut m = m;
-                let mut seg_ptrs = Vec::new();
-                m.segment_ptrs(&mut seg_ptrs);
+                let seg_ptrs = &mut self.scratch.seg_ptrs;
+                m.segment_ptrs(seg_ptrs);
                 let domid = q.id.domid;
                 let ops = &mut self.ops;
+                let reqs = &*reqs;
                 rxplan::plan(segs.iter().copied(), |c| {
                     let b = &mut bufs[usize::from(c.buf)];
                     if b.1.is_empty() {
@@ -910,7 +941,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     }
                     ops.push(CopyOp {
                         domid,
-                        gref: data_reqs[usize::from(c.buf)].gref,
+                        gref: reqs[data_req(usize::from(c.buf))].gref,
                         offset: c.buf_off,
                         // SAFETY: seg_off + len lies inside segment `seg` (rxplan's walk).
                         local: unsafe { seg_ptrs[usize::from(c.seg)].0.add(c.seg_off as usize) },
@@ -935,8 +966,8 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         }
         let packets = self.prx.len();
         self.submit_batch();
-        let prx = std::mem::take(&mut self.prx);
-        for p in prx {
+        let mut prx = std::mem::take(&mut self.prx);
+        for p in prx.drain(..) {
             let q = &mut self.queues[p.q];
             let ok = p
                 .bufs
@@ -983,7 +1014,9 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             } else {
                 q.local.rx_drop_copy_error += 1;
             }
+            self.scratch.bufs_pool.push(p.bufs);
         }
+        self.prx = prx;
         for q in &mut self.queues {
             if q.rx.push_responses_and_check_notify() {
                 let _ = self.ev.notify(q.evtchn_rx);
@@ -1029,8 +1062,9 @@ fn build_tx(
     pkt: &crate::txparse::TxPacket,
     rsps: &crate::txparse::SmallVec<Rsp, { crate::txparse::MAX_PACKET_SLOTS }>,
     ops: &mut Vec<CopyOp>,
+    segs: &mut Vec<(*mut u8, usize)>,
+    mut out: SlotRsps,
 ) -> Option<(Mbuf, SlotRsps)> {
-    let start = ops.len();
     let mut head = Mbuf::alloc(pool).ok()?;
     let room = usize::from(head.tailroom());
     let mut remaining = pkt.len as usize;
@@ -1045,12 +1079,17 @@ fn build_tx(
         head.chain(m).ok()?;
         remaining -= n;
     }
-    // Segment pointers and lengths.
-    let mut segs = Vec::new();
-    head.segment_ptrs(&mut segs);
+    head.segment_ptrs(segs);
     let (mut si, mut so) = (0usize, 0usize);
-    let mut slot_ranges = Vec::with_capacity(pkt.slots.len());
-    for s in pkt.slots.as_slice() {
+    let mut data = pkt.slots.as_slice().iter();
+    out.clear();
+    // Responses in slot order; each data response owns the ops of the next data slot.
+    for r in rsps.as_slice() {
+        let Rsp::Data { .. } = r else {
+            out.push((*r, 0..0));
+            continue;
+        };
+        let s = data.next().expect("one data slot per data response");
         let r0 = ops.len();
         let mut off = 0usize;
         while off < usize::from(s.len) {
@@ -1072,18 +1111,8 @@ fn build_tx(
                 so = 0;
             }
         }
-        slot_ranges.push(r0..ops.len());
+        out.push((*r, r0..ops.len()));
     }
-    debug_assert!(ops.len() >= start);
-    let mut it = slot_ranges.into_iter();
-    let out = rsps
-        .as_slice()
-        .iter()
-        .map(|r| match r {
-            Rsp::Data { .. } => (*r, it.next().expect("one range per data slot")),
-            _ => (*r, 0..0),
-        })
-        .collect();
     Some((head, out))
 }
 
