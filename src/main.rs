@@ -136,7 +136,35 @@ fn sim(
     Ok(())
 }
 
+/// Logs to stderr through `tracing`. Under systemd (JOURNAL_STREAM set) without colours or
+/// timestamps, which journald adds itself. Filter: NETBACKD_LOG or RUST_LOG
+/// (`info` by default; e.g. `debug`, `warn,control=debug`).
+fn init_logging() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::{filter::Targets, fmt, prelude::*};
+    let spec = std::env::var("NETBACKD_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let filter: Targets = spec.parse().unwrap_or_else(|e| {
+        eprintln!("netbackd: log filter {spec:?} ignored ({e}); using info");
+        Targets::new().with_default(tracing::Level::INFO)
+    });
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let ansi = !journald && std::io::stderr().is_terminal();
+    let layer = fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false);
+    let registry = tracing_subscriber::registry().with(filter);
+    if journald {
+        registry.with(layer.without_time()).init();
+    } else {
+        registry.with(layer).init();
+    }
+}
+
 fn main() {
+    init_logging();
     if let Err(e) = real_main() {
         // One line an operator can read (and journald can index), causes chained.
         eprintln!("netbackd: error: {e:#}");

@@ -13,6 +13,8 @@ pub struct QueueView {
     pub domid: u16,
     pub devid: u32,
     pub queue: u16,
+    /// The guest's name (empty when xenstore has none).
+    pub name: String,
     pub state: u32,
     pub counters: Arc<QueueCounters>,
 }
@@ -22,6 +24,8 @@ pub struct QueueView {
 pub struct Shared {
     pub queues: Mutex<Vec<QueueView>>,
     pub groups: Vec<Arc<GroupCounters>>,
+    /// The uplink port and its name, for link state and DPDK xstats.
+    pub port: Option<(String, Arc<pmd::Port>)>,
 }
 
 fn counter(
@@ -38,7 +42,7 @@ fn counter(
 /// Renders the text exposition format.
 pub fn render(s: &Shared) -> prometheus::Result<String> {
     let r = Registry::new();
-    let q = ["domid", "devid", "queue"];
+    let q = ["domid", "devid", "queue", "name"];
     let tx_p = counter(
         &r,
         "netbackd_vif_tx_packets_total",
@@ -67,7 +71,7 @@ pub fn render(s: &Shared) -> prometheus::Result<String> {
         &r,
         "netbackd_vif_drops_total",
         "Packets dropped, by direction and reason.",
-        &["domid", "devid", "queue", "direction", "reason"],
+        &["domid", "devid", "queue", "name", "direction", "reason"],
     )?;
     let thr = counter(
         &r,
@@ -107,7 +111,7 @@ pub fn render(s: &Shared) -> prometheus::Result<String> {
             v.devid.to_string(),
             v.queue.to_string(),
         );
-        let l = [d.as_str(), n.as_str(), qu.as_str()];
+        let l = [d.as_str(), n.as_str(), qu.as_str(), v.name.as_str()];
         let c = &v.counters;
         let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         tx_p.with_label_values(&l).inc_by(g(&c.tx_packets));
@@ -133,7 +137,7 @@ pub fn render(s: &Shared) -> prometheus::Result<String> {
             ("rx", "too_big", &c.rx_drop_too_big),
         ] {
             drops
-                .with_label_values(&[l[0], l[1], l[2], dir, reason])
+                .with_label_values(&[l[0], l[1], l[2], l[3], dir, reason])
                 .inc_by(g(a));
         }
     }
@@ -184,6 +188,37 @@ pub fn render(s: &Shared) -> prometheus::Result<String> {
         calls.with_label_values(&l).inc_by(g(&c.grant_copy_calls));
         ops.with_label_values(&l).inc_by(g(&c.grant_copy_ops));
         full.with_label_values(&l).inc_by(g(&c.port_tx_full));
+    }
+    if let Some((name, port)) = &s.port {
+        let pl = ["port"];
+        let up = IntGaugeVec::new(
+            Opts::new("netbackd_port_link_up", "1 when the port's link is up."),
+            &pl,
+        )?;
+        let speed = IntGaugeVec::new(
+            Opts::new("netbackd_port_link_speed_mbps", "Link speed in Mbit/s."),
+            &pl,
+        )?;
+        let xs = IntGaugeVec::new(
+            Opts::new(
+                "netbackd_port_xstat",
+                "The port's DPDK extended statistics (rte_eth_xstats_get), by name.",
+            ),
+            &["port", "stat"],
+        )?;
+        r.register(Box::new(up.clone()))?;
+        r.register(Box::new(speed.clone()))?;
+        r.register(Box::new(xs.clone()))?;
+        if let Ok(link) = port.link() {
+            up.with_label_values(&[name]).set(i64::from(link.up));
+            speed
+                .with_label_values(&[name])
+                .set(i64::from(link.speed_mbps));
+        }
+        for (stat, v) in port.xstats().unwrap_or_default() {
+            xs.with_label_values(&[name.as_str(), stat.as_str()])
+                .set(v as i64);
+        }
     }
     let mut out = Vec::new();
     TextEncoder::new().encode(&r.gather(), &mut out)?;

@@ -57,10 +57,7 @@ pub fn run(cfg: Config, stop: &'static AtomicBool) -> anyhow::Result<()> {
         port.configure_and_start(&pcfg, &pool)
             .with_context(|| format!("starting port {name}"))?;
         let port = Arc::new(port);
-        eprintln!(
-            "netbackd: port {name} ({}) started, {groups} group(s)",
-            info.driver
-        );
+        tracing::info!("port {name} ({}) started, {groups} group(s)", info.driver);
 
         let ecfg = EngineConfig {
             budget: cfg.engine.budget as usize,
@@ -118,18 +115,19 @@ pub fn run(cfg: Config, stop: &'static AtomicBool) -> anyhow::Result<()> {
         );
         let mut backend =
             Backend::new(bcfg, xs, gm, ev, handles).context("watching the backend directory")?;
-        eprintln!(
-            "netbackd: serving vifs of dom{} backend directory (ready in {:.0} ms)",
+        tracing::info!(
+            "serving the vifs of dom{}'s backend directory (ready in {:.0} ms)",
             cfg.backend.domid,
             t0.elapsed().as_secs_f64() * 1e3
         );
         let shared = Arc::new(crate::metrics::Shared {
             queues: Default::default(),
             groups: group_counters,
+            port: Some((name.clone(), port.clone())),
         });
         if !cfg.metrics.listen.is_empty() {
             crate::metrics::serve(&cfg.metrics.listen, shared.clone())?;
-            eprintln!("netbackd: metrics on http://{}/metrics", cfg.metrics.listen);
+            tracing::info!("metrics on http://{}/metrics", cfg.metrics.listen);
         }
         let mut last = Vec::new();
         while !stop.load(Ordering::Relaxed) {
@@ -138,15 +136,20 @@ pub fn run(cfg: Config, stop: &'static AtomicBool) -> anyhow::Result<()> {
             if now != last {
                 let mut views = Vec::new();
                 for s in &now {
-                    eprintln!(
-                        "netbackd: dom{} vif{}: state {} with {} queue(s)",
-                        s.domid, s.devid, s.state, s.queues
+                    tracing::info!(
+                        "dom{} vif{} ({}): state {} with {} queue(s)",
+                        s.domid,
+                        s.devid,
+                        s.name,
+                        s.state,
+                        s.queues
                     );
                     for (q, c) in backend.counters(s.domid, s.devid).into_iter().enumerate() {
                         views.push(crate::metrics::QueueView {
                             domid: s.domid,
                             devid: s.devid,
                             queue: q as u16,
+                            name: s.name.clone(),
                             state: s.state,
                             counters: c,
                         });
@@ -156,7 +159,7 @@ pub fn run(cfg: Config, stop: &'static AtomicBool) -> anyhow::Result<()> {
                 last = now;
             }
         }
-        eprintln!("netbackd: stopping");
+        tracing::info!("stopping");
         group_stop.store(true, Ordering::Relaxed);
         for lc in lcores {
             pmd::lcore::wait(lc);
@@ -168,6 +171,6 @@ pub fn run(cfg: Config, stop: &'static AtomicBool) -> anyhow::Result<()> {
         drop(backend);
     }
     drop(eal);
-    eprintln!("netbackd: stopped");
+    tracing::info!("stopped");
     Ok(())
 }

@@ -79,6 +79,8 @@ struct Vif {
     /// Local event-channel ports bound for this vif (unbound after the queues are gone).
     ports: Vec<u32>,
     rate: Option<String>,
+    /// The guest's name (`/local/domain/<domid>/name`), for logs and metrics labels.
+    name: String,
 }
 
 /// A vif the backend serves, for reporting.
@@ -88,6 +90,8 @@ pub struct VifStatus {
     pub devid: u32,
     pub state: u32,
     pub queues: usize,
+    /// The guest's name when xenstore has it, else empty.
+    pub name: String,
 }
 
 /// The xenbus backend.
@@ -139,6 +143,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                 devid,
                 state: vif.state,
                 queues: vif.queues.len(),
+                name: vif.name.clone(),
             })
             .collect();
         v.sort_by_key(|s| (s.domid, s.devid));
@@ -162,7 +167,36 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             self.on_event(&e.path);
             ev = self.xs.try_read_watch();
         }
+        self.close_disabled();
         n
+    }
+
+    /// Closes vifs one of whose queues a group disabled (the frontend broke the protocol):
+    /// `error` node, queues taken back, Closed. The frontend can reconnect from scratch.
+    fn close_disabled(&mut self) {
+        let broken: Vec<_> = self
+            .vifs
+            .iter()
+            .filter(|(_, v)| v.state == state::CONNECTED)
+            .filter_map(|(k, v)| {
+                v.counters
+                    .iter()
+                    .find_map(|c| c.disabled.get().copied())
+                    .map(|why| (*k, why))
+            })
+            .collect();
+        for (key, why) in broken {
+            let be = self.vifs[&key].be.clone();
+            tracing::warn!(
+                domid = key.0,
+                devid = key.1,
+                "vif disabled by the engine: frontend broke the netif protocol ({why}); closing"
+            );
+            let msg = format!("frontend broke the netif protocol: {why}");
+            let _ = self.xs.write(Tx::NONE, &format!("{be}/error"), &msg);
+            self.disconnect(key);
+            self.write_state(key, state::CLOSED);
+        }
     }
 
     fn on_event(&mut self, path: &str) {
@@ -257,6 +291,14 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
         }
         if !self.vifs.contains_key(&key) {
             let fe = self.read(&format!("{be}/frontend")).unwrap_or_default();
+            let name = self
+                .read(&format!("/local/domain/{domid}/name"))
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| c.is_ascii_graphic())
+                .take(64)
+                .collect::<String>();
+            tracing::info!(domid, devid, name = %name, frontend = %fe, "new vif");
             self.vifs.insert(
                 key,
                 Vif {
@@ -267,6 +309,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                     counters: Vec::new(),
                     ports: Vec::new(),
                     rate: None,
+                    name,
                 },
             );
             let _ = self
@@ -300,6 +343,9 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
         }
         // The toolstack asks to detach (online=0 / Closing written to our state).
         if !online || (be_state == state::CLOSING && ours != state::CLOSING) {
+            if ours != state::CLOSED {
+                tracing::info!(domid, devid, "detach requested by the toolstack; closing");
+            }
             self.disconnect(key);
             self.write_state(key, state::CLOSED);
             return;
@@ -312,8 +358,10 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                             self.xs
                                 .write(Tx::NONE, &format!("{be}/hotplug-status"), "connected");
                         self.write_state(key, state::CONNECTED);
+                        tracing::info!(domid, devid, "vif connected");
                     }
                     Err(e) => {
+                        tracing::warn!(domid, devid, "frontend configuration refused: {e}");
                         let _ = self
                             .xs
                             .write(Tx::NONE, &format!("{be}/error"), &e.to_string());
@@ -323,6 +371,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                 }
             }
             state::CLOSING | state::CLOSED if ours == state::CONNECTED => {
+                tracing::info!(domid, devid, "frontend closed");
                 self.disconnect(key);
                 self.write_state(key, state::CLOSED);
             }
@@ -340,10 +389,15 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
         // Live rate changes.
         let rate = self.read(&format!("{be}/rate"));
         if self.vifs.get(&key).is_some_and(|v| v.rate != rate) {
-            let r = rate
-                .as_deref()
-                .map(|s| parse_rate(s).unwrap_or(Rate::UNLIMITED))
-                .unwrap_or(Rate::UNLIMITED);
+            let r = match rate.as_deref().map(parse_rate) {
+                None => Rate::UNLIMITED,
+                Some(Ok(r)) => r,
+                Some(Err(e)) => {
+                    tracing::warn!(domid, devid, "rate {rate:?} ignored (unlimited): {e}");
+                    Rate::UNLIMITED
+                }
+            };
+            tracing::info!(domid, devid, "rate set to {rate:?}");
             if let Some(v) = self.vifs.get_mut(&key) {
                 v.rate = rate;
                 for (id, g) in &v.queues {
@@ -363,6 +417,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             ("feature-rx-copy", "1"),
             ("feature-rx-flip", "0"),
             ("feature-split-event-channels", "1"),
+            ("feature-multicast-control", "1"),
             ("multi-queue-max-queues", max_q.as_str()),
         ] {
             let _ = self.xs.write(Tx::NONE, &format!("{be}/{k}"), v);

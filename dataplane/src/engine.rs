@@ -76,6 +76,9 @@ pub struct QueueCounters {
     pub rx_stalls: AtomicU64,
     pub notifications: AtomicU64,
     pub rogue: AtomicU64,
+    /// Set once by the group when it disables the queue (tier 2), so the control plane can
+    /// write the vif's `error` node and close it.
+    pub disabled: std::sync::OnceLock<Disable>,
 }
 
 /// Lcore-local counter deltas, flushed to the atomics once per iteration.
@@ -256,6 +259,16 @@ pub enum Disable {
     ImpossibleTxIndex,
     ImpossibleRxIndex,
     Rogue(Rogue),
+}
+
+impl std::fmt::Display for Disable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Disable::ImpossibleTxIndex => f.write_str("impossible TX ring index (req_prod)"),
+            Disable::ImpossibleRxIndex => f.write_str("impossible RX ring index (req_prod)"),
+            Disable::Rogue(r) => write!(f, "malformed TX request: {r:?}"),
+        }
+    }
 }
 
 struct Queue {
@@ -525,6 +538,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 q.id.queue
             );
             q.disabled = Some(why);
+            let _ = q.counters.disabled.set(why);
             q.local.rogue += 1;
             self.disabled.push((q.id, why));
             for m in q.backlog.drain(..) {
