@@ -1,10 +1,12 @@
 # netbackd: the two commands a new user needs.
 #   make test   install what is missing (deploy/bootstrap), then format/lint checks and every test
-#   make demo   (arrives with the daemon issue)
+#   make demo   install what is missing, build, run `netbackd demo` (DEMO_ARGS="--duration 15")
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test bootstrap build release lint fmt check-fmt
+.PHONY: test demo bootstrap build release lint fmt check-fmt
+
+DEMO_ARGS ?=
 
 bootstrap:
 	deploy/bootstrap
@@ -14,6 +16,9 @@ build: bootstrap
 
 release: bootstrap
 	$(CARGO) build --workspace --release
+
+demo: release
+	target/release/netbackd demo $(DEMO_ARGS)
 
 check-fmt:
 	$(CARGO) fmt --all -- --check

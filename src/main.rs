@@ -6,6 +6,7 @@
 use anyhow::Context;
 
 mod config;
+mod demo;
 mod metrics;
 mod run;
 use clap::{Parser, Subcommand};
@@ -34,6 +35,24 @@ enum Cmd {
         /// Override sim.root from the configuration.
         #[arg(long, value_name = "DIR")]
         sim_root: Option<String>,
+    },
+    /// The demo: a simulated Xen host, the daemon (`netbackd run`) serving two or more
+    /// simulated guests, and a DPDK uplink (net_tap in a network namespace when root, else
+    /// net_ring). The guests ping and stream TCP; a live per-vif table shows the traffic.
+    /// Ctrl-C or --duration stops it; it removes everything it created.
+    Demo {
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long, value_name = "SECS")]
+        duration: Option<u64>,
+        /// Number of simulated guests (2..=8).
+        #[arg(long, default_value_t = 2)]
+        guests: u16,
+        /// The daemon's uplink port.
+        #[arg(long, value_enum, default_value_t = demo::Uplink::Auto)]
+        uplink: demo::Uplink,
+        /// The daemon's metrics address (default 127.0.0.1:9750, or a free port if taken).
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics_listen: Option<String>,
     },
     /// Run a simulated Xen host (real xenstored, shared-memory guest RAM, grant tables and
     /// event channels) that netbackd and simulated guests attach to. Runs until Ctrl-C,
@@ -186,6 +205,23 @@ fn real_main() -> anyhow::Result<()> {
             }
             install_signal_handlers();
             run::run(cfg, &STOP)
+        }
+        Some(Cmd::Demo {
+            duration,
+            guests,
+            uplink,
+            metrics_listen,
+        }) => {
+            install_signal_handlers();
+            demo::demo(
+                demo::DemoOptions {
+                    duration,
+                    guests,
+                    uplink,
+                    metrics_listen,
+                },
+                &STOP,
+            )
         }
         Some(Cmd::Sim {
             parent,
