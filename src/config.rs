@@ -31,6 +31,65 @@ pub struct Config {
     pub backend: BackendSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub switch: SwitchSection,
+    /// Per-vif settings.
+    #[serde(default)]
+    pub vif: Vec<VifSection>,
+}
+
+/// How frames are forwarded between vifs and the uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SwitchMode {
+    /// MAC learning bridge (vif MACs static, uplink MACs learned).
+    Learning,
+    /// Every vif frame goes to the uplink and every uplink frame to every vif.
+    CrossConnect,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchSection {
+    #[serde(default = "default_mode")]
+    pub mode: SwitchMode,
+    /// Seconds after which a learned MAC is forgotten.
+    #[serde(default = "default_ageing")]
+    pub ageing_secs: u32,
+    /// Bound on learned MACs (a guest spraying source MACs cannot grow memory).
+    #[serde(default = "default_max_learned")]
+    pub max_learned: u32,
+}
+
+fn default_mode() -> SwitchMode {
+    SwitchMode::Learning
+}
+fn default_ageing() -> u32 {
+    300
+}
+fn default_max_learned() -> u32 {
+    8192
+}
+
+impl Default for SwitchSection {
+    fn default() -> Self {
+        SwitchSection {
+            mode: default_mode(),
+            ageing_secs: default_ageing(),
+            max_learned: default_max_learned(),
+        }
+    }
+}
+
+/// One vif's settings, by (domid, devid).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VifSection {
+    pub domid: u16,
+    #[serde(default)]
+    pub devid: u32,
+    /// Access VLAN (1..=4094): frames of this vif are tagged toward the uplink.
+    pub vlan: Option<u16>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,20 +216,47 @@ impl Default for BackendSection {
     }
 }
 
+/// Command-line flags that override the file (they win over it).
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub sim_root: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub groups: Option<u32>,
+    pub file_prefix: Option<String>,
+}
+
 impl Config {
     /// Parses and validates; errors name the file and the offending key.
+    #[cfg(test)]
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Config> {
-        let c: Config =
+        Config::parse_with(text, origin, &Overrides::default())
+    }
+
+    /// Loads `path`, applies the command line's overrides, then validates.
+    pub fn load_with(path: &Path, o: &Overrides) -> anyhow::Result<Config> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {origin}"))?;
+        Config::parse_with(&text, &origin, o)
+    }
+
+    fn parse_with(text: &str, origin: &str, o: &Overrides) -> anyhow::Result<Config> {
+        let mut c: Config =
             toml::from_str(text).with_context(|| format!("{origin}: invalid configuration"))?;
+        if let Some(r) = &o.sim_root {
+            c.sim.root = Some(r.clone());
+        }
+        if let Some(l) = &o.metrics_listen {
+            c.metrics.listen = l.clone();
+        }
+        if let Some(g) = o.groups {
+            c.engine.groups = g;
+        }
+        if let Some(p) = &o.file_prefix {
+            c.eal.file_prefix = p.clone();
+        }
         c.validate()
             .with_context(|| format!("{origin}: invalid configuration"))?;
         Ok(c)
-    }
-
-    pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Config::parse(&text, &path.display().to_string())
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -211,6 +297,33 @@ impl Config {
                 "backend.max_queues: {} is not in 1..=8",
                 self.backend.max_queues
             );
+        }
+        if !(1..=86_400).contains(&self.switch.ageing_secs) {
+            bail!(
+                "switch.ageing_secs: {} is not in 1..=86400",
+                self.switch.ageing_secs
+            );
+        }
+        if !(16..=1_000_000).contains(&self.switch.max_learned) {
+            bail!(
+                "switch.max_learned: {} is not in 16..=1000000",
+                self.switch.max_learned
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, v) in self.vif.iter().enumerate() {
+            if let Some(vlan) = v.vlan {
+                if !(1..=4094).contains(&vlan) {
+                    bail!("vif[{i}].vlan: {vlan} is not in 1..=4094");
+                }
+            }
+            if !seen.insert((v.domid, v.devid)) {
+                bail!(
+                    "vif[{i}]: dom{} devid {} is configured twice",
+                    v.domid,
+                    v.devid
+                );
+            }
         }
         if self.eal.mbufs < 1023 {
             bail!("eal.mbufs: {} is below 1023", self.eal.mbufs);
@@ -274,5 +387,18 @@ groups = 1
         );
         assert!(err(&GOOD.replace("groups = 1", "groups = \"many\"")).contains("groups"));
         assert!(err("not toml at all [").contains("t.toml"));
+        assert!(err(&format!("{GOOD}[switch]\nmode = \"hub\"\n")).contains("mode"));
+        assert!(err(&format!("{GOOD}[[vif]]\ndomid = 5\nvlan = 4095\n")).contains("vif[0].vlan"));
+        assert!(err(&format!(
+            "{GOOD}[[vif]]\ndomid = 5\nvlan = 7\n[[vif]]\ndomid = 5\ndevid = 0\n"
+        ))
+        .contains("configured twice"));
+        let c = Config::parse(
+            &format!("{GOOD}[switch]\nmode = \"cross-connect\"\n[[vif]]\ndomid = 5\nvlan = 100\n"),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.switch.mode, SwitchMode::CrossConnect);
+        assert_eq!(c.vif[0].vlan, Some(100));
     }
 }

@@ -35,6 +35,18 @@ enum Cmd {
         /// Override sim.root from the configuration.
         #[arg(long, value_name = "DIR")]
         sim_root: Option<String>,
+        /// Override metrics.listen ("" disables the endpoint).
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics_listen: Option<String>,
+        /// Override engine.groups.
+        #[arg(long, value_name = "N")]
+        groups: Option<u32>,
+        /// Override eal.file_prefix.
+        #[arg(long, value_name = "PREFIX")]
+        file_prefix: Option<String>,
+        /// Only load and validate the configuration, print it, and exit.
+        #[arg(long)]
+        check: bool,
     },
     /// The demo: a simulated Xen host, the daemon (`netbackd run`) serving two or more
     /// simulated guests, and a DPDK uplink (net_tap in a network namespace when root, else
@@ -198,10 +210,24 @@ fn real_main() -> anyhow::Result<()> {
         return Ok(());
     }
     match cli.cmd {
-        Some(Cmd::Run { config, sim_root }) => {
-            let mut cfg = config::Config::load(&config)?;
-            if let Some(r) = sim_root {
-                cfg.sim.root = Some(r);
+        Some(Cmd::Run {
+            config,
+            sim_root,
+            metrics_listen,
+            groups,
+            file_prefix,
+            check,
+        }) => {
+            let overrides = config::Overrides {
+                sim_root,
+                metrics_listen,
+                groups,
+                file_prefix,
+            };
+            let cfg = config::Config::load_with(&config, &overrides)?;
+            if check {
+                println!("{}: valid\n{cfg:#?}", config.display());
+                return Ok(());
             }
             install_signal_handlers();
             run::run(cfg, &STOP)

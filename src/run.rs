@@ -1,12 +1,12 @@
 //! `netbackd run`: EAL, the port, the groups on their lcores, and the xenbus control plane,
 //! until SIGINT/SIGTERM. On the way out the groups stop, ports close, and the vifs are left
 //! as they are in xenstore, so a restarted daemon reconnects them.
-use crate::config::{Config, HostKind};
+use crate::config::{Config, HostKind, SwitchMode};
 use anyhow::{bail, Context};
 use control::{Backend, BackendConfig};
 use dataplane::engine::{EngineConfig, Group, GroupIo};
 use dataplane::offload::{SoftGso, TxCaps};
-use dataplane::switch::SwitchConfig;
+use dataplane::switch::{Mode, SwitchConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,6 +65,14 @@ pub fn run(cfg: Config, stop: &'static AtomicBool) -> anyhow::Result<()> {
             stall_ns: u64::from(cfg.engine.stall_secs) * 1_000_000_000,
             ..Default::default()
         };
+        let scfg = SwitchConfig {
+            mode: match cfg.switch.mode {
+                SwitchMode::Learning => Mode::Learning,
+                SwitchMode::CrossConnect => Mode::CrossConnect,
+            },
+            ageing_ns: u64::from(cfg.switch.ageing_secs) * 1_000_000_000,
+            max_learned: cfg.switch.max_learned as usize,
+        };
         let group_stop = Arc::new(AtomicBool::new(false));
         let workers = pmd::lcore::workers();
         let mut handles = Vec::new();
@@ -85,7 +93,7 @@ pub fn run(cfg: Config, stop: &'static AtomicBool) -> anyhow::Result<()> {
                 xen::sim::DomainTable::new(layout.clone()),
                 cfg.backend.domid,
             );
-            let mut g = Group::new(ecfg, gm, ev, io, SwitchConfig::default());
+            let mut g = Group::new(ecfg, gm, ev, io, scfg);
             handles.push(g.handle());
             group_counters.push(g.counters.clone());
             let s = group_stop.clone();
@@ -106,6 +114,11 @@ pub fn run(cfg: Config, stop: &'static AtomicBool) -> anyhow::Result<()> {
         let bcfg = BackendConfig {
             backend_dom: cfg.backend.domid,
             max_queues: cfg.backend.max_queues,
+            vlans: cfg
+                .vif
+                .iter()
+                .filter_map(|v| v.vlan.map(|vl| ((v.domid, v.devid), vl)))
+                .collect(),
             ..Default::default()
         };
         let ev = xen::sim::SimEvtchn::new(layout.clone(), cfg.backend.domid)?;

@@ -56,6 +56,8 @@ pub struct BackendConfig {
     pub max_queues: u32,
     /// How long to wait for a group to let go of a queue.
     pub remove_timeout: Duration,
+    /// Access VLAN per vif (domid, devid), from the daemon's configuration.
+    pub vlans: HashMap<(u16, u32), u16>,
 }
 
 impl Default for BackendConfig {
@@ -64,6 +66,7 @@ impl Default for BackendConfig {
             backend_dom: 0,
             max_queues: 4,
             remove_timeout: Duration::from_secs(5),
+            vlans: HashMap::new(),
         }
     }
 }
@@ -542,6 +545,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                 evtchn_tx: local_tx,
                 evtchn_rx: local_rx,
                 mac,
+                vlan: self.cfg.vlans.get(&key).copied(),
                 features,
                 rate,
                 counters: Arc::new(QueueCounters::default()),

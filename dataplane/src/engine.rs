@@ -150,6 +150,8 @@ pub struct QueueSetup {
     pub evtchn_tx: u32,
     pub evtchn_rx: u32,
     pub mac: [u8; 6],
+    /// Access VLAN: the vif's frames are tagged with it toward the uplink (None: untagged).
+    pub vlan: Option<u16>,
     pub features: Features,
     pub rate: Rate,
     pub counters: Arc<QueueCounters>,
@@ -469,7 +471,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             endpoint,
             EndpointKind::Vif {
                 mac: s.mac,
-                vlan: None,
+                vlan: s.vlan,
             },
         );
         let now = self.now();

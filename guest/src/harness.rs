@@ -88,6 +88,7 @@ pub fn attach_with(
     let mut ev = h.evtchn(0).unwrap();
     let counters = Arc::new(QueueCounters::default());
     let setup = QueueSetup {
+        vlan: None,
         id: QueueId {
             domid,
             devid,

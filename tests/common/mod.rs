@@ -1,0 +1,94 @@
+//! Helpers shared by the tests that drive the real `netbackd` binary.
+#![allow(dead_code)]
+use guest::pktgen::{PktGen, Sink};
+use guest::{Netfront, TxMeta};
+use std::process::Child;
+use std::time::{Duration, Instant};
+use xen::{Tx, XenStore};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_netbackd");
+
+pub fn wait_state(xs: &XenStore, path: &str, want: &str, secs: u64) -> Duration {
+    let t = Instant::now();
+    while xs.read(Tx::NONE, path).unwrap().as_deref() != Some(want) {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "{path} never became {want}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    t.elapsed()
+}
+
+/// Kills a child if the test panics before it was stopped (else it would outlive us).
+pub struct Guard(pub Option<Child>);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn term_and_wait(mut g: Guard) -> std::process::ExitStatus {
+    let mut c = g.0.take().expect("running");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn traffic(nf: &mut Netfront, gen: &mut PktGen, n: u64) {
+    let mut f = Vec::new();
+    let mut sink = Sink::default();
+    for _ in 0..n {
+        gen.next_frame(&mut f);
+        nf.send(0, &f, TxMeta::default()).unwrap();
+    }
+    let t = Instant::now();
+    while sink.stats.packets < n {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "traffic through the daemon: {:?}",
+            sink.stats
+        );
+        for p in nf.poll_rx(0).unwrap() {
+            sink.accept(&p.data);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// `GET path` over plain HTTP/1.0; returns (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(c, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut r = String::new();
+    c.read_to_string(&mut r).unwrap();
+    let code = r.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = r
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The value of the sample `name{...labels...}` whose labels contain all of `want`.
+pub fn sample(body: &str, name: &str, want: &[&str]) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| want.iter().all(|w| l.contains(w)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
