@@ -3,10 +3,10 @@
 //! passes traffic through the daemon (to the wire and back); SIGTERM stops the daemon and
 //! leaves the vif connected, and a restarted daemon reconnects it. A malformed config is
 //! refused with the offending key named.
-use guest::pktgen::{PktGen, Sink};
-use guest::{FrontConfig, Netfront, TxMeta};
+use guest::pktgen::PktGen;
+use guest::{FrontConfig, Netfront};
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use xen::{Tx, XenStore};
 
