@@ -319,7 +319,7 @@ fn daemon_vif_lifecycle() {
     let mut cycle = |k: usize| {
         toolstack::add_vif(xs, 0, 23, 0, &mac(23), &Default::default()).unwrap();
         let mut nf = connect(&host, 23, 0);
-        if k % 25 == 0 {
+        if k.is_multiple_of(25) {
             traffic(&mut nf, &mut g23, 5);
         }
         toolstack::request_detach(xs, 0, 23, 0).unwrap();
