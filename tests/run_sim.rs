@@ -131,6 +131,38 @@ fn run_serves_sim_vifs() {
             > 0.0
     );
     assert_eq!(http_get(&maddr, "/").0, 404);
+    // The uplink port's link and DPDK xstats are there too.
+    assert_eq!(
+        sample(&body, "netbackd_port_link_up", &["port=\"net_ring0\""]),
+        Some(1.0)
+    );
+    assert!(body.contains("netbackd_port_xstat{port=\"net_ring0\",stat=\"rx_good_packets\"}"));
+    // Every metric the shipped Grafana dashboard queries is one the daemon exports.
+    let dash = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana-netbackd.json"
+    ))
+    .unwrap();
+    let mut names: Vec<&str> = dash
+        .match_indices("netbackd_")
+        .map(|(i, _)| {
+            let rest = &dash[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .filter(|n| n.len() > "netbackd_".len())
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 12, "{names:?}");
+    for n in names {
+        assert!(
+            body.contains(&format!("# TYPE {n} ")),
+            "the dashboard queries {n}, which /metrics does not export"
+        );
+    }
 
     // SIGTERM: the daemon stops cleanly and leaves the vif as it is.
     assert!(term_and_wait(run).success());
