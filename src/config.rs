@@ -168,6 +168,16 @@ pub struct EngineSection {
     pub backlog_kib: u32,
     #[serde(default = "default_stall")]
     pub stall_secs: u32,
+    /// 0: busy-poll always. Otherwise a group idle this long sleeps on its event channels
+    /// (at most `max_sleep_us`) until a guest notifies: fewer cycles, more latency.
+    #[serde(default)]
+    pub idle_sleep_us: u32,
+    #[serde(default = "default_max_sleep")]
+    pub max_sleep_us: u32,
+}
+
+fn default_max_sleep() -> u32 {
+    1000
 }
 
 fn one() -> u32 {
@@ -190,6 +200,8 @@ impl Default for EngineSection {
             budget: 64,
             backlog_kib: 512,
             stall_secs: 60,
+            idle_sleep_us: 0,
+            max_sleep_us: default_max_sleep(),
         }
     }
 }
@@ -290,6 +302,12 @@ impl Config {
             bail!(
                 "engine.backlog_kib: {} is below 64 (one 64 KiB packet must fit)",
                 self.engine.backlog_kib
+            );
+        }
+        if !(10..=1_000_000).contains(&self.engine.max_sleep_us) {
+            bail!(
+                "engine.max_sleep_us: {} is not in 10..=1000000",
+                self.engine.max_sleep_us
             );
         }
         if !(1..=8).contains(&self.backend.max_queues) {

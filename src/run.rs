@@ -4,30 +4,85 @@
 use crate::config::{Config, HostKind, SwitchMode};
 use anyhow::{bail, Context};
 use control::{Backend, BackendConfig};
-use dataplane::engine::{EngineConfig, Group, GroupIo};
+use dataplane::engine::{Adaptive, EngineConfig, Group, GroupIo};
 use dataplane::offload::{SoftGso, TxCaps};
 use dataplane::switch::{Mode, SwitchConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use xen::{EventChannel, GrantCopy, GrantMap, XenStore};
+
+/// What the daemon needs from the hypervisor host: xenstore, and per group and for the
+/// control plane, the grant and event-channel handles. The rest of the daemon is the same
+/// on a real dom0 and on the simulated host.
+pub trait Host {
+    type Copy: GrantCopy + 'static;
+    type Map: GrantMap;
+    type Ev: EventChannel + Clone + 'static;
+    fn xenstore(&self) -> anyhow::Result<XenStore>;
+    /// Grant copy and event channels for group `gi` (on its own lcore).
+    fn group(&self, gi: u16) -> anyhow::Result<(Self::Copy, Self::Ev)>;
+    /// Grant mapping and event channels for the control plane.
+    fn backend(&self) -> anyhow::Result<(Self::Map, Self::Ev)>;
+}
+
+/// The simulated host of `netbackd sim`.
+struct SimBackendHost {
+    layout: xen::sim::SimLayout,
+    domid: u16,
+}
+
+impl Host for SimBackendHost {
+    type Copy = xen::sim::SimGrant;
+    type Map = xen::sim::SimGrant;
+    type Ev = xen::sim::SimEvtchn;
+
+    fn xenstore(&self) -> anyhow::Result<XenStore> {
+        let sock = self.layout.xenstore_socket();
+        XenStore::open_at(&sock.to_string_lossy()).context("connecting to xenstored")
+    }
+
+    fn group(&self, _gi: u16) -> anyhow::Result<(Self::Copy, Self::Ev)> {
+        let ev =
+            xen::sim::SimEvtchn::new(self.layout.clone(), self.domid).context("event channels")?;
+        let gm =
+            xen::sim::SimGrant::new(xen::sim::DomainTable::new(self.layout.clone()), self.domid);
+        Ok((gm, ev))
+    }
+
+    fn backend(&self) -> anyhow::Result<(Self::Map, Self::Ev)> {
+        self.group(0)
+    }
+}
 
 /// Runs until `stop` is set (by a signal handler).
 pub fn run(cfg: Config, stop: &'static AtomicBool) -> anyhow::Result<()> {
-    let root = match cfg.host {
+    match cfg.host {
         HostKind::Xen => bail!(
             "host = \"xen\": the real /dev/xen backend (xen::linux) is not in this build yet; \
              use host = \"sim\" with a `netbackd sim` root"
         ),
-        HostKind::Sim => cfg.sim.root.clone().expect("validated"),
-    };
-    let layout = xen::sim::SimLayout::new(&root);
-    let sock = layout.xenstore_socket();
-    if !sock.exists() {
-        bail!(
-            "sim.root {root}: no xenstored socket at {} (is `netbackd sim` running?)",
-            sock.display()
-        );
+        HostKind::Sim => {
+            let root = cfg.sim.root.clone().expect("validated");
+            let layout = xen::sim::SimLayout::new(&root);
+            let sock = layout.xenstore_socket();
+            if !sock.exists() {
+                bail!(
+                    "sim.root {root}: no xenstored socket at {} (is `netbackd sim` running?)",
+                    sock.display()
+                );
+            }
+            let host = SimBackendHost {
+                layout,
+                domid: cfg.backend.domid,
+            };
+            serve(&cfg, &host, stop)
+        }
     }
+}
+
+/// EAL, the port, the groups on their lcores, the control loop and metrics, until `stop`.
+fn serve<H: Host>(cfg: &Config, host: &H, stop: &'static AtomicBool) -> anyhow::Result<()> {
     let devargs = cfg.port[0].devargs.clone();
     let name = devargs.split(',').next().unwrap_or(&devargs).to_string();
     let mut args = cfg.eal.args.clone();
@@ -73,6 +128,10 @@ pub fn run(cfg: Config, stop: &'static AtomicBool) -> anyhow::Result<()> {
             ageing_ns: u64::from(cfg.switch.ageing_secs) * 1_000_000_000,
             max_learned: cfg.switch.max_learned as usize,
         };
+        let adaptive = (cfg.engine.idle_sleep_us > 0).then(|| Adaptive {
+            idle_ns: u64::from(cfg.engine.idle_sleep_us) * 1000,
+            max_sleep: Duration::from_micros(u64::from(cfg.engine.max_sleep_us)),
+        });
         let group_stop = Arc::new(AtomicBool::new(false));
         let workers = pmd::lcore::workers();
         let mut handles = Vec::new();
@@ -87,30 +146,24 @@ pub fn run(cfg: Config, stop: &'static AtomicBool) -> anyhow::Result<()> {
                 caps,
                 soft: SoftGso::new(&format!("g{gi}"), 2047, -1).context("GSO pools")?,
             };
-            let ev = xen::sim::SimEvtchn::new(layout.clone(), cfg.backend.domid)
-                .context("event channels")?;
-            let gm = xen::sim::SimGrant::new(
-                xen::sim::DomainTable::new(layout.clone()),
-                cfg.backend.domid,
-            );
-            let mut g = Group::new(ecfg, gm, ev, io, scfg);
+            let (gc, ev) = host.group(gi)?;
+            let mut g = Group::new(ecfg, gc, ev, io, scfg);
             handles.push(g.handle());
             group_counters.push(g.counters.clone());
             let s = group_stop.clone();
             match workers.get(usize::from(gi)) {
                 Some(&lc) => {
                     pmd::lcore::launch(lc, move || {
-                        g.run(&s, None);
+                        g.run(&s, adaptive);
                         0
                     })?;
                     lcores.push(lc);
                 }
                 // Fewer lcores than groups: a plain thread (it shares the main core).
-                None => threads.push(std::thread::spawn(move || g.run(&s, None))),
+                None => threads.push(std::thread::spawn(move || g.run(&s, adaptive))),
             }
         }
-        let xs =
-            xen::XenStore::open_at(&sock.to_string_lossy()).context("connecting to xenstored")?;
+        let xs = host.xenstore()?;
         let bcfg = BackendConfig {
             backend_dom: cfg.backend.domid,
             max_queues: cfg.backend.max_queues,
@@ -121,11 +174,7 @@ pub fn run(cfg: Config, stop: &'static AtomicBool) -> anyhow::Result<()> {
                 .collect(),
             ..Default::default()
         };
-        let ev = xen::sim::SimEvtchn::new(layout.clone(), cfg.backend.domid)?;
-        let gm = xen::sim::SimGrant::new(
-            xen::sim::DomainTable::new(layout.clone()),
-            cfg.backend.domid,
-        );
+        let (gm, ev) = host.backend()?;
         let mut backend =
             Backend::new(bcfg, xs, gm, ev, handles).context("watching the backend directory")?;
         tracing::info!(
