@@ -223,7 +223,8 @@ impl EventChannel for LinuxEvtchn {
     }
 
     /// poll() on the shared fd; returns at once if a port fired and was unmasked without
-    /// being taken.
+    /// being taken. A port drained by another thread during the poll does not wake this
+    /// one: it is seen at the timeout (latency, never a lost event).
     fn wait(&self, timeout: Duration) {
         if self.inner.ready_unmasked() {
             return;
