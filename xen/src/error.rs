@@ -31,6 +31,17 @@ pub enum XenError {
     },
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// A `/dev/xen` device could not be opened; `hint` says what is probably missing.
+    #[error("cannot open {path}: {source} — {hint}")]
+    Device {
+        path: String,
+        source: std::io::Error,
+        hint: String,
+    },
+    /// This host cannot run the real backend (`linux::probe`); the text lists what is
+    /// missing.
+    #[error("not usable as a Xen dom0 backend: {0}")]
+    NotDom0(String),
 }
 
 impl XenError {
