@@ -33,9 +33,45 @@ pub struct Config {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub switch: SwitchSection,
+    #[serde(default)]
+    pub xen: XenSection,
     /// Per-vif settings.
     #[serde(default)]
     pub vif: Vec<VifSection>,
+}
+
+/// How guest packet data is copied on a real dom0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyPath {
+    /// `/dev/xen/gntdev` grant copy: works with any memory, on any dom0.
+    Gntdev,
+    /// `GNTTABOP_copy` hypercalls through privcmd, with the mbuf pool in pages dom0 grants
+    /// to itself (gntalloc); ops on other memory fall back to gntdev.
+    Privcmd,
+}
+
+/// Settings of the real dom0 host (`host = "xen"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XenSection {
+    #[serde(default = "default_copy")]
+    pub grant_copy: CopyPath,
+    /// xenstored's socket; default: the socket if it exists, else /dev/xen/xenbus.
+    pub xenstore: Option<String>,
+}
+
+fn default_copy() -> CopyPath {
+    CopyPath::Gntdev
+}
+
+impl Default for XenSection {
+    fn default() -> Self {
+        XenSection {
+            grant_copy: default_copy(),
+            xenstore: None,
+        }
+    }
 }
 
 /// How frames are forwarded between vifs and the uplink.

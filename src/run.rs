@@ -1,7 +1,7 @@
 //! `netbackd run`: EAL, the port, the groups on their lcores, and the xenbus control plane,
 //! until SIGINT/SIGTERM. On the way out the groups stop, ports close, and the vifs are left
 //! as they are in xenstore, so a restarted daemon reconnects them.
-use crate::config::{Config, HostKind, SwitchMode};
+use crate::config::{Config, CopyPath, HostKind, SwitchMode};
 use anyhow::{bail, Context};
 use control::{Backend, BackendConfig};
 use dataplane::engine::{Adaptive, EngineConfig, Group, GroupIo};
@@ -24,6 +24,10 @@ pub trait Host {
     fn group(&self, gi: u16) -> anyhow::Result<(Self::Copy, Self::Ev)>;
     /// Grant mapping and event channels for the control plane.
     fn backend(&self) -> anyhow::Result<(Self::Map, Self::Ev)>;
+    /// The mbuf pool (after EAL initialisation).
+    fn mempool(&self, n: u32) -> anyhow::Result<pmd::Mempool> {
+        default_pool(n)
+    }
 }
 
 /// The simulated host of `netbackd sim`.
@@ -55,13 +59,167 @@ impl Host for SimBackendHost {
     }
 }
 
+/// A real dom0: `/dev/xen` through `xen::linux`. Every group and the control plane share
+/// one event-channel fd (ports can only be used through the fd that bound them).
+struct LinuxHost {
+    ev: xen::linux::LinuxEvtchn,
+    copy: CopyPath,
+    xenstore: Option<String>,
+    domid: u16,
+    /// Self-granted pages holding the mbuf pool (privcmd path); outlive the pool.
+    regions: std::sync::Mutex<Vec<Arc<xen::linux::GntallocRegion>>>,
+}
+
+/// The grant-copy implementation of a group on a real dom0.
+pub enum LinuxCopy {
+    Gntdev(xen::linux::LinuxGrantCopy),
+    Privcmd(xen::linux::PrivcmdGrantCopy),
+}
+
+impl GrantCopy for LinuxCopy {
+    unsafe fn copy(&mut self, ops: &mut [xen::CopyOp]) -> Result<(), xen::XenError> {
+        // SAFETY: the caller's guarantee is passed on unchanged.
+        unsafe {
+            match self {
+                LinuxCopy::Gntdev(g) => g.copy(ops),
+                LinuxCopy::Privcmd(p) => p.copy(ops),
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            LinuxCopy::Gntdev(g) => {
+                let (ioctls, segs) = g.counts();
+                format!("gntdev: {ioctls} ioctls, {segs} segments")
+            }
+            LinuxCopy::Privcmd(p) => {
+                let s = p.stats();
+                format!(
+                    "privcmd: {} hypercalls, {} hypercall ops ({:.1} per hypercall), {} split, \
+                     {} gntdev fallback ops in {} ioctls",
+                    s.hypercalls,
+                    s.hypercall_ops,
+                    s.ops_per_hypercall(),
+                    s.split_ops,
+                    s.fallback_ops,
+                    s.fallback_ioctls
+                )
+            }
+        }
+    }
+}
+
+/// gntalloc's per-host grant limit (module parameter), raised when the pool needs more.
+const GNTALLOC_LIMIT: &str = "/sys/module/xen_gntalloc/parameters/limit";
+
+impl Host for LinuxHost {
+    type Copy = LinuxCopy;
+    type Map = xen::linux::LinuxGrantMap;
+    type Ev = xen::linux::LinuxEvtchn;
+
+    fn xenstore(&self) -> anyhow::Result<XenStore> {
+        XenStore::open_host(self.xenstore.as_deref()).context("connecting to xenstored")
+    }
+
+    fn group(&self, _gi: u16) -> anyhow::Result<(Self::Copy, Self::Ev)> {
+        let c = match self.copy {
+            CopyPath::Gntdev => LinuxCopy::Gntdev(xen::linux::LinuxGrantCopy::open()?),
+            CopyPath::Privcmd => {
+                let regions = self
+                    .regions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                LinuxCopy::Privcmd(xen::linux::PrivcmdGrantCopy::new(regions)?)
+            }
+        };
+        Ok((c, self.ev.clone()))
+    }
+
+    fn backend(&self) -> anyhow::Result<(Self::Map, Self::Ev)> {
+        Ok((xen::linux::LinuxGrantMap::open()?, self.ev.clone()))
+    }
+
+    fn mempool(&self, n: u32) -> anyhow::Result<pmd::Mempool> {
+        if self.copy == CopyPath::Gntdev {
+            return default_pool(n);
+        }
+        // One mbuf per 4 KiB page (an object never crosses a page), plus slack for the
+        // pool's own header objects.
+        let pages = n as usize + 64;
+        let limit: usize = std::fs::read_to_string(GNTALLOC_LIMIT)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if limit < pages + 256 {
+            std::fs::write(GNTALLOC_LIMIT, (pages + 1024).to_string()).with_context(|| {
+                format!("raising {GNTALLOC_LIMIT} from {limit} to fit {pages} pages")
+            })?;
+            tracing::info!(
+                "raised gntalloc's grant limit from {limit} to {}",
+                pages + 1024
+            );
+        }
+        let region = Arc::new(
+            xen::linux::GntallocRegion::alloc(self.domid, pages)
+                .context("self-granted memory for the mbuf pool (xen.grant_copy = \"privcmd\")")?,
+        );
+        // SAFETY: the region stays mapped while the host (which outlives the pool) holds it,
+        // and nothing else uses its pages.
+        let pool = unsafe {
+            pmd::Mempool::from_memory(
+                "netbackd",
+                n,
+                256,
+                2176,
+                region.as_ptr(),
+                region.len(),
+                4096,
+            )
+        }
+        .context("mbuf pool in self-granted pages")?;
+        tracing::info!(
+            "mbuf pool: {n} mbufs in {pages} pages dom0 granted to itself (privcmd grant copy)"
+        );
+        self.regions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(region);
+        Ok(pool)
+    }
+}
+
+fn default_pool(n: u32) -> anyhow::Result<pmd::Mempool> {
+    pmd::Mempool::new("netbackd", n, 256, 2176, -1).context("mbuf pool")
+}
+
 /// Runs until `stop` is set (by a signal handler).
 pub fn run(cfg: Config, stop: &'static AtomicBool) -> anyhow::Result<()> {
     match cfg.host {
-        HostKind::Xen => bail!(
-            "host = \"xen\": the real /dev/xen backend (xen::linux) is not in this build yet; \
-             use host = \"sim\" with a `netbackd sim` root"
-        ),
+        HostKind::Xen => {
+            let probe = xen::linux::probe().context(
+                "host = \"xen\" needs a Xen dom0 with /dev/xen (use host = \"sim\" elsewhere)",
+            )?;
+            if cfg.xen.grant_copy == CopyPath::Privcmd {
+                if let Some(why) = &probe.fast_path_missing {
+                    bail!("xen.grant_copy = \"privcmd\" is not possible here: {why}");
+                }
+            }
+            tracing::info!(
+                "Xen host: control domain {:?}, grant copy through {:?}",
+                probe.control_domain,
+                cfg.xen.grant_copy
+            );
+            let host = LinuxHost {
+                ev: xen::linux::LinuxEvtchn::open().context("/dev/xen/evtchn")?,
+                copy: cfg.xen.grant_copy,
+                xenstore: cfg.xen.xenstore.clone(),
+                domid: cfg.backend.domid,
+                regions: Default::default(),
+            };
+            serve(&cfg, &host, stop)
+        }
         HostKind::Sim => {
             let root = cfg.sim.root.clone().expect("validated");
             let layout = xen::sim::SimLayout::new(&root);
@@ -95,9 +253,7 @@ fn serve<H: Host>(cfg: &Config, host: &H, stop: &'static AtomicBool) -> anyhow::
     let t0 = Instant::now();
     let eal = pmd::Eal::init(&args).context("EAL initialisation (eal.args)")?;
     {
-        let pool = Arc::new(
-            pmd::Mempool::new("netbackd", cfg.eal.mbufs, 256, 2176, -1).context("mbuf pool")?,
-        );
+        let pool = Arc::new(host.mempool(cfg.eal.mbufs)?);
         let mut port =
             pmd::Port::by_name(&name).with_context(|| format!("port[0].devargs {devargs}"))?;
         let info = port.info().context("port info")?;

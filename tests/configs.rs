@@ -104,3 +104,30 @@ fn broken_configs_name_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/netbackd.toml"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `host = "xen"` on a machine without Xen: refused at start with a message that says so.
+#[test]
+fn xen_host_refused_without_xen() {
+    if std::path::Path::new("/dev/xen/gntdev").exists() {
+        eprintln!("skipped: this machine is a Xen dom0");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("nbd-cfgx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("xen.toml");
+    std::fs::write(
+        &p,
+        "host = \"xen\"\n[eal]\nargs = [\"--no-huge\", \"-m\", \"64\", \"--no-pci\"]\n[[port]]\ndevargs = \"net_null0\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not running on Xen"), "{err}");
+    assert!(err.contains("/dev/xen/gntdev"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -578,6 +578,10 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             }
             idle_since = self.now();
         }
+        let d = self.gc.describe();
+        if !d.is_empty() {
+            log::info!("group stopped; grant copy {d}");
+        }
     }
 
     /// `RING_FINAL_CHECK_FOR_REQUESTS` on every live ring (asking the frontends to notify

@@ -131,6 +131,11 @@ pub trait GrantCopy: Send {
     /// Each op's `local..local+len` must be valid memory, readable (`ToForeign`) or
     /// writable (`FromForeign`), not aliased by live references for the call's duration.
     unsafe fn copy(&mut self, ops: &mut [CopyOp]) -> Result<(), XenError>;
+
+    /// What this implementation has done so far, for logs ("privcmd: 12 hypercalls, ...").
+    fn describe(&self) -> String {
+        String::new()
+    }
 }
 
 /// A mapping of foreign granted pages; unmapped on drop.

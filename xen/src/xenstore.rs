@@ -125,6 +125,32 @@ impl XenStore {
         })
     }
 
+    /// Connects as a real dom0 process does: to `socket` when given, else to xenstored's
+    /// default socket when it exists, else through the kernel's `/dev/xen/xenbus` (a
+    /// xenstored in another domain, or one that only serves the device).
+    pub fn open_host(socket: Option<&str>) -> Result<XenStore, XenError> {
+        const DEFAULT: &str = "/var/run/xenstored/socket";
+        const DEVICE: &str = "/dev/xen/xenbus";
+        if let Some(s) = socket {
+            return Self::open_at(s);
+        }
+        if std::path::Path::new(DEFAULT).exists() {
+            return Self::open_at(DEFAULT);
+        }
+        let _g = OPEN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: plain library call; flags 0 lets libxenstore use the xenbus device.
+        let h = unsafe { sys::xs_open(0) };
+        let err = io::Error::last_os_error();
+        let h = NonNull::new(h).ok_or_else(|| XenError::StoreConnect {
+            path: format!("{DEFAULT} or {DEVICE}"),
+            source: err,
+        })?;
+        Ok(XenStore {
+            h,
+            path: DEVICE.into(),
+        })
+    }
+
     pub fn socket_path(&self) -> &str {
         &self.path
     }
