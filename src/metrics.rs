@@ -24,8 +24,9 @@ pub struct QueueView {
 pub struct Shared {
     pub queues: Mutex<Vec<QueueView>>,
     pub groups: Vec<Arc<GroupCounters>>,
-    /// The uplink port and its name, for link state and DPDK xstats.
-    pub port: Option<(String, Arc<pmd::Port>)>,
+    /// The uplink port and its name, for link state and DPDK xstats; taken away on shutdown
+    /// so the port closes (and returns its mbufs) before the pool goes.
+    pub port: Mutex<Option<(String, Arc<pmd::Port>)>>,
 }
 
 fn counter(
@@ -189,7 +190,8 @@ pub fn render(s: &Shared) -> prometheus::Result<String> {
         ops.with_label_values(&l).inc_by(g(&c.grant_copy_ops));
         full.with_label_values(&l).inc_by(g(&c.port_tx_full));
     }
-    if let Some((name, port)) = &s.port {
+    let port = s.port.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some((name, port)) = &port {
         let pl = ["port"];
         let up = IntGaugeVec::new(
             Opts::new("netbackd_port_link_up", "1 when the port's link is up."),
@@ -226,9 +228,14 @@ pub fn render(s: &Shared) -> prometheus::Result<String> {
 }
 
 /// Serves `GET /metrics` on `listen` from a thread until the process ends.
-pub fn serve(listen: &str, shared: Arc<Shared>) -> anyhow::Result<()> {
+/// Returns the address it listens on (the real port when `listen` asked for port 0).
+pub fn serve(listen: &str, shared: Arc<Shared>) -> anyhow::Result<String> {
     let server = tiny_http::Server::http(listen)
         .map_err(|e| anyhow::anyhow!("metrics.listen {listen}: {e}"))?;
+    let addr = server
+        .server_addr()
+        .to_ip()
+        .map_or_else(|| listen.to_string(), |a| a.to_string());
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
@@ -250,5 +257,5 @@ pub fn serve(listen: &str, shared: Arc<Shared>) -> anyhow::Result<()> {
                 let _ = req.respond(resp);
             }
         })?;
-    Ok(())
+    Ok(addr)
 }

@@ -341,11 +341,11 @@ fn serve<H: Host>(cfg: &Config, host: &H, stop: &'static AtomicBool) -> anyhow::
         let shared = Arc::new(crate::metrics::Shared {
             queues: Default::default(),
             groups: group_counters,
-            port: Some((name.clone(), port.clone())),
+            port: std::sync::Mutex::new(Some((name.clone(), port.clone()))),
         });
         if !cfg.metrics.listen.is_empty() {
-            crate::metrics::serve(&cfg.metrics.listen, shared.clone())?;
-            tracing::info!("metrics on http://{}/metrics", cfg.metrics.listen);
+            let addr = crate::metrics::serve(&cfg.metrics.listen, shared.clone())?;
+            tracing::info!("metrics on http://{addr}/metrics");
         }
         let mut last = Vec::new();
         while !stop.load(Ordering::Relaxed) {
@@ -387,6 +387,7 @@ fn serve<H: Host>(cfg: &Config, host: &H, stop: &'static AtomicBool) -> anyhow::
         }
         backend.release();
         drop(backend);
+        shared.port.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
     drop(eal);
     tracing::info!("stopped");

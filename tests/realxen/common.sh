@@ -14,11 +14,11 @@ print(urllib.request.urlopen("http://127.0.0.1:9750/metrics", timeout=5).read().
 PY
 }
 
-# nb_metric NAME 'label="x",...' : sum of the samples of NAME whose labels contain all given.
+# nb_metric NAME 'label="x"' ... : sum of the samples of NAME whose labels contain all given.
 nb_metric() {
   local name=$1; shift
   nb_metrics | awk -v n="$name" -v want="$*" '
-    BEGIN { k = split(want, w, ",") }
+    BEGIN { k = split(want, w, " ") }
     $1 ~ "^" n "\\{" { ok = 1; for (i = 1; i <= k; i++) if (w[i] != "" && index($1, w[i]) == 0) ok = 0
                        if (ok) s += $2 }
     END { printf "%d\n", s }'
