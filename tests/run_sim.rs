@@ -104,9 +104,20 @@ fn run_serves_sim_vifs() {
     traffic(&mut nf, &mut gen, 50);
 
     // Prometheus metrics over HTTP match the traffic (read from the engine's atomics).
-    let (code, body) = http_get(&maddr, "/metrics");
-    assert_eq!(code, 200);
+    // The control loop publishes a new vif to the metrics right after it writes Connected:
+    // scrape until it is there (bounded).
     let vif = ["domid=\"71\"", "devid=\"0\"", "queue=\"0\""];
+    let t = Instant::now();
+    let (code, body) = loop {
+        let (code, body) = http_get(&maddr, "/metrics");
+        if sample(&body, "netbackd_vif_tx_packets_total", &vif).is_some()
+            || t.elapsed() > Duration::from_secs(5)
+        {
+            break (code, body);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, 200);
     assert!(
         sample(&body, "netbackd_vif_tx_packets_total", &vif).unwrap() >= 50.0,
         "{body}"
