@@ -53,6 +53,12 @@ nb_stop() {
   wait "$pid" 2>/dev/null; local rc=$?
   grep -E 'grant copy|stopped' "$NETBACKD_LOG" | sed 's/^/netbackd: /'
   log "netbackd exited rc=$rc after SIGTERM"
+  # With the privcmd path configured, the traffic must have gone through hypercalls.
+  if grep -q '^grant_copy *= *"privcmd"' /etc/netbackd.toml; then
+    local hc=$(sed -n 's/.*grant copy privcmd: \([0-9]*\) hypercalls.*/\1/p' "$NETBACKD_LOG" | head -1)
+    log "privcmd path: ${hc:-0} hypercalls"
+    [ "${hc:-0}" -gt 0 ] || { log "privcmd configured but no hypercall was made"; return 1; }
+  fi
   return $rc
 }
 
