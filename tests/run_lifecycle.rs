@@ -194,60 +194,7 @@ fn daemon_vif_lifecycle() {
     traffic(&mut healthy, &mut g20, 20);
 
     // 2. Malformed frontend keys: that vif gets an error node and Closed; nothing else.
-    let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
-        (
-            "tx-ring-ref",
-            vec![
-                ("tx-ring-ref", "abc"),
-                ("rx-ring-ref", "9"),
-                ("event-channel", "3"),
-                ("request-rx-copy", "1"),
-            ],
-        ),
-        (
-            "event-channel",
-            vec![
-                ("tx-ring-ref", "8"),
-                ("rx-ring-ref", "9"),
-                ("request-rx-copy", "1"),
-            ],
-        ),
-        (
-            "multi-queue-num-queues",
-            vec![("multi-queue-num-queues", "0"), ("request-rx-copy", "1")],
-        ),
-        (
-            "multi-queue-num-queues",
-            vec![("multi-queue-num-queues", "99"), ("request-rx-copy", "1")],
-        ),
-        (
-            "request-rx-copy",
-            vec![
-                ("tx-ring-ref", "8"),
-                ("rx-ring-ref", "9"),
-                ("event-channel", "3"),
-                ("request-rx-copy", "0"),
-            ],
-        ),
-        (
-            "tx-ring-ref",
-            vec![
-                ("tx-ring-ref", "4294967296"),
-                ("rx-ring-ref", "9"),
-                ("event-channel", "3"),
-                ("request-rx-copy", "1"),
-            ],
-        ),
-        (
-            "mapping tx-ring-ref",
-            vec![
-                ("tx-ring-ref", "77777"),
-                ("rx-ring-ref", "9"),
-                ("event-channel", "3"),
-                ("request-rx-copy", "1"),
-            ],
-        ),
-    ];
+    let cases = guest::harness::malformed_frontend_cases();
     for (i, (what, keys)) in cases.iter().enumerate() {
         let devid = 10 + i as u32;
         toolstack::add_vif(xs, 0, 21, devid, &mac(21), &Default::default()).unwrap();

@@ -152,51 +152,7 @@ fn xenbus_backend_lifecycle() {
         wait_for(xs, &format!("{bep}/state"), "4", 5);
 
         // 6. Malformed frontend keys: an error node and Closed for that vif only.
-        let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
-            (
-                "tx-ring-ref",
-                vec![
-                    ("tx-ring-ref", "abc"),
-                    ("rx-ring-ref", "9"),
-                    ("event-channel", "3"),
-                    ("request-rx-copy", "1"),
-                ],
-            ),
-            (
-                "event-channel",
-                vec![
-                    ("tx-ring-ref", "8"),
-                    ("rx-ring-ref", "9"),
-                    ("request-rx-copy", "1"),
-                ],
-            ),
-            (
-                "multi-queue-num-queues",
-                vec![("multi-queue-num-queues", "0"), ("request-rx-copy", "1")],
-            ),
-            (
-                "multi-queue-num-queues",
-                vec![("multi-queue-num-queues", "99"), ("request-rx-copy", "1")],
-            ),
-            (
-                "request-rx-copy",
-                vec![
-                    ("tx-ring-ref", "8"),
-                    ("rx-ring-ref", "9"),
-                    ("event-channel", "3"),
-                    ("request-rx-copy", "0"),
-                ],
-            ),
-            (
-                "tx-ring-ref",
-                vec![
-                    ("tx-ring-ref", "4294967296"),
-                    ("rx-ring-ref", "9"),
-                    ("event-channel", "3"),
-                    ("request-rx-copy", "1"),
-                ],
-            ),
-        ];
+        let cases = guest::harness::malformed_frontend_cases();
         for (i, (what, keys)) in cases.iter().enumerate() {
             let devid = 10 + i as u32;
             toolstack::add_vif(xs, 0, 62, devid, "00:16:3e:00:06:02", &Default::default()).unwrap();

@@ -188,3 +188,65 @@ impl Env {
         drop(eal);
     }
 }
+
+/// Frontend key sets that a backend must refuse, each with the text its `error` node must
+/// contain: a non-numeric or out-of-range ring ref, a missing event channel, 0 or too many
+/// queues, `request-rx-copy`=0, and a ring ref the backend cannot map.
+pub type FrontendCase = (&'static str, Vec<(&'static str, &'static str)>);
+
+pub fn malformed_frontend_cases() -> Vec<FrontendCase> {
+    vec![
+        (
+            "tx-ring-ref",
+            vec![
+                ("tx-ring-ref", "abc"),
+                ("rx-ring-ref", "9"),
+                ("event-channel", "3"),
+                ("request-rx-copy", "1"),
+            ],
+        ),
+        (
+            "event-channel",
+            vec![
+                ("tx-ring-ref", "8"),
+                ("rx-ring-ref", "9"),
+                ("request-rx-copy", "1"),
+            ],
+        ),
+        (
+            "multi-queue-num-queues",
+            vec![("multi-queue-num-queues", "0"), ("request-rx-copy", "1")],
+        ),
+        (
+            "multi-queue-num-queues",
+            vec![("multi-queue-num-queues", "99"), ("request-rx-copy", "1")],
+        ),
+        (
+            "request-rx-copy",
+            vec![
+                ("tx-ring-ref", "8"),
+                ("rx-ring-ref", "9"),
+                ("event-channel", "3"),
+                ("request-rx-copy", "0"),
+            ],
+        ),
+        (
+            "tx-ring-ref",
+            vec![
+                ("tx-ring-ref", "4294967296"),
+                ("rx-ring-ref", "9"),
+                ("event-channel", "3"),
+                ("request-rx-copy", "1"),
+            ],
+        ),
+        (
+            "mapping tx-ring-ref",
+            vec![
+                ("tx-ring-ref", "77777"),
+                ("rx-ring-ref", "9"),
+                ("event-channel", "3"),
+                ("request-rx-copy", "1"),
+            ],
+        ),
+    ]
+}
