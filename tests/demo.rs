@@ -68,3 +68,46 @@ fn demo_runs_and_cleans_up() {
         .unwrap();
     assert!(!std::path::Path::new(root).exists(), "{root} left behind");
 }
+
+/// Ctrl-C (SIGINT) stops the demo cleanly: summary line last, exit 0, nothing left behind.
+#[test]
+fn demo_stops_on_sigint() {
+    let mut child = Command::new(BIN)
+        .args([
+            "demo",
+            "--uplink",
+            "ring",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let t = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("demo did not stop within 30 s of SIGINT");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    eprintln!("{out}");
+    assert!(status.success(), "{status:?}");
+    let last = out.lines().last().unwrap();
+    assert!(last.starts_with("netbackd demo: OK"), "{last}");
+    assert!(number_before(last, "packets (") > 0, "{last}");
+    let root = out
+        .lines()
+        .find_map(|l| l.strip_prefix("demo: simulated Xen host at "))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap();
+    assert!(!std::path::Path::new(root).exists(), "{root} left behind");
+}
