@@ -20,11 +20,21 @@ pub fn wait_state(xs: &XenStore, path: &str, want: &str, secs: u64) -> Duration 
     t.elapsed()
 }
 
-/// Kills a child if the test panics before it was stopped (else it would outlive us).
+/// Stops a child if the test panics before it was stopped (else it would outlive us):
+/// SIGTERM first, so a daemon still removes its DPDK runtime files, then SIGKILL.
 pub struct Guard(pub Option<Child>);
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(mut c) = self.0.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
