@@ -555,8 +555,9 @@ pub fn demo(opts: DemoOptions, stop: &'static AtomicBool) -> anyhow::Result<()> 
         println!("demo: problem: {e}");
     }
     println!(
-        "demo: netbackd exited {}; namespace, sim host and temporary files removed ({:.1} s in all)",
+        "demo: netbackd exited {}; {}sim host and temporary files removed ({:.1} s in all)",
         if clean { "cleanly" } else { "with an error" },
+        if tap { "namespace, " } else { "" },
         t_start.elapsed().as_secs_f64()
     );
     let ok =
