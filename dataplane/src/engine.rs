@@ -289,6 +289,9 @@ struct Queue {
     head_wait_since: Option<u64>,
     stalled: bool,
     disabled: Option<Disable>,
+    /// The disable was handed out by `take_disabled` (the daemon reads
+    /// `counters.disabled` instead, so nothing accumulates when nobody asks).
+    disable_reported: bool,
     endpoint: EndpointId,
 }
 
@@ -347,8 +350,6 @@ pub struct Group<G: GrantCopy, E: EventChannel> {
     rx_burst: Vec<Mbuf>,
     ofl: OffloadCounters,
     t0: Instant,
-    /// Queues disabled since the last `take_disabled`.
-    disabled: Vec<(QueueId, Disable)>,
     /// Packets the port refused this iteration (flushed to `counters.port_tx_full`).
     port_full: u64,
     commands: Option<std::sync::mpsc::Receiver<Command>>,
@@ -410,7 +411,6 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             rx_burst: Vec::new(),
             ofl: OffloadCounters::default(),
             t0: Instant::now(),
-            disabled: Vec::new(),
             port_full: 0,
             commands: None,
             cmd_tx: None,
@@ -490,6 +490,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             head_wait_since: None,
             stalled: false,
             disabled: None,
+            disable_reported: false,
             endpoint,
         });
         self.load.store(self.queues.len() as u64, Ordering::Relaxed);
@@ -516,9 +517,17 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         }
     }
 
-    /// Queues disabled since the last call (the control plane writes `error` and closes).
+    /// Queues disabled since the last call (for embedders polling the group directly; the
+    /// daemon's control plane reads each queue's `counters.disabled`).
     pub fn take_disabled(&mut self) -> Vec<(QueueId, Disable)> {
-        std::mem::take(&mut self.disabled)
+        let mut out = Vec::new();
+        for q in &mut self.queues {
+            if let (Some(why), false) = (q.disabled, q.disable_reported) {
+                q.disable_reported = true;
+                out.push((q.id, why));
+            }
+        }
+        out
     }
 
     pub fn queue_count(&self) -> usize {
@@ -542,7 +551,6 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             q.disabled = Some(why);
             let _ = q.counters.disabled.set(why);
             q.local.rogue += 1;
-            self.disabled.push((q.id, why));
             for m in q.backlog.drain(..) {
                 drop(m);
             }
