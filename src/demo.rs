@@ -217,6 +217,11 @@ struct Results {
     streams_bad: AtomicU64,
     stream_bytes: AtomicU64,
     errors: Mutex<Vec<String>>,
+    /// Stream sums by receiving guest: what its peer sent it, and what it received.
+    sent_to: Mutex<BTreeMap<usize, StreamSum>>,
+    received: Mutex<BTreeMap<usize, StreamSum>>,
+    /// What guest 0 sent to the namespace's server.
+    ns_sent: Mutex<Option<StreamSum>>,
 }
 
 impl Results {
@@ -503,6 +508,7 @@ pub fn demo(opts: DemoOptions, stop: &'static AtomicBool) -> anyhow::Result<()> 
     for t in threads {
         let _ = t.join();
     }
+    settle_streams(&results);
     if let Some(s) = ns_server.take() {
         s.finish(&results);
     }
@@ -715,58 +721,27 @@ fn run_guest(
             std::thread::sleep(Duration::from_micros(50));
         }
     }
-    CHECKS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(StreamEnd {
-            from_guest: None,
-            to_guest: Some(i),
-            sum: rx.got,
-        });
-    CHECKS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(StreamEnd {
-            from_guest: Some(i),
-            to_guest: Some(plan.peer),
-            sum: tx.sent,
-        });
+    lock(&results.received).insert(i, rx.got);
+    lock(&results.sent_to).insert(plan.peer, tx.sent);
     if let Some(n) = ns_tx {
-        NS_SENT
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace(n.sent);
+        lock(&results.ns_sent).replace(n.sent);
     }
     let _ = st.link.nf.close();
-    settle_streams(results);
     Ok(())
 }
 
-/// Both ends of a guest-to-guest stream, matched when both have reported.
-struct StreamEnd {
-    from_guest: Option<usize>,
-    to_guest: Option<usize>,
-    sum: StreamSum,
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-static CHECKS: Mutex<Vec<StreamEnd>> = Mutex::new(Vec::new());
-static NS_SENT: Mutex<Option<StreamSum>> = Mutex::new(None);
-
-/// Compares sender and receiver sums of every stream whose two ends have both reported.
+/// Compares sender and receiver sums of every guest-to-guest stream whose ends both reported.
 fn settle_streams(results: &Results) {
-    let mut c = CHECKS.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        let pair = c.iter().enumerate().find_map(|(a, s)| {
-            let to = s.to_guest?;
-            s.from_guest?;
-            c.iter()
-                .position(|r| r.from_guest.is_none() && r.to_guest == Some(to))
-                .map(|b| (a, b))
-        });
-        let Some((a, b)) = pair else {
-            break;
+    let sent = lock(&results.sent_to).clone();
+    let received = lock(&results.received).clone();
+    for (to, sa) in sent {
+        let Some(sb) = received.get(&to).copied() else {
+            continue;
         };
-        let (sa, sb) = (c[a].sum, c[b].sum);
         if sa == sb {
             results.streams_ok.fetch_add(1, Ordering::Relaxed);
             results.stream_bytes.fetch_add(sa.bytes, Ordering::Relaxed);
@@ -774,16 +749,9 @@ fn settle_streams(results: &Results) {
             results.streams_bad.fetch_add(1, Ordering::Relaxed);
             results.error(format!(
                 "stream to guest {} differs: sent {} bytes, received {} bytes (sums {:x} / {:x})",
-                NAMES[c[a].to_guest.unwrap_or(0)],
-                sa.bytes,
-                sb.bytes,
-                sa.hash,
-                sb.hash
+                NAMES[to], sa.bytes, sb.bytes, sa.hash, sb.hash
             ));
         }
-        let (hi, lo) = if a > b { (a, b) } else { (b, a) };
-        c.remove(hi);
-        c.remove(lo);
     }
 }
 
@@ -881,7 +849,7 @@ impl NsServer {
                 return;
             }
         };
-        let sent = NS_SENT.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let sent = lock(&results.ns_sent).take();
         match sent {
             Some(s) if s == got => {
                 results.streams_ok.fetch_add(1, Ordering::Relaxed);
