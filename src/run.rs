@@ -20,8 +20,8 @@ pub trait Host {
     type Map: GrantMap;
     type Ev: EventChannel + Clone + 'static;
     fn xenstore(&self) -> anyhow::Result<XenStore>;
-    /// Grant copy and event channels for group `gi` (on its own lcore).
-    fn group(&self, gi: u16) -> anyhow::Result<(Self::Copy, Self::Ev)>;
+    /// Grant copy and event channels for one group (on its own lcore).
+    fn group(&self) -> anyhow::Result<(Self::Copy, Self::Ev)>;
     /// Grant mapping and event channels for the control plane.
     fn backend(&self) -> anyhow::Result<(Self::Map, Self::Ev)>;
     /// The mbuf pool (after EAL initialisation).
@@ -46,7 +46,7 @@ impl Host for SimBackendHost {
         XenStore::open_at(&sock.to_string_lossy()).context("connecting to xenstored")
     }
 
-    fn group(&self, _gi: u16) -> anyhow::Result<(Self::Copy, Self::Ev)> {
+    fn group(&self) -> anyhow::Result<(Self::Copy, Self::Ev)> {
         let ev =
             xen::sim::SimEvtchn::new(self.layout.clone(), self.domid).context("event channels")?;
         let gm =
@@ -55,7 +55,7 @@ impl Host for SimBackendHost {
     }
 
     fn backend(&self) -> anyhow::Result<(Self::Map, Self::Ev)> {
-        self.group(0)
+        self.group()
     }
 }
 
@@ -122,7 +122,7 @@ impl Host for LinuxHost {
         XenStore::open_host(self.xenstore.as_deref()).context("connecting to xenstored")
     }
 
-    fn group(&self, _gi: u16) -> anyhow::Result<(Self::Copy, Self::Ev)> {
+    fn group(&self) -> anyhow::Result<(Self::Copy, Self::Ev)> {
         let c = match self.copy {
             CopyPath::Gntdev => LinuxCopy::Gntdev(xen::linux::LinuxGrantCopy::open()?),
             CopyPath::Privcmd => {
@@ -302,7 +302,7 @@ fn serve<H: Host>(cfg: &Config, host: &H, stop: &'static AtomicBool) -> anyhow::
                 caps,
                 soft: SoftGso::new(&format!("g{gi}"), 2047, -1).context("GSO pools")?,
             };
-            let (gc, ev) = host.group(gi)?;
+            let (gc, ev) = host.group()?;
             let mut g = Group::new(ecfg, gc, ev, io, scfg);
             handles.push(g.handle());
             group_counters.push(g.counters.clone());
