@@ -1,0 +1,107 @@
+//! Counters: per-queue atomics read by metrics, their lcore-local deltas flushed once per
+//! iteration, and the group-wide counters.
+use super::Disable;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Per-queue counters, written by the group once per iteration, read by anyone. Names are
+/// from the guest's point of view: `tx` = packets the guest sent.
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_drop_runt: AtomicU64,
+    pub tx_drop_too_many_slots: AtomicU64,
+    pub tx_drop_frag_overflow: AtomicU64,
+    pub tx_drop_copy_error: AtomicU64,
+    pub tx_drop_no_mbuf: AtomicU64,
+    pub tx_drop_offload: AtomicU64,
+    pub tx_drop_switch: AtomicU64,
+    pub tx_credit_throttled: AtomicU64,
+    pub tx_gso_checksum_fixup: AtomicU64,
+    pub rx_drop_backlog_full: AtomicU64,
+    pub rx_drop_stalled: AtomicU64,
+    pub rx_drop_copy_error: AtomicU64,
+    pub rx_drop_too_big: AtomicU64,
+    pub rx_stalls: AtomicU64,
+    pub notifications: AtomicU64,
+    pub rogue: AtomicU64,
+    /// Set once by the group when it disables the queue (tier 2), so the control plane can
+    /// write the vif's `error` node and close it.
+    pub disabled: std::sync::OnceLock<Disable>,
+}
+
+/// Lcore-local counter deltas, flushed to the atomics once per iteration.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Local {
+    pub(super) tx_packets: u64,
+    pub(super) tx_bytes: u64,
+    pub(super) rx_packets: u64,
+    pub(super) rx_bytes: u64,
+    pub(super) tx_drop_runt: u64,
+    pub(super) tx_drop_too_many_slots: u64,
+    pub(super) tx_drop_frag_overflow: u64,
+    pub(super) tx_drop_copy_error: u64,
+    pub(super) tx_drop_no_mbuf: u64,
+    pub(super) tx_drop_offload: u64,
+    pub(super) tx_drop_switch: u64,
+    pub(super) tx_credit_throttled: u64,
+    pub(super) tx_gso_checksum_fixup: u64,
+    pub(super) rx_drop_backlog_full: u64,
+    pub(super) rx_drop_stalled: u64,
+    pub(super) rx_drop_copy_error: u64,
+    pub(super) rx_drop_too_big: u64,
+    pub(super) rx_stalls: u64,
+    pub(super) notifications: u64,
+    pub(super) rogue: u64,
+}
+
+impl Local {
+    pub(super) fn flush(&mut self, c: &QueueCounters) {
+        macro_rules! f {
+            ($($n:ident),*) => {$(
+                if self.$n != 0 {
+                    c.$n.fetch_add(self.$n, Ordering::Relaxed);
+                }
+            )*};
+        }
+        f!(
+            tx_packets,
+            tx_bytes,
+            rx_packets,
+            rx_bytes,
+            tx_drop_runt,
+            tx_drop_too_many_slots,
+            tx_drop_frag_overflow,
+            tx_drop_copy_error,
+            tx_drop_no_mbuf,
+            tx_drop_offload,
+            tx_drop_switch,
+            tx_credit_throttled,
+            tx_gso_checksum_fixup,
+            rx_drop_backlog_full,
+            rx_drop_stalled,
+            rx_drop_copy_error,
+            rx_drop_too_big,
+            rx_stalls,
+            notifications,
+            rogue
+        );
+        *self = Local::default();
+    }
+}
+
+/// Group-wide counters (readable while the group runs).
+#[derive(Debug, Default)]
+pub struct GroupCounters {
+    pub iterations: AtomicU64,
+    pub busy_iterations: AtomicU64,
+    pub grant_copy_calls: AtomicU64,
+    pub grant_copy_ops: AtomicU64,
+    pub port_tx_full: AtomicU64,
+    /// Sum of packets per busy iteration (batch size = this / busy_iterations).
+    pub batched_packets: AtomicU64,
+    /// Times the group slept on its event channels (adaptive mode).
+    pub sleeps: AtomicU64,
+}

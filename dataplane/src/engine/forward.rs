@@ -1,0 +1,72 @@
+//! Switching a frame to its destinations: the uplink's TX buffer or queues' backlogs
+//! (segmenting a TSO frame for a frontend that did not negotiate its GSO type).
+use super::queue::enqueue_backlog;
+use super::rx::head_gso;
+use super::{Group, UPLINK};
+use crate::offload::finish_in_software;
+use crate::switch::{apply_egress, Decision, EndpointId};
+use pmd::Mbuf;
+use xen::{EventChannel, GrantCopy};
+
+impl<G: GrantCopy, E: EventChannel> Group<G, E> {
+    /// Switches one frame entering at `from` to its destinations (copying it for all but
+    /// the last of a flood); false when the switch or the egress tagging dropped it.
+    pub(super) fn switch_frame(&mut self, from: EndpointId, m: Mbuf, now: u64) -> bool {
+        match self.switch.forward(from, m.data(), now) {
+            Decision::Unicast(to, e) => {
+                let mut m = m;
+                if !apply_egress(&mut m, e) {
+                    return false;
+                }
+                self.deliver(to, m);
+                true
+            }
+            Decision::Flood { domain } => {
+                let targets: Vec<_> = self.switch.flood_targets(from, domain).collect();
+                let n = targets.len();
+                let mut m = Some(m);
+                for (k, (to, e)) in targets.into_iter().enumerate() {
+                    let copy = if k + 1 == n {
+                        m.take()
+                    } else {
+                        m.as_ref().and_then(|o| o.deep_copy(&self.pool).ok())
+                    };
+                    if let Some(mut c) = copy {
+                        if apply_egress(&mut c, e) {
+                            self.deliver(to, c);
+                        }
+                    }
+                }
+                true
+            }
+            Decision::Drop(_) => false,
+        }
+    }
+
+    /// Hands a packet to the uplink or to a queue's backlog.
+    pub(super) fn deliver(&mut self, to: EndpointId, m: Mbuf) {
+        if to == UPLINK {
+            self.to_port.push(m);
+            return;
+        }
+        let Some(qi) = self.queues.iter().position(|q| q.endpoint == to) else {
+            return;
+        };
+        // A TSO super-frame goes to a frontend whole only if it negotiated that GSO type
+        // (and scatter-gather); otherwise it is segmented here.
+        if m.ol_flags() & pmd::sys::RTE_MBUF_F_TX_TCP_SEG != 0
+            && head_gso(&m, &self.queues[qi].features).is_none()
+        {
+            let mut segs = Vec::new();
+            if finish_in_software(m, &self.soft, &mut segs, &mut self.ofl).is_err() {
+                self.queues[qi].local.rx_drop_too_big += 1;
+                return;
+            }
+            for s in segs {
+                enqueue_backlog(&mut self.queues[qi], s, &self.cfg);
+            }
+            return;
+        }
+        enqueue_backlog(&mut self.queues[qi], m, &self.cfg);
+    }
+}

@@ -1,0 +1,355 @@
+//! One group: an lcore's poll loop over its queues and one port queue; queue lifecycle
+//! (commands between iterations), adaptive sleep, and the batched grant-copy call.
+use super::counters::{GroupCounters, Local};
+use super::queue::{Queue, QueueId, QueueSetup};
+use super::rx::PendingRx;
+use super::tx::PendingTx;
+use super::{Adaptive, Command, Disable, EngineConfig, GroupHandle};
+use crate::credit::{Credit, Rate};
+use crate::offload::{OffloadCounters, SoftGso, TxCaps};
+use crate::switch::{EndpointId, EndpointKind, Switch, SwitchConfig};
+use crate::txparse::Rsp;
+use pmd::{Mbuf, Mempool, Port};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use xen::{CopyOp, EventChannel, GrantCopy};
+
+/// The DPDK side of a group: its mbuf pool, its port queue and how offloads are done.
+pub struct GroupIo {
+    pub pool: Arc<Mempool>,
+    pub port: Arc<Port>,
+    pub port_queue: u16,
+    pub caps: TxCaps,
+    pub soft: SoftGso,
+}
+
+/// Responses of a guest TX packet in slot order, with each data slot's copy-op range.
+pub(super) type SlotRsps = Vec<(Rsp, std::ops::Range<usize>)>;
+
+/// One group: an lcore's poll loop.
+pub struct Group<G: GrantCopy, E: EventChannel> {
+    pub(super) cfg: EngineConfig,
+    pub(super) gc: G,
+    pub(super) ev: E,
+    pub(super) pool: Arc<Mempool>,
+    pub(super) port: Arc<Port>,
+    pub(super) port_queue: u16,
+    pub(super) caps: TxCaps,
+    pub(super) soft: SoftGso,
+    pub(super) switch: Switch,
+    pub(super) queues: Vec<Queue>,
+    pub(super) ops: Vec<CopyOp>,
+    pub(super) ptx: Vec<PendingTx>,
+    pub(super) prx: Vec<PendingRx>,
+    pub(super) to_port: Vec<Mbuf>,
+    pub(super) rx_burst: Vec<Mbuf>,
+    pub(super) ofl: OffloadCounters,
+    t0: Instant,
+    /// Packets the port refused this iteration (flushed to `counters.port_tx_full`).
+    pub(super) port_full: u64,
+    pub(super) commands: Option<std::sync::mpsc::Receiver<Command>>,
+    pub(super) cmd_tx: Option<std::sync::mpsc::Sender<Command>>,
+    pub(super) load: Arc<AtomicU64>,
+    pub counters: Arc<GroupCounters>,
+    pub(super) copy_calls: u64,
+    pub(super) copy_ops: u64,
+    /// Buffers reused every iteration so the per-packet path allocates nothing.
+    pub(super) scratch: Scratch,
+}
+
+/// Per-group buffers reused across packets and iterations.
+#[derive(Default)]
+pub(super) struct Scratch {
+    pub(super) seg_lens: Vec<u32>,
+    pub(super) seg_ptrs: Vec<(*mut u8, usize)>,
+    pub(super) rx_reqs: Vec<crate::netif::RxRequest>,
+    pub(super) offload_out: Vec<Mbuf>,
+    pub(super) rsps_pool: Vec<SlotRsps>,
+    pub(super) bufs_pool: Vec<RxBufs>,
+}
+
+// SAFETY: the raw pointers in `seg_ptrs` are only meaningful (and only used) within one
+// iteration of the group that owns them; between iterations they are stale and ignored.
+unsafe impl Send for Scratch {}
+
+/// (request id, op range, bytes) per guest RX data buffer of a packet.
+pub(super) type RxBufs = Vec<(u16, std::ops::Range<usize>, u16)>;
+
+pub(super) const UPLINK: EndpointId = EndpointId(0);
+
+impl<G: GrantCopy, E: EventChannel> Group<G, E> {
+    pub fn new(cfg: EngineConfig, gc: G, ev: E, io: GroupIo, switch_cfg: SwitchConfig) -> Self {
+        let GroupIo {
+            pool,
+            port,
+            port_queue,
+            caps,
+            soft,
+        } = io;
+        let mut switch = Switch::new(switch_cfg);
+        switch.add_endpoint(UPLINK, EndpointKind::Uplink);
+        Group {
+            cfg,
+            gc,
+            ev,
+            pool,
+            port,
+            port_queue,
+            caps,
+            soft,
+            switch,
+            queues: Vec::new(),
+            ops: Vec::with_capacity(4096),
+            ptx: Vec::new(),
+            prx: Vec::new(),
+            to_port: Vec::new(),
+            rx_burst: Vec::new(),
+            ofl: OffloadCounters::default(),
+            t0: Instant::now(),
+            port_full: 0,
+            commands: None,
+            cmd_tx: None,
+            load: Arc::new(AtomicU64::new(0)),
+            counters: Arc::new(GroupCounters::default()),
+            copy_calls: 0,
+            copy_ops: 0,
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// A handle through which the control plane adds and removes queues while the group
+    /// runs (its `poll` applies the commands between iterations).
+    pub fn handle(&mut self) -> GroupHandle {
+        let tx = match &self.commands {
+            Some(_) => self.cmd_tx.clone().expect("set with commands"),
+            None => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                self.commands = Some(rx);
+                self.cmd_tx = Some(tx.clone());
+                tx
+            }
+        };
+        GroupHandle {
+            tx,
+            load: self.load.clone(),
+        }
+    }
+
+    fn apply_commands(&mut self) {
+        let Some(rx) = self.commands.take() else {
+            return;
+        };
+        while let Ok(c) = rx.try_recv() {
+            match c {
+                Command::AddQueue(s) => self.add_queue(*s),
+                Command::RemoveQueue(id, ack) => {
+                    let removed = self.remove_queue(id);
+                    let _ = ack.send(removed);
+                }
+                Command::SetRate(id, r) => self.set_rate(id, r),
+            }
+        }
+        self.commands = Some(rx);
+    }
+
+    pub(super) fn now(&self) -> u64 {
+        self.t0.elapsed().as_nanos() as u64
+    }
+
+    /// Adds a queue (its vif's MAC becomes a switch endpoint).
+    pub fn add_queue(&mut self, s: QueueSetup) {
+        let endpoint = EndpointId(
+            1 + self.queues.len() as u32
+                + self.queues.iter().map(|q| q.endpoint.0).max().unwrap_or(0),
+        );
+        self.switch.add_endpoint(
+            endpoint,
+            EndpointKind::Vif {
+                mac: s.mac,
+                vlan: s.vlan,
+            },
+        );
+        let now = self.now();
+        self.queues.push(Queue {
+            id: s.id,
+            tx: s.tx,
+            rx: s.rx,
+            evtchn_tx: s.evtchn_tx,
+            evtchn_rx: s.evtchn_rx,
+            features: s.features,
+            credit: Credit::new(s.rate, now),
+            counters: s.counters,
+            local: Local::default(),
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
+            head_wait_since: None,
+            stalled: false,
+            disabled: None,
+            disable_reported: false,
+            endpoint,
+        });
+        self.load.store(self.queues.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Removes a queue; nothing of it is in flight between iterations, so this is the
+    /// acknowledgement the control plane waits for. Its backlog is freed.
+    pub fn remove_queue(&mut self, id: QueueId) -> bool {
+        let Some(i) = self.queues.iter().position(|q| q.id == id) else {
+            return false;
+        };
+        let mut q = self.queues.remove(i);
+        self.switch.remove_endpoint(q.endpoint);
+        q.local.flush(&q.counters);
+        self.load.store(self.queues.len() as u64, Ordering::Relaxed);
+        true
+    }
+
+    /// Applies a new rate to a queue, live.
+    pub fn set_rate(&mut self, id: QueueId, rate: Rate) {
+        let now = self.now();
+        if let Some(q) = self.queues.iter_mut().find(|q| q.id == id) {
+            q.credit.set_rate(rate, now);
+        }
+    }
+
+    /// Queues disabled since the last call (for embedders polling the group directly; the
+    /// daemon's control plane reads each queue's `counters.disabled`).
+    pub fn take_disabled(&mut self) -> Vec<(QueueId, Disable)> {
+        let mut out = Vec::new();
+        for q in &mut self.queues {
+            if let (Some(why), false) = (q.disabled, q.disable_reported) {
+                q.disable_reported = true;
+                out.push((q.id, why));
+            }
+        }
+        out
+    }
+
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    pub fn offload_counters(&self) -> OffloadCounters {
+        self.ofl
+    }
+
+    pub(super) fn disable(&mut self, i: usize, why: Disable) {
+        let q = &mut self.queues[i];
+        if q.disabled.is_none() {
+            // Once per queue: the queue is skipped from now on, so this cannot repeat.
+            log::warn!(
+                "dom{} vif{} queue {}: frontend broke the netif protocol ({why:?}); queue disabled",
+                q.id.domid,
+                q.id.devid,
+                q.id.queue
+            );
+            q.disabled = Some(why);
+            let _ = q.counters.disabled.set(why);
+            q.local.rogue += 1;
+            for m in q.backlog.drain(..) {
+                drop(m);
+            }
+            q.backlog_bytes = 0;
+        }
+    }
+
+    /// Polls until `stop`; with `adaptive`, sleeps on the event channels when idle.
+    pub fn run(&mut self, stop: &std::sync::atomic::AtomicBool, adaptive: Option<Adaptive>) {
+        let mut idle_since = self.now();
+        while !stop.load(Ordering::Relaxed) {
+            if self.poll() > 0 {
+                idle_since = self.now();
+                continue;
+            }
+            let Some(a) = adaptive else {
+                std::hint::spin_loop();
+                continue;
+            };
+            if self.now().saturating_sub(idle_since) < a.idle_ns {
+                continue;
+            }
+            if self.arm_notifications() {
+                // Work arrived while arming: keep polling.
+                idle_since = self.now();
+                continue;
+            }
+            self.counters.sleeps.fetch_add(1, Ordering::Relaxed);
+            self.ev.wait(a.max_sleep);
+            for q in &self.queues {
+                self.ev.take_pending(q.evtchn_tx);
+                self.ev.take_pending(q.evtchn_rx);
+            }
+            idle_since = self.now();
+        }
+        let d = self.gc.describe();
+        if !d.is_empty() {
+            log::info!("group stopped; grant copy {d}");
+        }
+    }
+
+    /// `RING_FINAL_CHECK_FOR_REQUESTS` on every live ring (asking the frontends to notify
+    /// on their next request) and unmasking the channels; true if work showed up.
+    fn arm_notifications(&mut self) -> bool {
+        let mut work = false;
+        for q in &mut self.queues {
+            if q.disabled.is_some() {
+                continue;
+            }
+            work |= q.tx.final_check_for_requests();
+            if !q.backlog.is_empty() {
+                work |= q.rx.final_check_for_requests();
+            }
+            let _ = self.ev.unmask(q.evtchn_tx);
+            let _ = self.ev.unmask(q.evtchn_rx);
+        }
+        work
+    }
+
+    /// One iteration of both directions; returns the work done (packets), 0 when idle.
+    pub fn poll(&mut self) -> usize {
+        self.apply_commands();
+        let mut work = self.guest_tx();
+        work += self.guest_rx();
+        for q in &mut self.queues {
+            q.local.flush(&q.counters);
+        }
+        let c = &self.counters;
+        c.iterations.fetch_add(1, Ordering::Relaxed);
+        if work > 0 {
+            c.busy_iterations.fetch_add(1, Ordering::Relaxed);
+            c.batched_packets.fetch_add(work as u64, Ordering::Relaxed);
+        }
+        if self.copy_calls > 0 {
+            c.grant_copy_calls
+                .fetch_add(self.copy_calls, Ordering::Relaxed);
+            c.grant_copy_ops.fetch_add(self.copy_ops, Ordering::Relaxed);
+            self.copy_calls = 0;
+            self.copy_ops = 0;
+        }
+        if self.port_full > 0 {
+            c.port_tx_full.fetch_add(self.port_full, Ordering::Relaxed);
+            self.port_full = 0;
+        }
+        work
+    }
+
+    /// One grant-copy call for the whole batch of this direction. If the call itself fails
+    /// every op counts as failed (each slot then gets its error response).
+    pub(super) fn submit_batch(&mut self) {
+        if self.ops.is_empty() {
+            return;
+        }
+        self.copy_calls += 1;
+        self.copy_ops += self.ops.len() as u64;
+        // SAFETY: every op's local pointer addresses data of an mbuf owned by an entry of
+        // self.ptx (guest TX, written) or self.prx (guest RX, only read), and those entries
+        // live until after this call: both directions take them only afterwards.
+        if unsafe { self.gc.copy(&mut self.ops) }.is_err() {
+            for op in self.ops.iter_mut() {
+                op.status = xen::iface::gntst::GENERAL_ERROR;
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The netback engine: one group = one busy-polling loop over its queues and one port queue.
+//!
+//! Per iteration:
+//! - **guest TX**: for each queue (bounded budget), check indices, copy requests once,
+//!   `txparse` them, charge credit, allocate mbufs and append grant-copy ops to the group's
+//!   batch; one `GrantCopy::copy` for the whole batch; then each slot's response is OKAY or
+//!   ERROR by its own copies' status, the packet goes on only if all succeeded: offload
+//!   (`offload`), switch, port burst (or another vif's backlog).
+//! - **guest RX**: port burst; switch into bounded per-queue backlogs; for each queue with
+//!   backlog, the slots of the head packet are counted (`rxplan`) before any request is
+//!   consumed; one batched copy; responses in the slots of their requests, with the GSO
+//!   extra after the first; a queue whose head packet waited longer than the stall timeout
+//!   for buffers has its backlog dropped and counted (XSA-392).
+//! - responses are pushed and the frontend notified at most once per queue and direction.
+//!
+//! A frontend breaking the protocol (impossible indices, rogue requests) gets its queue
+mod counters;
+mod forward;
+mod group;
+mod queue;
+mod rx;
+mod tx;
+
+pub use counters::{GroupCounters, QueueCounters};
+pub use group::{Group, GroupIo};
+pub use queue::{Features, QueueId, QueueSetup};
+
+use group::{RxBufs, SlotRsps, UPLINK};
+
+use crate::credit::Rate;
+use crate::txparse::Rogue;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Engine limits (defaults as Linux netback where it has one).
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    /// Packets per queue per iteration in each direction (fairness between queues).
+    pub budget: usize,
+    /// Guest-RX backlog bound per queue, bytes (Linux: 512 KiB).
+    pub backlog_bytes: usize,
+    pub backlog_packets: usize,
+    /// A head packet waiting this long for RX buffers marks the queue stalled.
+    pub stall_ns: u64,
+    /// Port burst size.
+    pub burst: u16,
+    /// RX bursts per iteration at most (more only while bursts come back full), so the
+    /// port's RX keeps up with what the group sends per iteration.
+    pub rx_bursts: u16,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            budget: 64,
+            backlog_bytes: 512 * 1024,
+            backlog_packets: 1024,
+            stall_ns: 60_000_000_000,
+            burst: 32,
+            rx_bursts: 8,
+        }
+    }
+}
+
+/// What the control plane asks of a group. Commands are applied between iterations, when
+/// nothing of any queue is in flight: a removal's acknowledgement therefore means the
+/// group has finished every operation on that queue and will not touch its rings again.
+pub enum Command {
+    AddQueue(Box<QueueSetup>),
+    RemoveQueue(QueueId, std::sync::mpsc::Sender<bool>),
+    SetRate(QueueId, Rate),
+}
+
+/// The control plane's handle on a group running elsewhere.
+#[derive(Clone)]
+pub struct GroupHandle {
+    tx: std::sync::mpsc::Sender<Command>,
+    load: Arc<AtomicU64>,
+}
+
+impl GroupHandle {
+    /// Queues the group runs (for least-loaded assignment).
+    pub fn load(&self) -> u64 {
+        self.load.load(Ordering::Relaxed)
+    }
+
+    pub fn add_queue(&self, s: QueueSetup) -> bool {
+        self.tx.send(Command::AddQueue(Box::new(s))).is_ok()
+    }
+
+    /// Removes a queue and waits (up to `timeout`) until the group has let go of it.
+    pub fn remove_queue(&self, id: QueueId, timeout: std::time::Duration) -> bool {
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+        if self.tx.send(Command::RemoveQueue(id, ack_tx)).is_err() {
+            return false;
+        }
+        ack_rx.recv_timeout(timeout).unwrap_or(false)
+    }
+
+    pub fn set_rate(&self, id: QueueId, rate: Rate) -> bool {
+        self.tx.send(Command::SetRate(id, rate)).is_ok()
+    }
+}
+
+/// The group with the fewest queues (Linux netback's `xen_netbk_add_xenvif` rule).
+pub fn least_loaded(groups: &[GroupHandle]) -> Option<&GroupHandle> {
+    groups.iter().min_by_key(|g| g.load())
+}
+
+/// Adaptive polling: after `idle_ns` without work the group asks its frontends for
+/// notifications and sleeps on its event channels, at most `max_sleep` (packets arriving
+/// from the port raise no event channel, so the sleep is bounded), like DPDK's l3fwd-power.
+#[derive(Clone, Copy, Debug)]
+pub struct Adaptive {
+    pub idle_ns: u64,
+    pub max_sleep: std::time::Duration,
+}
+
+/// Why a queue was disabled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disable {
+    ImpossibleTxIndex,
+    ImpossibleRxIndex,
+    Rogue(Rogue),
+}
+
+impl std::fmt::Display for Disable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Disable::ImpossibleTxIndex => f.write_str("impossible TX ring index (req_prod)"),
+            Disable::ImpossibleRxIndex => f.write_str("impossible RX ring index (req_prod)"),
+            Disable::Rogue(r) => write!(f, "malformed TX request: {r:?}"),
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! A vif queue as a group holds it: its two rings, channels, credit, counters and the
+//! guest-RX backlog.
+use super::counters::{Local, QueueCounters};
+use super::{Disable, EngineConfig};
+use crate::credit::{Credit, Rate};
+use crate::netif::{BackRing, RxRing, TxRing};
+use crate::switch::EndpointId;
+use pmd::Mbuf;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// Identifies a queue in logs and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct QueueId {
+    pub domid: u16,
+    pub devid: u32,
+    pub queue: u16,
+}
+
+/// What the frontend negotiated.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Features {
+    pub sg: bool,
+    pub gso_tcpv4: bool,
+    pub gso_tcpv6: bool,
+    pub gso_prefix: bool,
+    pub mcast: bool,
+}
+
+/// Everything the control plane hands over to make a queue run.
+pub struct QueueSetup {
+    pub id: QueueId,
+    pub tx: BackRing<TxRing>,
+    pub rx: BackRing<RxRing>,
+    /// Local event-channel ports (the same one twice without split channels).
+    pub evtchn_tx: u32,
+    pub evtchn_rx: u32,
+    pub mac: [u8; 6],
+    /// Access VLAN: the vif's frames are tagged with it toward the uplink (None: untagged).
+    pub vlan: Option<u16>,
+    pub features: Features,
+    pub rate: Rate,
+    pub counters: Arc<QueueCounters>,
+}
+
+pub(super) struct Queue {
+    pub(super) id: QueueId,
+    pub(super) tx: BackRing<TxRing>,
+    pub(super) rx: BackRing<RxRing>,
+    pub(super) evtchn_tx: u32,
+    pub(super) evtchn_rx: u32,
+    pub(super) features: Features,
+    pub(super) credit: Credit,
+    pub(super) counters: Arc<QueueCounters>,
+    pub(super) local: Local,
+    pub(super) backlog: VecDeque<Mbuf>,
+    pub(super) backlog_bytes: usize,
+    /// Since when the head packet has waited for RX buffers.
+    pub(super) head_wait_since: Option<u64>,
+    pub(super) stalled: bool,
+    pub(super) disabled: Option<Disable>,
+    /// The disable was handed out by `take_disabled` (the daemon reads
+    /// `counters.disabled` instead, so nothing accumulates when nobody asks).
+    pub(super) disable_reported: bool,
+    pub(super) endpoint: EndpointId,
+}
+
+pub(super) fn enqueue_backlog(q: &mut Queue, m: Mbuf, cfg: &EngineConfig) {
+    let len = m.pkt_len() as usize;
+    if q.disabled.is_some()
+        || q.backlog.len() >= cfg.backlog_packets
+        || q.backlog_bytes + len > cfg.backlog_bytes
+    {
+        q.local.rx_drop_backlog_full += 1;
+        return;
+    }
+    q.backlog_bytes += len;
+    q.backlog.push_back(m);
+}

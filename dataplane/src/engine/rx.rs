@@ -1,0 +1,239 @@
+//! Guest RX: port burst -> switch -> bounded per-queue backlogs -> slots counted (`rxplan`)
+//! before any request is consumed -> one batched copy -> responses with `more_data`,
+//! checksum flags and the GSO extra (or legacy prefix) -> stall detection (XSA-392).
+use super::queue::Features;
+use super::{Disable, Group, RxBufs, UPLINK};
+use crate::netif::{
+    ExtraInfo, RxResponse, NETRXF_EXTRA_INFO, NETRXF_GSO_PREFIX, NETRXF_MORE_DATA,
+    XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6, XEN_NETIF_RSP_ERROR,
+};
+use crate::offload::guest_rx_csum_flags;
+use crate::rxplan;
+use pmd::Mbuf;
+use xen::{CopyDir, CopyOp, EventChannel, GrantCopy};
+
+/// A guest RX packet being copied into guest buffers.
+pub(super) struct PendingRx {
+    q: usize,
+    mbuf: Mbuf,
+    /// (request id, op range, bytes) per data buffer, in slot order.
+    bufs: RxBufs,
+    /// The GSO extra and the id of the request slot it takes.
+    gso: Option<(u16, u8, u16)>,
+    /// GSO as a prefix slot before the data (legacy frontends) instead of an extra.
+    prefix: bool,
+    flags: u16,
+}
+
+impl<G: GrantCopy, E: EventChannel> Group<G, E> {
+    pub(super) fn guest_rx(&mut self) -> usize {
+        let now = self.now();
+        // Pull no more than the queues can take this iteration: what stays in the port is
+        // not allocated just to be dropped at a full backlog.
+        let live = self
+            .queues
+            .iter()
+            .filter(|q| q.disabled.is_none())
+            .count()
+            .max(1);
+        let want = (self.cfg.budget * live).div_ceil(usize::from(self.cfg.burst.max(1)));
+        let bursts = want.clamp(1, usize::from(self.cfg.rx_bursts.max(1)));
+        for _ in 0..bursts {
+            let n = self
+                .port
+                .rx_burst(self.port_queue, &mut self.rx_burst, self.cfg.burst);
+            if n < usize::from(self.cfg.burst) {
+                break;
+            }
+        }
+        let mut burst = std::mem::take(&mut self.rx_burst);
+        for m in burst.drain(..) {
+            // From the wire: the switch's own drops (runts, unknown VLANs) are not a guest's.
+            self.switch_frame(UPLINK, m, now);
+        }
+        self.rx_burst = burst;
+        self.ops.clear();
+        for qi in 0..self.queues.len() {
+            let q = &mut self.queues[qi];
+            if q.disabled.is_some() || q.backlog.is_empty() {
+                q.head_wait_since = None;
+                continue;
+            }
+            if q.rx.check_indices().is_err() {
+                self.disable(qi, Disable::ImpossibleRxIndex);
+                continue;
+            }
+            let mut n = 0;
+            while n < self.cfg.budget {
+                let q = &mut self.queues[qi];
+                let Some(head) = q.backlog.front() else {
+                    break;
+                };
+                let gso = head_gso(head, &q.features);
+                let segs = &mut self.scratch.seg_lens;
+                segs.clear();
+                segs.extend(head.segments().map(|s| s.len() as u32));
+                let buffers = rxplan::buffers_needed(segs.iter().copied());
+                let needed = buffers + u32::from(gso.is_some());
+                // A frontend without scatter-gather takes one buffer per packet.
+                if (!q.features.sg && buffers > 1) || needed as usize > crate::netif::RX_RING_SIZE {
+                    let m = q.backlog.pop_front().expect("head");
+                    q.backlog_bytes -= m.pkt_len() as usize;
+                    q.local.rx_drop_too_big += 1;
+                    continue;
+                }
+                if q.rx.unconsumed() < needed {
+                    let since = *q.head_wait_since.get_or_insert(now);
+                    if now.saturating_sub(since) > self.cfg.stall_ns {
+                        // XSA-392: the guest stopped posting buffers. Drop the backlog.
+                        if !q.stalled {
+                            q.stalled = true;
+                            q.local.rx_stalls += 1;
+                        }
+                        q.local.rx_drop_stalled += q.backlog.len() as u64;
+                        q.backlog.clear();
+                        q.backlog_bytes = 0;
+                        q.head_wait_since = None;
+                    }
+                    break;
+                }
+                q.head_wait_since = None;
+                q.stalled = false;
+                let m = q.backlog.pop_front().expect("head");
+                q.backlog_bytes -= m.pkt_len() as usize;
+                let flags = guest_rx_csum_flags(m.ol_flags());
+                let reqs = &mut self.scratch.rx_reqs;
+                reqs.clear();
+                for _ in 0..needed {
+                    reqs.push(q.rx.next_request().expect("counted above"));
+                }
+                // Slot order: first data buffer, the GSO extra, then the other buffers; in the
+                // legacy prefix mode the GSO slot comes first.
+                let prefix = gso.is_some() && q.features.gso_prefix;
+                let data_req = |k: usize| match (gso.is_some(), prefix) {
+                    (false, _) => k,
+                    (true, true) => k + 1,
+                    (true, false) => k + usize::from(k > 0),
+                };
+                let mut bufs = self.scratch.bufs_pool.pop().unwrap_or_default();
+                bufs.clear();
+                bufs.extend((0..buffers as usize).map(|k| (reqs[data_req(k)].id, 0..0, 0u16)));
+                let mut m = m;
+                let seg_ptrs = &mut self.scratch.seg_ptrs;
+                m.segment_ptrs(seg_ptrs);
+                let domid = q.id.domid;
+                let ops = &mut self.ops;
+                let reqs = &*reqs;
+                rxplan::plan(segs.iter().copied(), |c| {
+                    let b = &mut bufs[usize::from(c.buf)];
+                    if b.1.is_empty() {
+                        b.1 = ops.len()..ops.len();
+                    }
+                    ops.push(CopyOp {
+                        domid,
+                        gref: reqs[data_req(usize::from(c.buf))].gref,
+                        offset: c.buf_off,
+                        // SAFETY: seg_off + len lies inside segment `seg` (rxplan's walk).
+                        local: unsafe { seg_ptrs[usize::from(c.seg)].0.add(c.seg_off as usize) },
+                        len: c.len,
+                        dir: CopyDir::ToForeign,
+                        status: 99,
+                    });
+                    b.1.end = ops.len();
+                    b.2 += c.len;
+                });
+                let gso_slot = gso.map(|(size, ty)| (size, ty, reqs[usize::from(!prefix)].id));
+                self.prx.push(PendingRx {
+                    q: qi,
+                    mbuf: m,
+                    bufs,
+                    gso: gso_slot,
+                    prefix,
+                    flags,
+                });
+                n += 1;
+            }
+        }
+        let packets = self.prx.len();
+        self.submit_batch();
+        let mut prx = std::mem::take(&mut self.prx);
+        for p in prx.drain(..) {
+            let q = &mut self.queues[p.q];
+            let ok = p
+                .bufs
+                .iter()
+                .all(|b| self.ops[b.1.clone()].iter().all(|o| o.status == 0));
+            let n = p.bufs.len();
+            if let (true, Some((size, _ty, id))) = (p.prefix, p.gso) {
+                // The seed's prefix slot: offset = GSO size, status = data slots following.
+                q.rx.push_response(RxResponse {
+                    id,
+                    offset: size,
+                    flags: NETRXF_GSO_PREFIX | NETRXF_MORE_DATA,
+                    status: n as i16,
+                });
+            }
+            for (k, (id, _, bytes)) in p.bufs.iter().enumerate() {
+                let mut flags = if k + 1 < n { NETRXF_MORE_DATA } else { 0 };
+                if k == 0 {
+                    flags |= p.flags;
+                    if p.gso.is_some() && !p.prefix {
+                        flags |= NETRXF_EXTRA_INFO;
+                    }
+                }
+                let status = if ok {
+                    *bytes as i16
+                } else {
+                    XEN_NETIF_RSP_ERROR
+                };
+                q.rx.push_response(RxResponse {
+                    id: *id,
+                    offset: 0,
+                    flags,
+                    status,
+                });
+                if k == 0 && !p.prefix {
+                    if let Some((size, ty, _id)) = p.gso {
+                        q.rx.push_response(ExtraInfo::gso(size, ty, false).to_rx_slot());
+                    }
+                }
+            }
+            if ok {
+                q.local.rx_packets += 1;
+                q.local.rx_bytes += u64::from(p.mbuf.pkt_len());
+            } else {
+                q.local.rx_drop_copy_error += 1;
+            }
+            self.scratch.bufs_pool.push(p.bufs);
+        }
+        self.prx = prx;
+        for q in &mut self.queues {
+            if q.rx.push_responses_and_check_notify() {
+                let _ = self.ev.notify(q.evtchn_rx);
+                q.local.notifications += 1;
+            }
+        }
+        packets
+    }
+}
+
+pub(super) fn head_gso(m: &Mbuf, f: &Features) -> Option<(u16, u8)> {
+    let ol = m.ol_flags();
+    if ol & pmd::sys::RTE_MBUF_F_TX_TCP_SEG == 0 {
+        return None;
+    }
+    let mss = ((m.tx_offload() >> 24) & 0xffff) as u16;
+    let v6 = ol & pmd::sys::RTE_MBUF_F_TX_IPV6 != 0;
+    let ty = if v6 {
+        XEN_NETIF_GSO_TYPE_TCPV6
+    } else {
+        XEN_NETIF_GSO_TYPE_TCPV4
+    };
+    let ok = f.sg
+        && if v6 {
+            f.gso_tcpv6
+        } else {
+            f.gso_tcpv4 || f.gso_prefix
+        };
+    (ok && mss > 0).then_some((mss, ty))
+}

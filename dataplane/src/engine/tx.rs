@@ -1,0 +1,260 @@
+//! Guest TX: ring -> copy each request once -> `txparse` -> credit -> mbufs and grant-copy
+//! ops -> one batched copy -> responses by each slot's own copies -> offload -> switch -> port.
+use super::{Disable, Group, SlotRsps};
+use crate::credit::Admit;
+use crate::netif::{
+    TxResponse, NETTXF_CSUM_BLANK, XEN_NETIF_RSP_ERROR, XEN_NETIF_RSP_NULL, XEN_NETIF_RSP_OKAY,
+};
+use crate::offload::prepare_guest_tx;
+use crate::txparse::{parse_tx, Gso, Rsp, Verdict};
+use pmd::{Mbuf, Mempool};
+use xen::{CopyDir, CopyOp, EventChannel, GrantCopy};
+
+/// A guest TX packet whose data is being copied in this iteration.
+pub(super) struct PendingTx {
+    q: usize,
+    mbuf: Mbuf,
+    csum_blank: bool,
+    gso: Option<Gso>,
+    /// Responses in slot order; data slots carry the index range of their ops.
+    rsps: SlotRsps,
+    len: u32,
+}
+
+impl<G: GrantCopy, E: EventChannel> Group<G, E> {
+    pub(super) fn guest_tx(&mut self) -> usize {
+        let now = self.now();
+        self.ops.clear();
+        for qi in 0..self.queues.len() {
+            if self.queues[qi].disabled.is_some() {
+                continue;
+            }
+            if self.queues[qi].tx.check_indices().is_err() {
+                self.disable(qi, Disable::ImpossibleTxIndex);
+                continue;
+            }
+            let mut n = 0;
+            while n < self.cfg.budget {
+                let q = &mut self.queues[qi];
+                let avail = q.tx.unconsumed();
+                let Some(first) = q.tx.copy_request(0) else {
+                    break;
+                };
+                if let Admit::Throttled { .. } = q.credit.admit(u32::from(first.size), now) {
+                    q.local.tx_credit_throttled += 1;
+                    break;
+                }
+                let tx = &q.tx;
+                let parsed = parse_tx(
+                    first,
+                    avail,
+                    |i| tx.copy_request(i).unwrap_or_default(),
+                    q.features.mcast,
+                );
+                match parsed.verdict {
+                    Verdict::Rogue(r) => {
+                        self.disable(qi, Disable::Rogue(r));
+                        break;
+                    }
+                    Verdict::Drop(reason) => {
+                        match reason {
+                            crate::txparse::DropReason::Runt => q.local.tx_drop_runt += 1,
+                            crate::txparse::DropReason::TooManySlots => {
+                                q.local.tx_drop_too_many_slots += 1
+                            }
+                            crate::txparse::DropReason::FragOverflow => {
+                                q.local.tx_drop_frag_overflow += 1
+                            }
+                        }
+                        q.tx.advance(parsed.consumed);
+                        for r in parsed.responses.as_slice() {
+                            q.tx.push_response(settled(*r, true));
+                        }
+                    }
+                    Verdict::Mcast(_) => {
+                        q.tx.advance(parsed.consumed);
+                        for r in parsed.responses.as_slice() {
+                            q.tx.push_response(settled(*r, true));
+                        }
+                    }
+                    Verdict::Packet(pkt) => {
+                        q.tx.advance(parsed.consumed);
+                        let out = self.scratch.rsps_pool.pop().unwrap_or_default();
+                        match build_tx(
+                            &self.pool,
+                            q.id.domid,
+                            &pkt,
+                            &parsed.responses,
+                            &mut self.ops,
+                            &mut self.scratch.seg_ptrs,
+                            out,
+                        ) {
+                            Some((mbuf, rsps)) => self.ptx.push(PendingTx {
+                                q: qi,
+                                mbuf,
+                                csum_blank: pkt.flags & NETTXF_CSUM_BLANK != 0,
+                                gso: pkt.gso,
+                                rsps,
+                                len: pkt.len,
+                            }),
+                            None => {
+                                q.local.tx_drop_no_mbuf += 1;
+                                for r in parsed.responses.as_slice() {
+                                    q.tx.push_response(settled(*r, false));
+                                }
+                            }
+                        }
+                    }
+                }
+                n += 1;
+            }
+        }
+        let packets = self.ptx.len();
+        self.submit_batch();
+        let mut ptx = std::mem::take(&mut self.ptx);
+        let mut out = std::mem::take(&mut self.scratch.offload_out);
+        for p in ptx.drain(..) {
+            let q = &mut self.queues[p.q];
+            let mut ok = true;
+            for (rsp, range) in &p.rsps {
+                let good = self.ops[range.clone()].iter().all(|o| o.status == 0);
+                ok &= good;
+                q.tx.push_response(settled(*rsp, good));
+            }
+            self.scratch.rsps_pool.push(p.rsps);
+            if !ok {
+                q.local.tx_drop_copy_error += 1;
+                continue;
+            }
+            q.local.tx_packets += 1;
+            q.local.tx_bytes += u64::from(p.len);
+            let from = q.endpoint;
+            let before = self.ofl;
+            if prepare_guest_tx(
+                p.mbuf,
+                p.csum_blank,
+                p.gso,
+                &self.caps,
+                &self.soft,
+                &mut out,
+                &mut self.ofl,
+            )
+            .is_err()
+            {
+                q.local.tx_drop_offload += 1;
+                continue;
+            }
+            q.local.tx_gso_checksum_fixup +=
+                self.ofl.gso_checksum_fixup - before.gso_checksum_fixup;
+            for m in out.drain(..) {
+                if !self.switch_frame(from, m, now) {
+                    self.queues[p.q].local.tx_drop_switch += 1;
+                }
+            }
+        }
+        self.ptx = ptx;
+        self.scratch.offload_out = out;
+        for qi in 0..self.queues.len() {
+            let q = &mut self.queues[qi];
+            if q.tx.push_responses_and_check_notify() {
+                let _ = self.ev.notify(q.evtchn_tx);
+                q.local.notifications += 1;
+            }
+        }
+        let (_, dropped) = self
+            .port
+            .tx_burst_or_drop(self.port_queue, &mut self.to_port);
+        // Port refusals are the group's (the port's), not one guest's: counted per group.
+        self.port_full += dropped as u64;
+        packets
+    }
+}
+
+/// The response for one slot once its copies are known (`good`).
+fn settled(r: Rsp, good: bool) -> TxResponse {
+    match r {
+        Rsp::Data { id } => TxResponse {
+            id,
+            status: if good {
+                XEN_NETIF_RSP_OKAY
+            } else {
+                XEN_NETIF_RSP_ERROR
+            },
+        },
+        Rsp::Empty { id } => TxResponse {
+            id,
+            status: XEN_NETIF_RSP_OKAY,
+        },
+        Rsp::Extra => TxResponse {
+            id: 0,
+            status: XEN_NETIF_RSP_NULL,
+        },
+        Rsp::Error { id } => TxResponse {
+            id,
+            status: XEN_NETIF_RSP_ERROR,
+        },
+        Rsp::Status { id, status } => TxResponse { id, status },
+    }
+}
+
+/// Allocates the mbuf chain for a guest packet and appends its copy ops. The first mbuf
+/// takes as much as fits (>= 128 bytes: the headers are contiguous, XSA-423).
+fn build_tx(
+    pool: &Mempool,
+    domid: u16,
+    pkt: &crate::txparse::TxPacket,
+    rsps: &crate::txparse::SmallVec<Rsp, { crate::txparse::MAX_PACKET_SLOTS }>,
+    ops: &mut Vec<CopyOp>,
+    segs: &mut Vec<(*mut u8, usize)>,
+    mut out: SlotRsps,
+) -> Option<(Mbuf, SlotRsps)> {
+    let mut head = Mbuf::alloc(pool).ok()?;
+    let room = usize::from(head.tailroom());
+    let mut remaining = pkt.len as usize;
+    // Extend the chain to hold the whole packet.
+    let first = remaining.min(room);
+    head.append(first as u16)?;
+    remaining -= first;
+    while remaining > 0 {
+        let mut m = head.alloc_like().ok()?;
+        let n = remaining.min(usize::from(m.tailroom()));
+        m.append(n as u16)?;
+        head.chain(m).ok()?;
+        remaining -= n;
+    }
+    head.segment_ptrs(segs);
+    let (mut si, mut so) = (0usize, 0usize);
+    let mut data = pkt.slots.as_slice().iter();
+    out.clear();
+    // Responses in slot order; each data response owns the ops of the next data slot.
+    for r in rsps.as_slice() {
+        let Rsp::Data { .. } = r else {
+            out.push((*r, 0..0));
+            continue;
+        };
+        let s = data.next().expect("one data slot per data response");
+        let r0 = ops.len();
+        let mut off = 0usize;
+        while off < usize::from(s.len) {
+            let n = (usize::from(s.len) - off).min(segs[si].1 - so);
+            ops.push(CopyOp {
+                domid,
+                gref: s.gref,
+                offset: s.offset + off as u16,
+                // SAFETY: so + n <= the segment's length.
+                local: unsafe { segs[si].0.add(so) },
+                len: n as u16,
+                dir: CopyDir::FromForeign,
+                status: 99,
+            });
+            off += n;
+            so += n;
+            if so == segs[si].1 && si + 1 < segs.len() {
+                si += 1;
+                so = 0;
+            }
+        }
+        out.push((*r, r0..ops.len()));
+    }
+    Some((head, out))
+}
