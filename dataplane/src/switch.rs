@@ -12,6 +12,11 @@
 //! toward an uplink they are tagged with the VLAN, and tagged frames from an uplink reach
 //! only the vifs of that VLAN, stripped. Vifs without a VLAN share the untagged domain.
 //!
+//! Per ingress endpoint, the last decision is cached ([`FwdCache`]) and reused while the same
+//! header keeps coming and the switch is unchanged; a cached flow's source is re-learned
+//! every min(1 s, ageing/4) instead of per frame, so an idle learned MAC may age that much
+//! early.
+//!
 //! Time is passed in by the caller (nanoseconds from any monotonic clock) so ageing is
 //! testable and the hot path makes no clock syscall of its own.
 use std::collections::HashMap;
@@ -109,14 +114,22 @@ struct Learned {
     is_static: bool,
 }
 
-/// FNV-1a over the 8-byte key: the MAC table is hit per packet, SipHash is needless there
-/// (keys are bounded by `max_learned`, so flooding the table with collisions costs the
-/// attacker more than it costs us).
+/// One multiply-xorshift per key: the MAC table is hit per packet and every key is one
+/// integer (a packed MAC + domain, an endpoint id), so SipHash or a byte-wise hash is
+/// needless there (keys are bounded by `max_learned`, so flooding the table with
+/// collisions costs the attacker more than it costs us). Byte input falls back to FNV-1a.
 #[derive(Default)]
 pub struct MacHasher(u64);
 impl Hasher for MacHasher {
     fn finish(&self) -> u64 {
         self.0
+    }
+    fn write_u64(&mut self, x: u64) {
+        let h = (self.0 ^ x ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        self.0 = h ^ (h >> 29);
+    }
+    fn write_u32(&mut self, x: u32) {
+        self.write_u64(u64::from(x));
     }
     fn write(&mut self, bytes: &[u8]) {
         let mut h = if self.0 == 0 {
@@ -132,10 +145,16 @@ impl Hasher for MacHasher {
     }
 }
 
-type Key = (u16, Mac); // (domain as u16 with 0xFFFF = untagged, mac)
+/// A MAC table key: the domain (0xFFFF = untagged) and the MAC packed in one integer, so
+/// it hashes with one `write_u64`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Key(u64);
 
-fn domain_key(d: Domain) -> u16 {
-    d.unwrap_or(0xFFFF)
+fn key(d: Domain, mac: Mac) -> Key {
+    let mut b = [0u8; 8];
+    b[..6].copy_from_slice(&mac);
+    b[6..].copy_from_slice(&d.unwrap_or(0xFFFF).to_le_bytes());
+    Key(u64::from_le_bytes(b))
 }
 
 /// The L2 switch of one netbackd instance.
@@ -149,6 +168,38 @@ pub struct Switch {
     peers: HashMap<EndpointId, EndpointId, BuildHasherDefault<MacHasher>>,
     /// Learn attempts refused because the table was full.
     pub table_full: u64,
+    /// Bumped by every change that can alter a decision (endpoints, pairings, a MAC
+    /// learned, moved, refreshed after ageing or evicted): a [`FwdCache`] of an older
+    /// generation is void.
+    generation: u64,
+}
+
+/// The last decision for frames entering at one endpoint, reused while the same header
+/// (destination, source, VLAN tag) keeps coming and the switch has not changed: the
+/// lookups then cost one 14-byte compare. Each ingress endpoint owns one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FwdCache {
+    hdr: [u8; 16],
+    generation: u64,
+    decision: Option<Decision>,
+    /// Decision valid before this (a learned destination's ageing).
+    valid_until_ns: u64,
+    /// When the source's learned entry is refreshed next (no lookup per frame).
+    relearn_at_ns: u64,
+}
+
+/// The header bytes a decision depends on: MACs and, if tagged, the tag; None for a runt.
+fn cache_key(frame: &[u8]) -> Option<[u8; 16]> {
+    let mut k = [0u8; 16];
+    let n = if frame.len() >= ETH_HLEN + 4 && frame[12..14] == ETHERTYPE_VLAN.to_be_bytes() {
+        16
+    } else if frame.len() >= ETH_HLEN {
+        14
+    } else {
+        return None;
+    };
+    k[..n].copy_from_slice(&frame[..n]);
+    Some(k)
 }
 
 /// Result of parsing the L2 header the switch needs.
@@ -198,6 +249,7 @@ impl Switch {
             learned: 0,
             peers: HashMap::default(),
             table_full: 0,
+            generation: 1,
         }
     }
 
@@ -209,12 +261,13 @@ impl Switch {
     /// domain, so traffic for it never floods and a learned entry can't steal it.
     pub fn add_endpoint(&mut self, id: EndpointId, kind: EndpointKind) {
         self.remove_endpoint(id);
+        self.generation += 1;
         self.endpoints.insert(id, kind);
         self.order.push(id);
         if let EndpointKind::Vif { mac, vlan } = kind {
             if !is_multicast(&mac) {
                 let prev = self.table.insert(
-                    (domain_key(vlan), mac),
+                    key(vlan, mac),
                     Learned {
                         endpoint: id,
                         last_seen_ns: 0,
@@ -233,6 +286,7 @@ impl Switch {
         if self.endpoints.remove(&id).is_none() {
             return;
         }
+        self.generation += 1;
         self.order.retain(|e| *e != id);
         let mut freed = 0;
         self.table.retain(|_, l| {
@@ -250,6 +304,7 @@ impl Switch {
 
     /// Connects two endpoints for `CrossConnect` mode (replacing earlier pairings).
     pub fn cross_connect(&mut self, a: EndpointId, b: EndpointId) {
+        self.generation += 1;
         for e in [a, b] {
             if let Some(old) = self.peers.remove(&e) {
                 self.peers.remove(&old);
@@ -277,52 +332,117 @@ impl Switch {
             keep
         });
         self.learned -= freed;
+        if freed > 0 {
+            self.generation += 1;
+        }
+    }
+
+    /// [`Switch::forward`] through `cache`, the ingress endpoint's own: the same header as
+    /// last time in an unchanged switch gets the same decision without a lookup. The
+    /// source is still learned, once a second (or a quarter of the ageing time).
+    pub fn forward_cached(
+        &mut self,
+        ingress: EndpointId,
+        frame: &[u8],
+        now_ns: u64,
+        cache: &mut FwdCache,
+    ) -> Decision {
+        let Some(hdr) = cache_key(frame) else {
+            return self.forward(ingress, frame, now_ns);
+        };
+        if let Some(d) = cache.decision {
+            if cache.generation == self.generation
+                && cache.hdr == hdr
+                && now_ns < cache.valid_until_ns
+            {
+                if now_ns >= cache.relearn_at_ns {
+                    // Refresh the source's entry; a change voids this cache (generation).
+                    let (d2, until) = self.decide(ingress, frame, now_ns);
+                    self.fill(cache, hdr, d2, until, now_ns);
+                    return d2;
+                }
+                return d;
+            }
+        }
+        let (d, until) = self.decide(ingress, frame, now_ns);
+        self.fill(cache, hdr, d, until, now_ns);
+        d
+    }
+
+    fn fill(&self, c: &mut FwdCache, hdr: [u8; 16], d: Decision, valid_until_ns: u64, now_ns: u64) {
+        if let Decision::Drop(_) = d {
+            c.decision = None;
+            return;
+        }
+        let refresh = (self.cfg.ageing_ns / 4).clamp(1, 1_000_000_000);
+        *c = FwdCache {
+            hdr,
+            generation: self.generation,
+            decision: Some(d),
+            valid_until_ns,
+            relearn_at_ns: now_ns.saturating_add(refresh),
+        };
     }
 
     /// Decides where a frame entering at `ingress` goes. `frame` needs only its first 18
     /// bytes. Learns the source address as a side effect.
     pub fn forward(&mut self, ingress: EndpointId, frame: &[u8], now_ns: u64) -> Decision {
+        self.decide(ingress, frame, now_ns).0
+    }
+
+    /// The decision and until when it holds (a learned destination ages; u64::MAX when
+    /// only a change of the switch can alter it).
+    fn decide(&mut self, ingress: EndpointId, frame: &[u8], now_ns: u64) -> (Decision, u64) {
+        let forever = |d| (d, u64::MAX);
         let Some(kind) = self.endpoints.get(&ingress).copied() else {
-            return Decision::Drop(DropReason::UnknownIngress);
+            return forever(Decision::Drop(DropReason::UnknownIngress));
         };
         let Some(l2) = parse_l2(frame) else {
-            return Decision::Drop(DropReason::Runt);
+            return forever(Decision::Drop(DropReason::Runt));
         };
         if self.cfg.mode == Mode::CrossConnect {
-            return match self.peers.get(&ingress) {
+            return forever(match self.peers.get(&ingress) {
                 Some(peer) => Decision::Unicast(*peer, self.egress(kind, l2.vlan, *peer)),
                 None => Decision::Drop(DropReason::NotConnected),
-            };
+            });
         }
         let domain = match kind {
             EndpointKind::Uplink => l2.vlan,
             EndpointKind::Vif { vlan: Some(_), .. } if l2.vlan.is_some() => {
-                return Decision::Drop(DropReason::TaggedFromAccessVif);
+                return forever(Decision::Drop(DropReason::TaggedFromAccessVif));
             }
             // An untagged vif may send tagged frames: they are in that VLAN's domain.
             EndpointKind::Vif { vlan, .. } => vlan.or(l2.vlan),
         };
         self.learn(domain, l2.src, ingress, now_ns);
         if is_multicast(&l2.dst) {
-            return Decision::Flood { domain };
+            return forever(Decision::Flood { domain });
         }
-        match self.table.get(&(domain_key(domain), l2.dst)) {
+        match self.table.get(&key(domain, l2.dst)) {
             Some(l)
                 if l.is_static || now_ns.saturating_sub(l.last_seen_ns) < self.cfg.ageing_ns =>
             {
                 let dst = l.endpoint;
+                let until = if l.is_static {
+                    u64::MAX
+                } else {
+                    l.last_seen_ns.saturating_add(self.cfg.ageing_ns)
+                };
                 if dst == ingress {
-                    return Decision::Drop(DropReason::NoDestination);
+                    return forever(Decision::Drop(DropReason::NoDestination));
                 }
                 let dst_kind = self.endpoints[&dst];
                 if matches!(kind, EndpointKind::Uplink) && matches!(dst_kind, EndpointKind::Uplink)
                 {
                     // Split horizon between uplinks: never bridge port to port.
-                    return Decision::Drop(DropReason::NoDestination);
+                    return forever(Decision::Drop(DropReason::NoDestination));
                 }
-                Decision::Unicast(dst, self.egress(kind, domain, dst))
+                (
+                    Decision::Unicast(dst, self.egress(kind, domain, dst)),
+                    until,
+                )
             }
-            _ => Decision::Flood { domain },
+            _ => forever(Decision::Flood { domain }),
         }
     }
 
@@ -330,11 +450,18 @@ impl Switch {
         if is_multicast(&src) || src == [0; 6] {
             return;
         }
-        let key = (domain_key(domain), src);
-        match self.table.get_mut(&key) {
+        let k = key(domain, src);
+        match self.table.get_mut(&k) {
             // A vif's own MAC is pinned: another endpoint claiming it is not believed.
             Some(l) if l.is_static => {}
             Some(l) => {
+                // A move, or an aged entry coming back, changes decisions: cached ones
+                // (flood while it was aged, unicast to the old endpoint) are void.
+                if l.endpoint != ingress
+                    || now_ns.saturating_sub(l.last_seen_ns) >= self.cfg.ageing_ns
+                {
+                    self.generation += 1;
+                }
                 l.endpoint = ingress;
                 l.last_seen_ns = now_ns;
             }
@@ -343,8 +470,9 @@ impl Switch {
                     self.table_full += 1;
                     return;
                 }
+                self.generation += 1;
                 self.table.insert(
-                    key,
+                    k,
                     Learned {
                         endpoint: ingress,
                         last_seen_ns: now_ns,
@@ -475,6 +603,103 @@ mod tests {
         assert_eq!(
             s.forward(V1, &frame(MAC_V2, MAC_V1, None), 0),
             Decision::Unicast(V2, Egress::AsIs)
+        );
+    }
+
+    /// The cached path decides exactly as the uncached one through learning, moves,
+    /// endpoint churn, VLANs and eviction (within an ageing period: the cache refreshes a
+    /// source at most every ageing/4, see `cached_unicast_ages`).
+    #[test]
+    fn cached_decisions_equal_uncached() {
+        let (mut a, mut b) = (basic(), basic());
+        let v3 = EndpointKind::Vif {
+            mac: MAC_V3,
+            vlan: Some(7),
+        };
+        a.add_endpoint(V3, v3);
+        b.add_endpoint(V3, v3);
+        let ingress = [P0, P1, V1, V2, V3];
+        let macs = [MAC_V1, MAC_V2, MAC_V3, HOST_A, [2, 0, 0, 0, 0, 0xb], BCAST];
+        let mut caches = [FwdCache::default(); 5];
+        let mut last: [Vec<u8>; 5] = Default::default();
+        let mut x: u64 = 0x1234_5678;
+        let mut rnd = |n: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        let mut now = 0u64;
+        let (mut hits, mut frames) = (0, 0);
+        for _ in 0..20_000 {
+            now += rnd(500) * 1000;
+            match rnd(100) {
+                0..=2 => {
+                    let (id, kind) = if rnd(2) == 0 {
+                        (
+                            V1,
+                            EndpointKind::Vif {
+                                mac: MAC_V1,
+                                vlan: None,
+                            },
+                        )
+                    } else {
+                        (V3, v3)
+                    };
+                    a.remove_endpoint(id);
+                    b.remove_endpoint(id);
+                    a.add_endpoint(id, kind);
+                    b.add_endpoint(id, kind);
+                }
+                3..=4 => {
+                    a.evict_aged(now);
+                    b.evict_aged(now);
+                }
+                _ => {
+                    let i = rnd(5) as usize;
+                    // Mostly the ingress's previous header again (what a cache is for),
+                    // else a new one.
+                    if rnd(10) >= 7 || last[i].is_empty() {
+                        let vlan = (rnd(4) == 0).then_some(7);
+                        last[i] = frame(macs[rnd(6) as usize], macs[rnd(5) as usize], vlan);
+                    }
+                    let f = last[i].clone();
+                    let before = caches[i];
+                    let da = a.forward(ingress[i], &f, now);
+                    let db = b.forward_cached(ingress[i], &f, now, &mut caches[i]);
+                    assert_eq!(da, db, "frame {frames} from {:?}", ingress[i]);
+                    frames += 1;
+                    if before.decision.is_some() && before.generation == caches[i].generation {
+                        hits += 1;
+                    }
+                }
+            }
+        }
+        assert!(hits > 1000, "the cache was used ({hits} of {frames})");
+    }
+
+    #[test]
+    fn cached_unicast_ages() {
+        let mut s = basic();
+        let mut c = FwdCache::default();
+        s.forward(P0, &frame(MAC_V1, HOST_A, None), SEC);
+        let f = frame(HOST_A, MAC_V1, None);
+        for t in [2 * SEC, 3 * SEC, 10 * SEC] {
+            assert_eq!(
+                s.forward_cached(V1, &f, t, &mut c),
+                Decision::Unicast(P0, Egress::AsIs)
+            );
+        }
+        // HOST_A last seen at 1 s: aged at 11 s although the cached decision said P0.
+        assert_eq!(
+            s.forward_cached(V1, &f, 11 * SEC, &mut c),
+            Decision::Flood { domain: None }
+        );
+        // It comes back: unicast again at once (the refresh voids the cached flood).
+        s.forward(P1, &frame(MAC_V1, HOST_A, None), 12 * SEC);
+        assert_eq!(
+            s.forward_cached(V1, &f, 12 * SEC + 1, &mut c),
+            Decision::Unicast(P1, Egress::AsIs)
         );
     }
 

@@ -11,6 +11,7 @@ mod mbuf;
 mod mempool;
 mod port;
 mod ring;
+pub mod tsc;
 
 pub use eal::Eal;
 pub use error::{rte_errno, strerror, PmdError};

@@ -4,15 +4,21 @@ use super::queue::enqueue_backlog;
 use super::rx::head_gso;
 use super::{Group, UPLINK};
 use crate::offload::finish_in_software;
-use crate::switch::{apply_egress, Decision, EndpointId};
+use crate::switch::{apply_egress, Decision, EndpointId, FwdCache};
 use pmd::Mbuf;
 use xen::{EventChannel, GrantCopy};
 
 impl<G: GrantCopy, E: EventChannel> Group<G, E> {
     /// Switches one frame entering at `from` to its destinations (copying it for all but
     /// the last of a flood); false when the switch or the egress tagging dropped it.
-    pub(super) fn switch_frame(&mut self, from: EndpointId, m: Mbuf, now: u64) -> bool {
-        match self.switch.forward(from, m.data(), now) {
+    pub(super) fn switch_frame(
+        &mut self,
+        from: EndpointId,
+        m: Mbuf,
+        now: u64,
+        cache: &mut FwdCache,
+    ) -> bool {
+        match self.switch.forward_cached(from, m.data(), now, cache) {
             Decision::Unicast(to, e) => {
                 let mut m = m;
                 if !apply_egress(&mut m, e) {
@@ -22,10 +28,12 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 true
             }
             Decision::Flood { domain } => {
-                let targets: Vec<_> = self.switch.flood_targets(from, domain).collect();
+                let mut targets = std::mem::take(&mut self.scratch.flood);
+                targets.clear();
+                targets.extend(self.switch.flood_targets(from, domain));
                 let n = targets.len();
                 let mut m = Some(m);
-                for (k, (to, e)) in targets.into_iter().enumerate() {
+                for (k, &(to, e)) in targets.iter().enumerate() {
                     let copy = if k + 1 == n {
                         m.take()
                     } else {
@@ -37,6 +45,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                         }
                     }
                 }
+                self.scratch.flood = targets;
                 true
             }
             Decision::Drop(_) => false,

@@ -7,13 +7,12 @@ use super::tx::PendingTx;
 use super::{Adaptive, Command, Disable, EngineConfig, GroupHandle};
 use crate::credit::{Credit, Rate};
 use crate::offload::{OffloadCounters, SoftGso, TxCaps};
-use crate::switch::{EndpointId, EndpointKind, Switch, SwitchConfig};
+use crate::switch::{EndpointId, EndpointKind, FwdCache, Switch, SwitchConfig};
 use crate::txparse::Rsp;
 use pmd::{Mbuf, Mempool, Port};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 use xen::{CopyOp, EventChannel, GrantCopy};
 
 /// The DPDK side of a group: its mbuf pool, its port queue and how offloads are done.
@@ -46,7 +45,7 @@ pub struct Group<G: GrantCopy, E: EventChannel> {
     pub(super) to_port: Vec<Mbuf>,
     pub(super) rx_burst: Vec<Mbuf>,
     pub(super) ofl: OffloadCounters,
-    t0: Instant,
+    clock: pmd::tsc::Clock,
     /// Packets the port refused this iteration (flushed to `counters.port_tx_full`).
     pub(super) port_full: u64,
     pub(super) commands: Option<std::sync::mpsc::Receiver<Command>>,
@@ -57,6 +56,8 @@ pub struct Group<G: GrantCopy, E: EventChannel> {
     pub(super) copy_ops: u64,
     /// Buffers reused every iteration so the per-packet path allocates nothing.
     pub(super) scratch: Scratch,
+    /// The switch's last decision for frames from the port.
+    pub(super) uplink_fwd: FwdCache,
 }
 
 /// Per-group buffers reused across packets and iterations.
@@ -68,6 +69,8 @@ pub(super) struct Scratch {
     pub(super) offload_out: Vec<Mbuf>,
     pub(super) rsps_pool: Vec<SlotRsps>,
     pub(super) bufs_pool: Vec<RxBufs>,
+    /// A flooded frame's destinations.
+    pub(super) flood: Vec<(EndpointId, crate::switch::Egress)>,
 }
 
 // SAFETY: the raw pointers in `seg_ptrs` are only meaningful (and only used) within one
@@ -107,7 +110,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             to_port: Vec::new(),
             rx_burst: Vec::new(),
             ofl: OffloadCounters::default(),
-            t0: Instant::now(),
+            clock: pmd::tsc::Clock::start(),
             port_full: 0,
             commands: None,
             cmd_tx: None,
@@ -116,6 +119,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             copy_calls: 0,
             copy_ops: 0,
             scratch: Scratch::default(),
+            uplink_fwd: FwdCache::default(),
         }
     }
 
@@ -155,7 +159,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
     }
 
     pub(super) fn now(&self) -> u64 {
-        self.t0.elapsed().as_nanos() as u64
+        self.clock.now_ns()
     }
 
     /// Adds a queue (its vif's MAC becomes a switch endpoint).
@@ -189,6 +193,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             disabled: None,
             disable_reported: false,
             endpoint,
+            fwd: FwdCache::default(),
         });
         self.load.store(self.queues.len() as u64, Ordering::Relaxed);
     }

@@ -4,7 +4,7 @@ use super::counters::{Local, QueueCounters};
 use super::{Disable, EngineConfig};
 use crate::credit::{Credit, Rate};
 use crate::netif::{BackRing, RxRing, TxRing};
-use crate::switch::EndpointId;
+use crate::switch::{EndpointId, FwdCache};
 use pmd::Mbuf;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -63,6 +63,8 @@ pub(super) struct Queue {
     /// `counters.disabled` instead, so nothing accumulates when nobody asks).
     pub(super) disable_reported: bool,
     pub(super) endpoint: EndpointId,
+    /// The switch's last decision for this queue's guest TX frames.
+    pub(super) fwd: FwdCache,
 }
 
 pub(super) fn enqueue_backlog(q: &mut Queue, m: Mbuf, cfg: &EngineConfig) {

@@ -47,10 +47,12 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             }
         }
         let mut burst = std::mem::take(&mut self.rx_burst);
+        let mut fwd = self.uplink_fwd;
         for m in burst.drain(..) {
             // From the wire: the switch's own drops (runts, unknown VLANs) are not a guest's.
-            self.switch_frame(UPLINK, m, now);
+            self.switch_frame(UPLINK, m, now, &mut fwd);
         }
+        self.uplink_fwd = fwd;
         self.rx_burst = burst;
         self.ops.clear();
         for qi in 0..self.queues.len() {

@@ -147,7 +147,10 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             q.local.tx_gso_checksum_fixup +=
                 self.ofl.gso_checksum_fixup - before.gso_checksum_fixup;
             for m in out.drain(..) {
-                if !self.switch_frame(from, m, now) {
+                let mut fwd = self.queues[p.q].fwd;
+                let ok = self.switch_frame(from, m, now, &mut fwd);
+                self.queues[p.q].fwd = fwd;
+                if !ok {
                     self.queues[p.q].local.tx_drop_switch += 1;
                 }
             }

@@ -245,19 +245,12 @@ impl SimGrant {
         SimGrant { table, local_dom }
     }
 
-    fn one(&self, op: &mut CopyOp) {
-        op.status = match self.copy_one(op) {
-            Ok(()) => gntst::OKAY,
-            Err(s) => s,
-        };
-    }
-
     /// In Xen 4.17's order (`gnttab_copy_one`): find the domain (bad_domain), acquire the
     /// grant (bad_gntref, general_error, bad_page), then check the range (bad_copy_arg, in
-    /// `gnttab_copy_buf`).
-    fn copy_one(&self, op: &CopyOp) -> Result<(), i16> {
-        let d = self.table.get(op.domid).ok_or(gntst::BAD_DOMAIN)?;
-        let frame = check(&d, op.gref, self.local_dom, op.dir == CopyDir::ToForeign)?;
+    /// `gnttab_copy_buf`). `d` is the op's domain as looked up for this batch.
+    fn copy_one(&self, d: Option<&DomainMem>, op: &CopyOp) -> Result<(), i16> {
+        let d = d.ok_or(gntst::BAD_DOMAIN)?;
+        let frame = check(d, op.gref, self.local_dom, op.dir == CopyDir::ToForeign)?;
         let guest = d
             .ram_ptr(frame, op.offset, op.len)
             .ok_or(gntst::BAD_COPY_ARG)?;
@@ -287,8 +280,22 @@ impl SimGrant {
 
 impl GrantCopy for SimGrant {
     unsafe fn copy(&mut self, ops: &mut [CopyOp]) -> Result<(), XenError> {
+        // Like Xen's `gnttab_copy` (which keeps the domain locked across consecutive ops
+        // naming it), the domain is looked up once per run of ops with the same domid, not
+        // per op: a batch holds many ops of few guests.
+        let mut cur: Option<(u16, Option<Arc<DomainMem>>)> = None;
         for op in ops.iter_mut() {
-            self.one(op);
+            let d = match &cur {
+                Some((id, d)) if *id == op.domid => d.as_deref(),
+                _ => cur
+                    .insert((op.domid, self.table.get(op.domid)))
+                    .1
+                    .as_deref(),
+            };
+            op.status = match self.copy_one(d, op) {
+                Ok(()) => gntst::OKAY,
+                Err(s) => s,
+            };
         }
         Ok(())
     }
