@@ -29,6 +29,8 @@ pub(super) type SlotRsps = Vec<(Rsp, std::ops::Range<usize>)>;
 
 /// One group: an lcore's poll loop.
 pub struct Group<G: GrantCopy, E: EventChannel> {
+    /// Mbufs for guest TX, taken from the pool in bursts.
+    pub(super) mbufs: MbufCache,
     pub(super) cfg: EngineConfig,
     pub(super) gc: G,
     pub(super) ev: E,
@@ -60,6 +62,37 @@ pub struct Group<G: GrantCopy, E: EventChannel> {
     pub(super) uplink_fwd: FwdCache,
 }
 
+/// Mbufs taken from the pool `BURST` at a time (one `rte_pktmbuf_alloc_bulk`) and handed
+/// out one by one: per-packet allocation calls cost more than the copy of a small packet.
+/// At most `BURST - 1` wait here between iterations.
+pub(super) struct MbufCache {
+    v: Vec<Mbuf>,
+    pool: Arc<Mempool>,
+}
+
+impl MbufCache {
+    const BURST: usize = 32;
+
+    fn new(pool: Arc<Mempool>) -> Self {
+        MbufCache {
+            v: Vec::with_capacity(Self::BURST),
+            pool,
+        }
+    }
+
+    /// One mbuf, or None when the pool is empty.
+    pub(super) fn get(&mut self) -> Option<Mbuf> {
+        if let Some(m) = self.v.pop() {
+            return Some(m);
+        }
+        if Mbuf::alloc_bulk(&self.pool, &mut self.v, Self::BURST).is_ok() {
+            return self.v.pop();
+        }
+        // Fewer than a burst left in the pool: one at a time.
+        Mbuf::alloc(&self.pool).ok()
+    }
+}
+
 /// Per-group buffers reused across packets and iterations.
 #[derive(Default)]
 pub(super) struct Scratch {
@@ -69,6 +102,8 @@ pub(super) struct Scratch {
     pub(super) offload_out: Vec<Mbuf>,
     pub(super) rsps_pool: Vec<SlotRsps>,
     pub(super) bufs_pool: Vec<RxBufs>,
+    /// Mbufs whose data reached the guest, freed in one call.
+    pub(super) done: Vec<Mbuf>,
     /// A flooded frame's destinations.
     pub(super) flood: Vec<(EndpointId, crate::switch::Egress)>,
 }
@@ -93,7 +128,9 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         } = io;
         let mut switch = Switch::new(switch_cfg);
         switch.add_endpoint(UPLINK, EndpointKind::Uplink);
+        let mbufs = MbufCache::new(pool.clone());
         Group {
+            mbufs,
             cfg,
             gc,
             ev,

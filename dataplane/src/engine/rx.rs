@@ -61,7 +61,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 q.head_wait_since = None;
                 continue;
             }
-            if q.rx.check_indices().is_err() {
+            if q.rx.begin_batch().is_err() {
                 self.disable(qi, Disable::ImpossibleRxIndex);
                 continue;
             }
@@ -84,7 +84,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     q.local.rx_drop_too_big += 1;
                     continue;
                 }
-                if q.rx.unconsumed() < needed {
+                if q.rx.batch_unconsumed() < needed {
                     let since = *q.head_wait_since.get_or_insert(now);
                     if now.saturating_sub(since) > self.cfg.stall_ns {
                         // XSA-392: the guest stopped posting buffers. Drop the backlog.
@@ -107,7 +107,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 let reqs = &mut self.scratch.rx_reqs;
                 reqs.clear();
                 for _ in 0..needed {
-                    reqs.push(q.rx.next_request().expect("counted above"));
+                    reqs.push(q.rx.next_batch_request().expect("counted above"));
                 }
                 // Slot order: first data buffer, the GSO extra, then the other buffers; in the
                 // legacy prefix mode the GSO slot comes first.
@@ -207,8 +207,10 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 q.local.rx_drop_copy_error += 1;
             }
             self.scratch.bufs_pool.push(p.bufs);
+            self.scratch.done.push(p.mbuf);
         }
         self.prx = prx;
+        pmd::free_bulk(&mut self.scratch.done);
         for q in &mut self.queues {
             if q.rx.push_responses_and_check_notify() {
                 let _ = self.ev.notify(q.evtchn_rx);

@@ -1,5 +1,6 @@
 //! Guest TX: ring -> copy each request once -> `txparse` -> credit -> mbufs and grant-copy
 //! ops -> one batched copy -> responses by each slot's own copies -> offload -> switch -> port.
+use super::group::MbufCache;
 use super::{Disable, Group, SlotRsps};
 use crate::credit::Admit;
 use crate::netif::{
@@ -7,7 +8,7 @@ use crate::netif::{
 };
 use crate::offload::prepare_guest_tx;
 use crate::txparse::{parse_tx, Gso, Rsp, Verdict};
-use pmd::{Mbuf, Mempool};
+use pmd::Mbuf;
 use xen::{CopyDir, CopyOp, EventChannel, GrantCopy};
 
 /// A guest TX packet whose data is being copied in this iteration.
@@ -29,15 +30,15 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             if self.queues[qi].disabled.is_some() {
                 continue;
             }
-            if self.queues[qi].tx.check_indices().is_err() {
+            if self.queues[qi].tx.begin_batch().is_err() {
                 self.disable(qi, Disable::ImpossibleTxIndex);
                 continue;
             }
             let mut n = 0;
             while n < self.cfg.budget {
                 let q = &mut self.queues[qi];
-                let avail = q.tx.unconsumed();
-                let Some(first) = q.tx.copy_request(0) else {
+                let avail = q.tx.batch_unconsumed();
+                let Some(first) = q.tx.batch_request(0) else {
                     break;
                 };
                 if let Admit::Throttled { .. } = q.credit.admit(u32::from(first.size), now) {
@@ -48,7 +49,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 let parsed = parse_tx(
                     first,
                     avail,
-                    |i| tx.copy_request(i).unwrap_or_default(),
+                    |i| tx.batch_request(i).unwrap_or_default(),
                     q.features.mcast,
                 );
                 match parsed.verdict {
@@ -81,7 +82,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                         q.tx.advance(parsed.consumed);
                         let out = self.scratch.rsps_pool.pop().unwrap_or_default();
                         match build_tx(
-                            &self.pool,
+                            &mut self.mbufs,
                             q.id.domid,
                             &pkt,
                             &parsed.responses,
@@ -203,7 +204,7 @@ fn settled(r: Rsp, good: bool) -> TxResponse {
 /// Allocates the mbuf chain for a guest packet and appends its copy ops. The first mbuf
 /// takes as much as fits (>= 128 bytes: the headers are contiguous, XSA-423).
 fn build_tx(
-    pool: &Mempool,
+    mbufs: &mut MbufCache,
     domid: u16,
     pkt: &crate::txparse::TxPacket,
     rsps: &crate::txparse::SmallVec<Rsp, { crate::txparse::MAX_PACKET_SLOTS }>,
@@ -211,7 +212,7 @@ fn build_tx(
     segs: &mut Vec<(*mut u8, usize)>,
     mut out: SlotRsps,
 ) -> Option<(Mbuf, SlotRsps)> {
-    let mut head = Mbuf::alloc(pool).ok()?;
+    let mut head = mbufs.get()?;
     let room = usize::from(head.tailroom());
     let mut remaining = pkt.len as usize;
     // Extend the chain to hold the whole packet.
@@ -219,7 +220,7 @@ fn build_tx(
     head.append(first as u16)?;
     remaining -= first;
     while remaining > 0 {
-        let mut m = head.alloc_like().ok()?;
+        let mut m = mbufs.get()?;
         let n = remaining.min(usize::from(m.tailroom()));
         m.append(n as u16)?;
         head.chain(m).ok()?;

@@ -155,6 +155,8 @@ pub struct BackRing<K: RingKind> {
     page: SharedPage,
     req_cons: u32,
     rsp_prod_pvt: u32,
+    /// The producer index as read and checked by the last `begin_batch`.
+    batch_prod: u32,
     _k: PhantomData<K>,
 }
 
@@ -166,6 +168,7 @@ impl<K: RingKind> BackRing<K> {
             page,
             req_cons: start,
             rsp_prod_pvt: start,
+            batch_prod: start,
             _k: PhantomData,
         }
     }
@@ -207,6 +210,46 @@ impl<K: RingKind> BackRing<K> {
         let req = self.req_prod().wrapping_sub(self.req_cons);
         let rsp = K::SIZE - self.req_cons.wrapping_sub(self.rsp_prod_pvt);
         req.min(rsp)
+    }
+
+    /// Reads the frontend's producer index once, checks it like `check_indices` and keeps
+    /// it for a batch: the `batch_*` calls then work from this snapshot, as Linux netback
+    /// reads `req_prod` once per batch (`rp = req_prod; rmb()`), instead of touching the
+    /// shared index line (which the frontend keeps writing) for every request.
+    pub fn begin_batch(&mut self) -> Result<(), RingError> {
+        let prod = self.req_prod();
+        if prod.wrapping_sub(self.req_cons) > K::SIZE {
+            return Err(RingError::ImpossibleIndex {
+                prod,
+                cons: self.req_cons,
+                size: K::SIZE,
+            });
+        }
+        self.batch_prod = prod;
+        Ok(())
+    }
+
+    /// `unconsumed` as of the last `begin_batch` (never more than the ring holds: the
+    /// snapshot was checked and `req_cons` only advances up to it).
+    pub fn batch_unconsumed(&self) -> u32 {
+        let req = self.batch_prod.wrapping_sub(self.req_cons).min(K::SIZE);
+        let rsp = K::SIZE - self.req_cons.wrapping_sub(self.rsp_prod_pvt);
+        req.min(rsp)
+    }
+
+    /// `copy_request` within the batch snapshot.
+    pub fn batch_request(&self, i: u32) -> Option<K::Req> {
+        (i < self.batch_unconsumed()).then(|| {
+            self.page
+                .read_slot::<K, K::Req>(self.req_cons.wrapping_add(i))
+        })
+    }
+
+    /// `next_request` within the batch snapshot.
+    pub fn next_batch_request(&mut self) -> Option<K::Req> {
+        let r = self.batch_request(0)?;
+        self.req_cons = self.req_cons.wrapping_add(1);
+        Some(r)
     }
 
     /// Copies request `req_cons + i` out of the ring without consuming it, if available.
@@ -415,6 +458,29 @@ mod tests {
         assert!(needs_notify(u32::MAX - 1, 2, 0));
         assert!(needs_notify(u32::MAX - 1, 2, u32::MAX));
         assert!(!needs_notify(u32::MAX - 1, 2, 3));
+    }
+
+    #[test]
+    fn batch_works_from_one_checked_snapshot() {
+        let page = SharedPage::new_owned();
+        let mut f = FrontRing::<TxRing>::init(page.clone());
+        let mut b = BackRing::<TxRing>::attach(page.clone());
+        f.push_request(tx(1)).unwrap();
+        f.push_requests_and_check_notify();
+        b.begin_batch().unwrap();
+        // Requests produced after the snapshot wait for the next batch.
+        f.push_request(tx(2)).unwrap();
+        f.push_requests_and_check_notify();
+        assert_eq!(b.batch_unconsumed(), 1);
+        assert_eq!(b.next_batch_request(), Some(tx(1)));
+        assert_eq!(b.next_batch_request(), None);
+        b.begin_batch().unwrap();
+        assert_eq!(b.batch_request(0), Some(tx(2)));
+        // An impossible producer is refused and the old snapshot kept.
+        page.index(REQ_PROD)
+            .store(b.req_cons() + 300, Ordering::Release);
+        assert!(b.begin_batch().is_err());
+        assert_eq!(b.batch_unconsumed(), 1);
     }
 
     #[test]
