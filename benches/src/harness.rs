@@ -294,6 +294,8 @@ pub struct Measured {
     pub total_rx_packets: u64,
     pub total_tx_dropped: u64,
     pub total_rx_dropped: u64,
+    /// Queues the engine disabled as rogue over the whole run (should be 0).
+    pub total_rogue: u64,
     /// What the guests counted over the whole run.
     pub guest_tx_packets: u64,
     pub guest_rx_packets: u64,
@@ -365,7 +367,7 @@ impl Bench {
             port: port.clone(),
             port_queue: 0,
             caps: TxCaps::default(),
-            soft: SoftGso::new(&format!("pg{}", self.groups), 1023, -1)?,
+            soft: SoftGso::new(&format!("pg{}", self.groups), 2047, -1)?,
         };
         let mut g = Group::new(
             EngineConfig::default(),
@@ -451,6 +453,7 @@ impl Bench {
         m.total_rx_packets = s_end.rx_packets - s0.rx_packets;
         m.total_tx_dropped = tx_dropped;
         m.total_rx_dropped = rx_dropped;
+        m.total_rogue = s_end.drops["rogue"] - s0.drops["rogue"];
         m.guest_tx_packets = totals.tx_packets.load(Ordering::Relaxed);
         m.guest_rx_packets = totals.rx_packets.load(Ordering::Relaxed);
         m.guest_rx_errors = totals.rx_errors.load(Ordering::Relaxed);
@@ -598,6 +601,7 @@ fn measure(
         total_rx_packets: 0,
         total_tx_dropped: 0,
         total_rx_dropped: 0,
+        total_rogue: 0,
         guest_tx_packets: 0,
         guest_rx_packets: 0,
         guest_rx_errors: 0,

@@ -366,6 +366,14 @@ fn run() -> anyhow::Result<()> {
                 args.idle_limit * 100.0
             ));
         }
+        let rogue: u64 = row.rounds.iter().map(|m| m.total_rogue).sum();
+        if rogue > 0 {
+            notes.push(format!(
+                "INVALID: the engine disabled {rogue} queue(s) as rogue during the run (for \
+                 multi-slot frames: the guest_tx race between `unconsumed()` and \
+                 `copy_request(0)` judges a packet pushed in between as missing slots)"
+            ));
+        }
         if !memif_checks.is_empty() {
             row.memif_check = Some(memif_checks.join("; "));
         }
