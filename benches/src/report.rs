@@ -333,6 +333,7 @@ where
         .y_label_area_size(60)
         .build_cartesian_2d((xmin..xmax).log_scale(), 0.0..ymax)?;
     c.configure_mesh()
+        .x_labels(8)
         .x_desc("frame size, bytes (no FCS)")
         .y_desc(what)
         .x_label_formatter(&|x| format!("{x:.0}"))
