@@ -148,6 +148,10 @@ impl GuestAlloc {
         self.mem.set_entry(g, flags, to, frame)?;
         Ok(g)
     }
+    /// Grant references still available.
+    fn grants_available(&self) -> usize {
+        self.free_grefs.len() + self.mem.grant_entries().saturating_sub(self.next_gref) as usize
+    }
     fn end_grant(&mut self, g: u32) {
         let _ = self.mem.set_entry(g, 0, 0, 0);
         self.free_grefs.push(g);
@@ -157,6 +161,34 @@ impl GuestAlloc {
 struct TxBuf {
     frame: u32,
     gref: Option<u32>,
+    /// What the page holds, for [`Netfront::send_burst`]: (generation of the burst frame
+    /// << 16) | (slot index + 1); 0 = unknown (written by [`Netfront::send`]).
+    tag: u64,
+}
+
+/// What [`Netfront::sink_rx_peek`] hands each packet's first bytes to.
+type Peek<'a> = &'a mut dyn FnMut(&[u8]);
+
+/// [`Netfront::sink_rx`]'s reassembly state across calls (a packet may straddle two).
+#[derive(Clone, Copy, Debug, Default)]
+struct SinkState {
+    /// Inside a packet (its first slot seen).
+    open: bool,
+    /// Extra-info slots still to come (the previous slot had the EXTRA_INFO/MORE flag).
+    extras: bool,
+    /// Data slots still to come (the last data slot had NETRXF_MORE_DATA).
+    more_data: bool,
+    bytes: u64,
+    err: bool,
+}
+
+/// The frame [`Netfront::send_burst`] last wrote, so buffers holding it are not rewritten.
+#[derive(Debug, Default)]
+struct BurstFrame {
+    data: Vec<u8>,
+    slot: usize,
+    /// Generation, bumped whenever the frame or the slot size changes (starts at 1).
+    gen: u64,
 }
 
 /// One queue's rings, channels and buffers.
@@ -173,6 +205,8 @@ pub struct FrontQueue {
     rx_grefs: Vec<u32>,
     rx_partial: Vec<RxResponse>,
     rx_posted: u32,
+    sink: SinkState,
+    burst: BurstFrame,
 }
 
 /// A connected (or connecting) netfront.
@@ -374,6 +408,7 @@ impl Netfront {
             tx_bufs.push(TxBuf {
                 frame: self.alloc.frame()?,
                 gref: None,
+                tag: 0,
             });
         }
         let mut rx_frames = Vec::with_capacity(RX_RING_SIZE);
@@ -396,6 +431,8 @@ impl Netfront {
             rx_grefs,
             rx_partial: Vec::new(),
             rx_posted: 0,
+            sink: SinkState::default(),
+            burst: BurstFrame::default(),
         })
     }
 
@@ -507,6 +544,7 @@ impl Netfront {
             let id = q.tx_free_ids.pop().expect("checked above");
             let buf = &mut q.tx_bufs[usize::from(id)];
             self.alloc.mem.write_frame(buf.frame, 0, chunk)?;
+            buf.tag = 0;
             let gref = self.alloc.grant(buf.frame, be, true)?;
             buf.gref = Some(gref);
             let last = (i + 1) * slot >= data.len();
@@ -542,6 +580,225 @@ impl Netfront {
         self.stats.tx_packets += 1;
         self.stats.tx_bytes += data.len() as u64;
         Ok(())
+    }
+
+    /// Generator fast path: queues up to `max` copies of `frame` on queue `qi` (each as
+    /// [`Netfront::send`] would send it with `meta`) and makes them visible with ONE
+    /// `push_requests_and_check_notify`, notifying if the ring asks. TX responses are
+    /// reaped first, without allocating. Each slot is granted when queued and its grant
+    /// ended when its response comes back (a grant-entry store per slot, as Linux netfront
+    /// does). A buffer page is written only when it does not already hold this slot of this
+    /// frame (a tag per buffer), so re-sending the same frame costs no copy in the guest.
+    /// Returns the packets queued: fewer than `max` when the ring, the buffers or the grant
+    /// entries run out (0 when full).
+    pub fn send_burst(
+        &mut self,
+        qi: usize,
+        frame: &[u8],
+        meta: TxMeta,
+        max: usize,
+    ) -> Result<usize, FrontError> {
+        self.reap_tx_count(qi)?;
+        let slot = if meta.slot_size == 0 {
+            PAGE
+        } else {
+            meta.slot_size.min(PAGE)
+        };
+        let len = frame.len();
+        let nslots = len.div_ceil(slot).max(1);
+        if len > 0xFFFF {
+            return Err(FrontError::TooBig(len, nslots));
+        }
+        let extra = usize::from(meta.gso.is_some());
+        let be = self.backend_dom;
+        let q = &mut self.queues[qi];
+        if q.burst.gen == 0 || q.burst.slot != slot || q.burst.data != frame {
+            q.burst.data.clear();
+            q.burst.data.extend_from_slice(frame);
+            q.burst.slot = slot;
+            q.burst.gen += 1;
+        }
+        let gen = q.burst.gen;
+        let mut first_flags = 0;
+        if meta.csum_blank {
+            first_flags |= NETTXF_CSUM_BLANK;
+        }
+        if meta.data_validated {
+            first_flags |= dataplane::netif::NETTXF_DATA_VALIDATED;
+        }
+        if meta.gso.is_some() {
+            first_flags |= NETTXF_EXTRA_INFO;
+        }
+        let mut sent = 0;
+        while sent < max
+            && q.tx.free_requests() as usize >= nslots + extra
+            && q.tx_free_ids.len() >= nslots
+            && self.alloc.grants_available() >= nslots
+        {
+            for i in 0..nslots {
+                let chunk = &frame[(i * slot).min(len)..((i + 1) * slot).min(len)];
+                let id = q.tx_free_ids.pop().expect("checked above");
+                let buf = &mut q.tx_bufs[usize::from(id)];
+                let tag = (gen << 16) | (i as u64 + 1);
+                if buf.tag != tag {
+                    self.alloc.mem.write_frame(buf.frame, 0, chunk)?;
+                    buf.tag = tag;
+                }
+                let gref = self.alloc.grant(buf.frame, be, true)?;
+                buf.gref = Some(gref);
+                let last = (i + 1) * slot >= len;
+                let mut flags = if last { 0 } else { NETTXF_MORE_DATA };
+                let size = if i == 0 {
+                    flags |= first_flags;
+                    len
+                } else {
+                    chunk.len()
+                } as u16;
+                q.tx.push_request(TxRequest {
+                    gref,
+                    offset: 0,
+                    flags,
+                    id,
+                    size,
+                })?;
+                if i == 0 {
+                    if let Some((mss, ty)) = meta.gso {
+                        q.tx.push_request(ExtraInfo::gso(mss, ty, false).to_tx_slot())?;
+                    }
+                }
+            }
+            sent += 1;
+        }
+        if sent > 0 {
+            if q.tx.push_requests_and_check_notify() {
+                self.ev.notify(q.evtchn_tx)?;
+            }
+            self.stats.tx_packets += sent as u64;
+            self.stats.tx_bytes += (sent * len) as u64;
+        }
+        Ok(sent)
+    }
+
+    /// Collects TX responses of queue `qi` like [`Netfront::reap_tx`] without recording
+    /// them; returns how many there were.
+    pub fn reap_tx_count(&mut self, qi: usize) -> Result<usize, FrontError> {
+        let mut n = 0;
+        let q = &mut self.queues[qi];
+        while let Some(r) = q.tx.next_response()? {
+            n += 1;
+            if r.status == XEN_NETIF_RSP_NULL {
+                continue;
+            }
+            if r.status < 0 {
+                self.stats.tx_errors += 1;
+            }
+            if let Some(buf) = q.tx_bufs.get_mut(usize::from(r.id)) {
+                if let Some(g) = buf.gref.take() {
+                    self.alloc.end_grant(g);
+                    q.tx_free_ids.push(r.id);
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Sink fast path: consumes queue `qi`'s RX responses, reassembling multi-slot packets
+    /// by their flags (extra-info slots and a legacy GSO prefix skipped), counting packets
+    /// and bytes without copying data out, then re-posts the buffers with one push.
+    /// Returns (packets, bytes, errors) of the packets completed in this call. A packet
+    /// may straddle two calls. Do not mix with [`Netfront::poll_rx`] on the same queue.
+    pub fn sink_rx(&mut self, qi: usize) -> Result<(u64, u64, u64), FrontError> {
+        self.sink_rx_inner(qi, None)
+    }
+
+    /// As [`Netfront::sink_rx`], and hands `peek` the first bytes (up to 64) of each
+    /// completed, error-free packet's first data slot (checking a sequence field, say).
+    pub fn sink_rx_peek(
+        &mut self,
+        qi: usize,
+        peek: &mut dyn FnMut(&[u8]),
+    ) -> Result<(u64, u64, u64), FrontError> {
+        self.sink_rx_inner(qi, Some(peek))
+    }
+
+    fn sink_rx_inner(
+        &mut self,
+        qi: usize,
+        mut peek: Option<Peek<'_>>,
+    ) -> Result<(u64, u64, u64), FrontError> {
+        const PEEK: usize = 64;
+        let (mut pkts, mut bytes, mut errs) = (0u64, 0u64, 0u64);
+        let mut head = [0u8; PEEK];
+        let mut head_len = 0;
+        let q = &mut self.queues[qi];
+        loop {
+            let pos = q.rx.rsp_cons();
+            let Some(r) = q.rx.next_response()? else {
+                break;
+            };
+            q.rx_posted = q.rx_posted.saturating_sub(1);
+            let st = &mut q.sink;
+            let data_slot = if !st.open {
+                if r.flags & NETRXF_GSO_PREFIX != 0 {
+                    // A legacy prefix slot (GSO size in `offset`, no data): the packet
+                    // proper starts with the next slot.
+                    continue;
+                }
+                *st = SinkState {
+                    open: true,
+                    extras: r.flags & NETRXF_EXTRA_INFO != 0,
+                    more_data: r.flags & NETRXF_MORE_DATA != 0,
+                    bytes: 0,
+                    err: false,
+                };
+                head_len = 0;
+                true
+            } else if st.extras {
+                st.extras = ExtraInfo::from_rx_slot(&r).more();
+                false
+            } else {
+                st.more_data = r.flags & NETRXF_MORE_DATA != 0;
+                true
+            };
+            if data_slot {
+                let off = usize::from(r.offset);
+                if r.status < 0 || off + r.status as usize > PAGE {
+                    st.err = true;
+                } else {
+                    let n = r.status as usize;
+                    st.bytes += n as u64;
+                    if peek.is_some() && head_len == 0 && n > 0 {
+                        // The packet's first data slot with data.
+                        let frame = q.rx_frames[pos as usize % RX_RING_SIZE];
+                        let p = self.alloc.mem.frame_ptr(frame).expect("RX frames in RAM");
+                        head_len = n.min(PEEK);
+                        // SAFETY: off + n <= PAGE (checked above), so the bytes lie in
+                        // this RAM page, which the backend handed back with the response
+                        // and no longer writes.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(p.add(off), head.as_mut_ptr(), head_len)
+                        };
+                    }
+                }
+            }
+            if !st.extras && !st.more_data {
+                st.open = false;
+                if st.err {
+                    errs += 1;
+                } else {
+                    pkts += 1;
+                    bytes += st.bytes;
+                    if let Some(f) = peek.as_mut() {
+                        f(&head[..head_len]);
+                    }
+                }
+            }
+        }
+        self.stats.rx_packets += pkts;
+        self.stats.rx_bytes += bytes;
+        self.stats.rx_errors += errs;
+        self.post_rx(qi)?;
+        Ok((pkts, bytes, errs))
     }
 
     /// Pushes raw requests exactly as given (for tests of a backend's input checks); the

@@ -6,7 +6,11 @@
 //! Guest TX goes to a `net_null` port (which discards); guest RX comes from a `net_null`
 //! port (which generates frames as fast as asked). Prints medians of 1-second rates.
 //!
-//!   cargo run --release -p netbackd-benches --bin engine-pps -- [seconds]
+//! `--fast-guest` uses the netfront's generator/sink fast path (`send_burst`, `sink_rx`:
+//! one ring push per burst, no per-packet allocation or copy-out) instead of `send` and
+//! `poll_rx`, so the guest is not what limits the rate.
+//!
+//!   cargo run --release -p netbackd-benches --bin engine-pps -- [seconds] [--fast-guest]
 use dataplane::engine::{EngineConfig, Features, Group, GroupIo, QueueCounters};
 use dataplane::offload::{SoftGso, TxCaps};
 use dataplane::switch::SwitchConfig;
@@ -20,6 +24,7 @@ use std::time::{Duration, Instant};
 use xen::sim::{SimHost, SimOptions};
 
 /// Runs one direction for `secs`; returns medians of per-second rates (packets).
+#[allow(clippy::too_many_arguments)]
 fn run(
     h: &SimHost,
     domid: u16,
@@ -28,6 +33,7 @@ fn run(
     tx: bool,
     len: usize,
     secs: u64,
+    fast: bool,
 ) -> f64 {
     h.add_domain(domid, "bench", 4096, 8192).expect("domain");
     let features = Features {
@@ -70,7 +76,11 @@ fn run(
         let mut f = Vec::new();
         gen.next_frame(&mut f);
         while !s2.load(Ordering::Relaxed) {
-            if tx {
+            if fast && tx {
+                let _ = nf.send_burst(0, &f, TxMeta::default(), 256);
+            } else if fast {
+                let _ = nf.sink_rx(0);
+            } else if tx {
                 // Same frame every time: the guest's own cost is not what is measured.
                 while nf.send(0, &f, TxMeta::default()).is_ok() {}
                 let _ = nf.reap_tx(0);
@@ -119,8 +129,11 @@ fn run(
 }
 
 fn main() -> anyhow::Result<()> {
-    let secs: u64 = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let fast = args.iter().any(|a| a == "--fast-guest");
+    let secs: u64 = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(3);
@@ -153,7 +166,10 @@ fn main() -> anyhow::Result<()> {
             p.configure_and_start(&PortConfig::default(), &pool)?;
             ports.push(Arc::new(p));
         }
-        println!("one group, one vif, sim host, {secs} s per case, medians of 1 s rates:");
+        println!(
+            "one group, one vif, sim host, {secs} s per case, medians of 1 s rates, guest {}:",
+            if fast { "fast path" } else { "send/poll_rx" }
+        );
         let mut domid = 20;
         // NBD_BENCH_CASE=tx64|rx64|tx1500|rx1500 runs one case (for `perf stat`).
         let only = std::env::var("NBD_BENCH_CASE").ok();
@@ -167,7 +183,7 @@ fn main() -> anyhow::Result<()> {
                 // Guest TX goes to a port that generates nothing; guest RX comes from one
                 // generating frames of the size measured.
                 let port = if tx { &ports[2] } else { rx_port };
-                let pps = run(&h, domid, port, &pool, tx, len, secs);
+                let pps = run(&h, domid, port, &pool, tx, len, secs, fast);
                 println!(
                     "  guest {} {len:>4} B: {:>6.3} Mpps  {:>7.2} Gbit/s",
                     if tx {
