@@ -2,6 +2,8 @@
 //! baseline in the same run. The benchmarks are the binaries in `src/bin`.
 use std::time::Duration;
 
+pub mod baseline;
+
 /// Median of a list of samples (NaN-free), or 0 for none.
 pub fn median(v: &[f64]) -> f64 {
     if v.is_empty() {
