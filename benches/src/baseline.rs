@@ -15,8 +15,16 @@
 //! `/var/run/dpdk/<prefix>` EAL leaves behind is removed after each run.
 //!
 //! testpmd runs non-interactively with `--stats-period=1` and is stopped with SIGINT; rates are
-//! the `Rx-pps:`/`Tx-pps:` lines it prints every second, totals its final "Accumulated forward
-//! statistics" block.
+//! the `Rx-pps:`/`Tx-pps:` lines it prints every stats period, totals its final "Accumulated
+//! forward statistics" block. testpmd computes each rate over the time since its previous
+//! report (clock_gettime), so it is exact for that interval, but the interval is only nominally
+//! 1 s: the main lcore shares its CPU with the busy-polling forwarding lcore, and on a loaded
+//! machine reports were seen 2 s and more apart. A "second" below means one such report.
+//!
+//! Clean-up: every testpmd is stopped (SIGINT, SIGKILL after 10 s) and its runtime directory
+//! and socket file removed when its handle drops, also on error. The two vhost-user testpmds
+//! also get SIGINT if the calling thread dies (PR_SET_PDEATHSIG); a [`MemifPeer`] does not (it
+//! may be stopped from another thread), so a harness killed by a signal leaves it running.
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -198,7 +206,10 @@ fn signal(child: &Child, sig: libc::c_int) {
 impl Testpmd {
     /// Starts testpmd on CPU `cpu` (main and forwarding lcore both there) with one vdev.
     /// `socket` is the vdev's socket file: removed before start and after stop.
+    /// `die_with_thread`: PR_SET_PDEATHSIG (SIGINT) tied to the calling thread; only for
+    /// children reaped by the same thread.
     fn spawn(
+        die_with_thread: bool,
         name: &str,
         tag: &str,
         cpu: usize,
@@ -220,11 +231,16 @@ impl Testpmd {
         // The vhost-user client writes to the socket after the server went away: with SIGPIPE
         // at its default (which Rust restores for children) that kills it before it prints
         // its totals.
-        // SAFETY: the closure runs in the forked child before exec and only calls signal(2),
-        // which is async-signal-safe.
+        // With `die_with_thread`, it gets SIGINT when the spawning thread dies (the harness
+        // killed without running Drop).
+        // SAFETY: the closure runs in the forked child before exec and only calls signal(2) and
+        // prctl(2), which are async-signal-safe.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+                if die_with_thread {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT);
+                }
                 Ok(())
             })
         };
@@ -427,6 +443,7 @@ pub fn vhost_user(
         Dir::GuestTx => ("rxonly", "txonly"),
     };
     let mut host = Testpmd::spawn(
+        true,
         "vhost",
         tag,
         cpus.host,
@@ -437,6 +454,7 @@ pub fn vhost_user(
     // The vhost-user server's socket exists once its port is probed.
     host.wait_for(STARTED, Duration::from_secs(60), || sock.exists())?;
     let mut guest = Testpmd::spawn(
+        true,
         "virtio",
         tag,
         cpus.guest,
@@ -627,6 +645,7 @@ impl MemifPeer {
             MemifMode::Rxonly => ("rxonly", vec![]),
         };
         let mut tpmd = Testpmd::spawn(
+            false,
             "memif",
             tag,
             cpu,
@@ -675,6 +694,7 @@ impl MemifSink {
     /// returns once the socket exists and it forwards.
     pub fn start(socket: &Path, cpu: usize, tag: &str) -> anyhow::Result<MemifSink> {
         let mut tpmd = Testpmd::spawn(
+            false,
             "memifsrv",
             tag,
             cpu,
