@@ -2,7 +2,7 @@
 //! baseline in the same run. The benchmarks are the binaries in `src/bin`.
 use std::time::Duration;
 
-pub mod baseline_stub;
+pub mod baseline;
 pub mod harness;
 pub mod report;
 

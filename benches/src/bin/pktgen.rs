@@ -20,7 +20,7 @@
 use anyhow::{bail, Context};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use netbackd_benches::baseline_stub as baseline;
+use netbackd_benches::baseline;
 use netbackd_benches::harness::{
     self, Bench, Direction, FrameSize, Measured, PointSpec, Timing, INTERRUPTED, WIRE_MAC,
 };
