@@ -116,23 +116,33 @@ pub fn testpmd_tx_pps(output: &str) -> Vec<f64> {
 /// blocks (rx, tx). memif zeroes its counters when the peer disconnects, so the side that
 /// stays up prints 0 in its final totals; this still has what it counted before.
 pub fn testpmd_nic_max(output: &str) -> (u64, u64) {
+    testpmd_nic_series(output)
+        .into_iter()
+        .fold((0, 0), |(a, b), (r, t)| (a.max(r), b.max(t)))
+}
+
+/// The (`RX-packets:`, `TX-packets:`) counters of each per-second "NIC statistics" block, in
+/// order.
+pub fn testpmd_nic_series(output: &str) -> Vec<(u64, u64)> {
     let mut in_nic = false;
-    let (mut rx, mut tx) = (0, 0);
+    let mut v = Vec::new();
     for l in output.lines() {
         if l.contains("NIC statistics for port") {
             in_nic = true;
+            v.push((0, 0));
         } else if l.contains("############################") {
             in_nic = false;
         } else if in_nic {
-            if let Some(v) = field(l, "RX-packets:") {
-                rx = rx.max(v);
+            let last = v.last_mut().expect("pushed at block start");
+            if let Some(x) = field(l, "RX-packets:") {
+                last.0 = x;
             }
-            if let Some(v) = field(l, "TX-packets:") {
-                tx = tx.max(v);
+            if let Some(x) = field(l, "TX-packets:") {
+                last.1 = x;
             }
         }
     }
-    (rx, tx)
+    v
 }
 
 /// The number after `key` on `line`, if any.
@@ -657,6 +667,11 @@ impl MemifPeer {
         Ok(MemifPeer { tpmd, mode })
     }
 
+    /// The largest (RX-packets, TX-packets) in its per-second NIC statistics so far.
+    pub fn nic_so_far(&self) -> (u64, u64) {
+        testpmd_nic_max(&self.tpmd.output())
+    }
+
     /// The testpmd's pid (e.g. to SIGSTOP a generator so the sink can drain).
     pub fn pid(&self) -> u32 {
         self.tpmd.child.as_ref().map_or(0, Child::id)
@@ -714,6 +729,22 @@ impl MemifSink {
     /// RX-packets in the latest per-second NIC statistics so far.
     pub fn rx_so_far(&self) -> u64 {
         testpmd_nic_max(&self.tpmd.output()).0
+    }
+
+    /// Once traffic has stopped (e.g. the generator SIGSTOPped): waits for two new reports
+    /// with the same RX-packets (reports can be seconds apart on a loaded machine) and returns
+    /// that count, or an error after `timeout`.
+    pub fn wait_drained(&self, timeout: Duration) -> anyhow::Result<u64> {
+        let n0 = testpmd_nic_series(&self.tpmd.output()).len();
+        let end = Instant::now() + timeout;
+        loop {
+            let v = testpmd_nic_series(&self.tpmd.output());
+            if v.len() >= n0 + 2 && v[v.len() - 1].0 == v[v.len() - 2].0 {
+                return Ok(v[v.len() - 1].0);
+            }
+            anyhow::ensure!(Instant::now() < end, "memif server count not stable");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Stops it; returns its totals (with `nic_max`: its final totals are zero if the client
@@ -799,6 +830,10 @@ mod tests {
         assert_eq!(t.rx_packets, u64::MAX - 2047);
         assert_eq!(testpmd_nic_max(MEMIF_SRV), (11084800, 0));
         assert_eq!(testpmd_nic_max(MEMIF_CLI), (0, 8466112));
+        assert_eq!(
+            testpmd_nic_series(MEMIF_SRV),
+            vec![(3072, 0), (2897568, 0), (5527232, 0), (11084800, 0), (0, 0)]
+        );
     }
 
     #[test]
