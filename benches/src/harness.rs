@@ -203,6 +203,8 @@ pub struct Snapshot {
     pub grant_copy_ops: u64,
     pub batched_packets: u64,
     pub port_tx_full: u64,
+    pub busy_cycles: u64,
+    pub idle_cycles: u64,
 }
 
 fn tsc() -> u64 {
@@ -221,6 +223,8 @@ fn snapshot(qs: &[Arc<QueueCounters>], g: &GroupCounters) -> Snapshot {
         grant_copy_ops: l(&g.grant_copy_ops),
         batched_packets: l(&g.batched_packets),
         port_tx_full: l(&g.port_tx_full),
+        busy_cycles: l(&g.busy_cycles),
+        idle_cycles: l(&g.idle_cycles),
         ..Default::default()
     };
     for q in qs {
@@ -282,8 +286,14 @@ pub struct Measured {
     pub packets: u64,
     pub bytes: u64,
     pub cycles_per_packet: f64,
+    /// TSC cycles of the group's busy iterations per packet: the engine's own cost per
+    /// packet, whatever the guests offered.
+    pub busy_cycles_per_packet: f64,
     pub tsc_hz: f64,
+    /// Idle iterations / iterations.
     pub idle_share: f64,
+    /// Cycles in idle iterations / cycles in iterations: the time the group waited.
+    pub idle_time_share: f64,
     pub copy_ops_per_call: f64,
     pub mean_batch: f64,
     pub notifications_per_packet: f64,
@@ -588,8 +598,13 @@ fn measure(
         packets,
         bytes: b1 - b0,
         cycles_per_packet: per(cycles, packets),
+        busy_cycles_per_packet: per(last.busy_cycles - first.busy_cycles, packets),
         tsc_hz: cycles as f64 / dt,
         idle_share: 1.0 - per(busy, iters),
+        idle_time_share: per(
+            last.idle_cycles - first.idle_cycles,
+            (last.idle_cycles - first.idle_cycles) + (last.busy_cycles - first.busy_cycles),
+        ),
         copy_ops_per_call: per(
             last.grant_copy_ops - first.grant_copy_ops,
             last.grant_copy_calls - first.grant_copy_calls,

@@ -24,7 +24,12 @@ pub struct Row {
     pub gbps_min: f64,
     pub gbps_max: f64,
     pub cycles_per_packet: f64,
+    /// Busy-iteration cycles per packet (the engine's own cost).
+    pub busy_cycles_per_packet: f64,
+    /// Idle iterations / iterations.
     pub idle_share: f64,
+    /// Idle-iteration cycles / all iteration cycles (what decides `generator_limited`).
+    pub idle_time_share: f64,
     pub copy_ops_per_call: f64,
     pub mean_batch: f64,
     pub notifications_per_packet: f64,
@@ -69,7 +74,7 @@ impl Row {
                 *drops.entry(k.clone()).or_insert(0) += v;
             }
         }
-        let idle = med(&|m| m.idle_share);
+        let idle = med(&|m| m.idle_time_share);
         Row {
             dir,
             size: size.label(),
@@ -83,7 +88,9 @@ impl Row {
             gbps_min: min(&all_bps) / 1e9,
             gbps_max: max(&all_bps) / 1e9,
             cycles_per_packet: med(&|m| m.cycles_per_packet),
-            idle_share: idle,
+            busy_cycles_per_packet: med(&|m| m.busy_cycles_per_packet),
+            idle_share: med(&|m| m.idle_share),
+            idle_time_share: idle,
             copy_ops_per_call: med(&|m| m.copy_ops_per_call),
             mean_batch: med(&|m| m.mean_batch),
             notifications_per_packet: med(&|m| m.notifications_per_packet),
@@ -135,14 +142,14 @@ pub fn table(rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<5} {:>6} {:>4} {:>7} {:>13} {:>7} {:>7} {:>5} {:>6} {:>5} {:>7} {:>6} {:>9} {:>5} {:>6} {:>6} {:>6} {:>6}",
-        "dir", "size", "vifs", "Mpps", "min-max", "Gbit/s", "cyc/pkt", "idle%", "ops/cp", "batch",
+        "{:<5} {:>6} {:>4} {:>7} {:>13} {:>7} {:>7} {:>7} {:>5} {:>5} {:>6} {:>5} {:>7} {:>6} {:>9} {:>5} {:>6} {:>6} {:>6} {:>6}",
+        "dir", "size", "vifs", "Mpps", "min-max", "Gbit/s", "cyc/pkt", "busy/pk", "idle%", "idlT%", "ops/cp", "batch",
         "ntf/pkt", "drops", "overload", "limit", "vhost", "x vh", "memcpy", "x mc"
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "{:<5} {:>6} {:>4} {:>7.3} {:>13} {:>7.2} {:>7.0} {:>5.1} {:>6.1} {:>5.1} {:>7.4} {:>6} {:>9} {:>5} {:>6} {:>6} {:>6} {:>6}",
+            "{:<5} {:>6} {:>4} {:>7.3} {:>13} {:>7.2} {:>7.0} {:>7.0} {:>5.1} {:>5.1} {:>6.1} {:>5.1} {:>7.4} {:>6} {:>9} {:>5} {:>6} {:>6} {:>6} {:>6}",
             r.dir.name(),
             r.size,
             r.vifs,
@@ -150,7 +157,9 @@ pub fn table(rows: &[Row]) -> String {
             format!("{:.2}-{:.2}", r.mpps_min, r.mpps_max),
             r.gbps,
             r.cycles_per_packet,
+            r.busy_cycles_per_packet,
             r.idle_share * 100.0,
+            r.idle_time_share * 100.0,
             r.copy_ops_per_call,
             r.mean_batch,
             r.notifications_per_packet,
@@ -167,9 +176,11 @@ pub fn table(rows: &[Row]) -> String {
         s,
         "Mpps: median over rounds of the median interval rate; min-max over all intervals; \
          Gbit/s of frame bytes (no FCS); cyc/pkt: TSC on the group lcore / packets; \
+         busy/pk: TSC of busy iterations / packets (the engine's cost); idle%: idle \
+         iterations; idlT%: cycles in idle iterations; \
          ops/cp: grant-copy ops per call; batch: packets per busy iteration; drops: loss \
          by reason (below); overload: rx_drop_backlog_full, the wire's excess; limit 'gen': \
-         group idle > threshold (the guests limit); x vh, x mc: netbackd/vhost-user, \
+         idle time > threshold (the guests limit); x vh, x mc: netbackd/vhost-user, \
          netbackd/memcpy."
     );
     for r in rows {

@@ -97,39 +97,11 @@ pub enum Rogue {
     FirstSlotCrossesPage,
 }
 
-/// Fixed-capacity list, so parsing allocates nothing.
-#[derive(Clone, Copy, Debug)]
-pub struct SmallVec<T: Copy + Default, const N: usize> {
-    len: usize,
-    items: [T; N],
-}
-
-impl<T: Copy + Default, const N: usize> Default for SmallVec<T, N> {
-    fn default() -> Self {
-        SmallVec {
-            len: 0,
-            items: [T::default(); N],
-        }
-    }
-}
-
-impl<T: Copy + Default, const N: usize> SmallVec<T, N> {
-    /// Appends; the capacity is sized by construction, so overflow is an internal bug.
-    fn push(&mut self, t: T) {
-        assert!(self.len < N, "SmallVec capacity {N} exceeded");
-        self.items[self.len] = t;
-        self.len += 1;
-    }
-    pub fn as_slice(&self) -> &[T] {
-        &self.items[..self.len]
-    }
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
+/// Fixed-capacity list, so parsing allocates nothing; its storage is not initialised up
+/// front (a parse of a one-slot packet would otherwise write ~600 bytes of defaults).
+/// Pushing past the capacity panics: the capacities are sized by construction, so that
+/// would be an internal bug.
+pub type SmallVec<T, const N: usize> = arrayvec::ArrayVec<T, N>;
 
 /// A packet ready for grant copies.
 #[derive(Clone, Debug)]

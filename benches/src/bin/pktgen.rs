@@ -361,8 +361,8 @@ fn run() -> anyhow::Result<()> {
         }
         if row.generator_limited {
             notes.push(format!(
-                "group idle {:.1}% > {:.0}%: the guests (generator/sink) limit this point",
-                row.idle_share * 100.0,
+                "group idle {:.1}% of its cycles > {:.0}%: the guests (generator/sink) limit this point",
+                row.idle_time_share * 100.0,
                 args.idle_limit * 100.0
             ));
         }

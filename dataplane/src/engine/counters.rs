@@ -104,4 +104,15 @@ pub struct GroupCounters {
     pub batched_packets: AtomicU64,
     /// Times the group slept on its event channels (adaptive mode).
     pub sleeps: AtomicU64,
+    /// TSC cycles spent in iterations that moved a packet, and in those that did not
+    /// (OVS's pmd-stats split): busy cycles per packet is the engine's own cost,
+    /// whatever the load offered.
+    pub busy_cycles: AtomicU64,
+    pub idle_cycles: AtomicU64,
+}
+
+/// Adds to a counter only its group writes (a plain load and store: no locked
+/// instruction in the poll loop; readers see whole values).
+pub(super) fn bump(c: &AtomicU64, v: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(v), Ordering::Relaxed);
 }

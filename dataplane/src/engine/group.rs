@@ -1,6 +1,6 @@
 //! One group: an lcore's poll loop over its queues and one port queue; queue lifecycle
 //! (commands between iterations), adaptive sleep, and the batched grant-copy call.
-use super::counters::{GroupCounters, Local};
+use super::counters::{bump, GroupCounters, Local};
 use super::queue::{Queue, QueueId, QueueSetup};
 use super::rx::PendingRx;
 use super::tx::PendingTx;
@@ -317,7 +317,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 idle_since = self.now();
                 continue;
             }
-            self.counters.sleeps.fetch_add(1, Ordering::Relaxed);
+            bump(&self.counters.sleeps, 1);
             self.ev.wait(a.max_sleep);
             for q in &self.queues {
                 self.ev.take_pending(q.evtchn_tx);
@@ -351,6 +351,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
 
     /// One iteration of both directions; returns the work done (packets), 0 when idle.
     pub fn poll(&mut self) -> usize {
+        let t0 = pmd::tsc::cycles();
         self.apply_commands();
         let mut work = self.guest_tx();
         work += self.guest_rx();
@@ -358,21 +359,24 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             q.local.flush(&q.counters);
         }
         let c = &self.counters;
-        c.iterations.fetch_add(1, Ordering::Relaxed);
-        if work > 0 {
-            c.busy_iterations.fetch_add(1, Ordering::Relaxed);
-            c.batched_packets.fetch_add(work as u64, Ordering::Relaxed);
-        }
+        bump(&c.iterations, 1);
         if self.copy_calls > 0 {
-            c.grant_copy_calls
-                .fetch_add(self.copy_calls, Ordering::Relaxed);
-            c.grant_copy_ops.fetch_add(self.copy_ops, Ordering::Relaxed);
+            bump(&c.grant_copy_calls, self.copy_calls);
+            bump(&c.grant_copy_ops, self.copy_ops);
             self.copy_calls = 0;
             self.copy_ops = 0;
         }
         if self.port_full > 0 {
-            c.port_tx_full.fetch_add(self.port_full, Ordering::Relaxed);
+            bump(&c.port_tx_full, self.port_full);
             self.port_full = 0;
+        }
+        let spent = pmd::tsc::cycles().wrapping_sub(t0);
+        if work > 0 {
+            bump(&c.busy_iterations, 1);
+            bump(&c.batched_packets, work as u64);
+            bump(&c.busy_cycles, spent);
+        } else {
+            bump(&c.idle_cycles, spent);
         }
         work
     }
