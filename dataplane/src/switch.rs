@@ -177,7 +177,7 @@ pub struct Switch {
 /// The last decision for frames entering at one endpoint, reused while the same header
 /// (destination, source, VLAN tag) keeps coming and the switch has not changed: the
 /// lookups then cost one 14-byte compare. Each ingress endpoint owns one.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct FwdCache {
     hdr: [u8; 16],
     generation: u64,
@@ -186,6 +186,30 @@ pub struct FwdCache {
     valid_until_ns: u64,
     /// When the source's learned entry is refreshed next (no lookup per frame).
     relearn_at_ns: u64,
+    /// The flood list of `flood_domain` as of `flood_generation`, when it is short.
+    flood: [(EndpointId, Egress); FLOOD_CACHED],
+    flood_len: u8,
+    flood_domain: Domain,
+    flood_generation: u64,
+}
+
+/// Flood lists up to this long are kept in a [`FwdCache`].
+const FLOOD_CACHED: usize = 4;
+
+impl Default for FwdCache {
+    fn default() -> Self {
+        FwdCache {
+            hdr: [0; 16],
+            generation: 0,
+            decision: None,
+            valid_until_ns: 0,
+            relearn_at_ns: 0,
+            flood: [(EndpointId(0), Egress::AsIs); FLOOD_CACHED],
+            flood_len: 0,
+            flood_domain: None,
+            flood_generation: 0,
+        }
+    }
 }
 
 /// The header bytes a decision depends on: MACs and, if tagged, the tag; None for a runt.
@@ -381,7 +405,32 @@ impl Switch {
             decision: Some(d),
             valid_until_ns,
             relearn_at_ns: now_ns.saturating_add(refresh),
+            ..*c
         };
+    }
+
+    /// [`Switch::flood_targets`] into `out` (cleared first), through the ingress
+    /// endpoint's `cache`: a list of up to 4 is kept while the switch is unchanged (the
+    /// list depends only on the endpoints, whose changes bump the generation).
+    pub fn flood_targets_into(
+        &self,
+        ingress: EndpointId,
+        domain: Domain,
+        cache: &mut FwdCache,
+        out: &mut Vec<(EndpointId, Egress)>,
+    ) {
+        out.clear();
+        if cache.flood_generation == self.generation && cache.flood_domain == domain {
+            out.extend_from_slice(&cache.flood[..usize::from(cache.flood_len)]);
+            return;
+        }
+        out.extend(self.flood_targets(ingress, domain));
+        if out.len() <= FLOOD_CACHED {
+            cache.flood[..out.len()].copy_from_slice(out);
+            cache.flood_len = out.len() as u8;
+            cache.flood_domain = domain;
+            cache.flood_generation = self.generation;
+        }
     }
 
     /// Decides where a frame entering at `ingress` goes. `frame` needs only its first 18
@@ -668,6 +717,11 @@ mod tests {
                     let da = a.forward(ingress[i], &f, now);
                     let db = b.forward_cached(ingress[i], &f, now, &mut caches[i]);
                     assert_eq!(da, db, "frame {frames} from {:?}", ingress[i]);
+                    if let Decision::Flood { domain } = db {
+                        let mut got = Vec::new();
+                        b.flood_targets_into(ingress[i], domain, &mut caches[i], &mut got);
+                        assert_eq!(got, targets(&a, ingress[i], domain), "flood {frames}");
+                    }
                     frames += 1;
                     if before.decision.is_some() && before.generation == caches[i].generation {
                         hits += 1;

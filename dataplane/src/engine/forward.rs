@@ -29,8 +29,8 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             }
             Decision::Flood { domain } => {
                 let mut targets = std::mem::take(&mut self.scratch.flood);
-                targets.clear();
-                targets.extend(self.switch.flood_targets(from, domain));
+                self.switch
+                    .flood_targets_into(from, domain, cache, &mut targets);
                 let n = targets.len();
                 let mut m = Some(m);
                 for (k, &(to, e)) in targets.iter().enumerate() {

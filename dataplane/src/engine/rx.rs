@@ -72,10 +72,21 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     break;
                 };
                 let gso = head_gso(head, &q.features);
+                // Most packets are one segment that fits one buffer: no walk needed.
+                let single = if head.nb_segs() == 1 {
+                    rxplan::single(u32::from(head.data_len()))
+                } else {
+                    None
+                };
                 let segs = &mut self.scratch.seg_lens;
                 segs.clear();
-                segs.extend(head.segments().map(|s| s.len() as u32));
-                let buffers = rxplan::buffers_needed(segs.iter().copied());
+                let buffers = match single {
+                    Some(_) => 1,
+                    None => {
+                        segs.extend(head.segments().map(|s| s.len() as u32));
+                        rxplan::buffers_needed(segs.iter().copied())
+                    }
+                };
                 let needed = buffers + u32::from(gso.is_some());
                 // A frontend without scatter-gather takes one buffer per packet.
                 if (!q.features.sg && buffers > 1) || needed as usize > crate::netif::RX_RING_SIZE {
@@ -126,7 +137,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 let domid = q.id.domid;
                 let ops = &mut self.ops;
                 let reqs = &*reqs;
-                rxplan::plan(segs.iter().copied(), |c| {
+                let mut emit = |c: rxplan::Chunk| {
                     let b = &mut bufs[usize::from(c.buf)];
                     if b.1.is_empty() {
                         b.1 = ops.len()..ops.len();
@@ -143,7 +154,13 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     });
                     b.1.end = ops.len();
                     b.2 += c.len;
-                });
+                };
+                match single {
+                    Some(c) => emit(c),
+                    None => {
+                        rxplan::plan(segs.iter().copied(), emit);
+                    }
+                }
                 let gso_slot = gso.map(|(size, ty)| (size, ty, reqs[usize::from(!prefix)].id));
                 self.prx.push(PendingRx {
                     q: qi,
