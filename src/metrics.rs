@@ -179,6 +179,12 @@ pub fn render(s: &Shared) -> prometheus::Result<String> {
         "Packets the port refused (its TX ring full).",
         &gl,
     )?;
+    let cycles = counter(
+        &r,
+        "netbackd_group_cycles_total",
+        "TSC cycles in poll iterations that moved packets (busy) and that did not (idle).",
+        &["group", "state"],
+    )?;
     for (i, c) in s.groups.iter().enumerate() {
         let i = i.to_string();
         let l = [i.as_str()];
@@ -189,6 +195,9 @@ pub fn render(s: &Shared) -> prometheus::Result<String> {
         calls.with_label_values(&l).inc_by(g(&c.grant_copy_calls));
         ops.with_label_values(&l).inc_by(g(&c.grant_copy_ops));
         full.with_label_values(&l).inc_by(g(&c.port_tx_full));
+        for (state, a) in [("busy", &c.busy_cycles), ("idle", &c.idle_cycles)] {
+            cycles.with_label_values(&[i.as_str(), state]).inc_by(g(a));
+        }
     }
     let port = s.port.lock().unwrap_or_else(|e| e.into_inner()).clone();
     if let Some((name, port)) = &port {

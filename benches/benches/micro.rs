@@ -12,10 +12,8 @@
 //! before the process exits. A group whose set-up fails (not root, no xenstored) is skipped
 //! with a message; the others still run.
 //!
-//! TODO(engine split): `gcbatch/build_tx`, the engine's grant-copy batch builder for guest
-//! TX. It is private in dataplane/src/engine.rs, which is being rewritten; once the split
-//! exposes it (e.g. as `dataplane::engine::bench_api::build_tx_ops`), benchmark building
-//! the copy ops of 64 parsed 1- and 2-slot packets here.
+//! `gcbatch/*` (the engine's guest-TX batch building) runs inside the offload group's EAL:
+//! EAL starts once per process.
 use criterion::{BenchmarkId, Criterion, Throughput};
 use dataplane::netif::{
     BackRing, FrontRing, SharedPage, TxRequest, TxResponse, TxRing, NETTXF_CSUM_BLANK,
@@ -27,6 +25,7 @@ use dataplane::switch::{Decision, Egress, EndpointId, EndpointKind, Mac, Switch,
 use dataplane::txparse::{self, Gso, Verdict};
 use pmd::{Eal, Mbuf, Mempool};
 use std::hint::black_box;
+use std::sync::Arc;
 use xen::iface::gntst;
 use xen::sim::grant::GTF_PERMIT_ACCESS;
 use xen::sim::{DomainMem, SimHost, SimOptions};
@@ -251,6 +250,7 @@ fn offload(c: &mut Criterion) {
         assert_eq!(pool.in_use(), 0, "every mbuf freed");
         assert_eq!(soft.in_use(), 0);
     }
+    gcbatch(c);
     // Pools and mbufs are gone: clean EAL up (removes its runtime directory).
     drop(eal);
 }
@@ -396,6 +396,37 @@ fn sim(c: &mut Criterion) {
     if let Err(e) = h.stop() {
         eprintln!("sim host stop: {e}");
     }
+}
+
+/// Building the grant-copy batch of 32 parsed guest TX packets (mbufs from the group's
+/// burst cache, ops appended), then freeing the mbufs in bulk as the port would.
+fn gcbatch(c: &mut Criterion) {
+    let pool = Arc::new(Mempool::new("micro-gc", 4095, 256, 2176, -1).expect("pool"));
+    let mut g = c.benchmark_group("gcbatch");
+    for n in [1usize, 2] {
+        let slots = tx_packet(n);
+        let p = txparse::parse_tx(slots[0], n as u32, |i| slots[i as usize], false);
+        let Verdict::Packet(pkt) = &p.verdict else {
+            panic!("{n}-slot packet parsed as {:?}", p.verdict);
+        };
+        let mut b = dataplane::engine::TxBatchBuilder::new(pool.clone());
+        let mut ops = Vec::with_capacity(256);
+        let mut mbufs = Vec::with_capacity(32);
+        g.throughput(Throughput::Elements(32));
+        g.bench_function(format!("build_tx/32x{n}_slots"), |bn| {
+            bn.iter(|| {
+                ops.clear();
+                for _ in 0..32 {
+                    mbufs.push(b.build(7, pkt, &p.responses, &mut ops).expect("mbufs"));
+                }
+                assert_eq!(ops.len(), 32 * n);
+                pmd::free_bulk(&mut mbufs);
+            })
+        });
+        drop(b);
+    }
+    g.finish();
+    assert_eq!(pool.in_use(), 0, "every mbuf freed");
 }
 
 fn main() {

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use xen::sim::SimHost;
+use xen::EventChannel;
 
 /// The MAC the wire side is known by (the destination of guest TX frames).
 pub const WIRE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
@@ -389,8 +390,12 @@ impl Bench {
         let gc = g.counters.clone();
         let mut guests = Vec::new();
         let mut qcs = Vec::new();
+        // dom0's event-channel ports of this point, released after it (a long run attaches
+        // more vifs than dom0 has ports).
+        let mut ports = Vec::new();
         for (i, &d) in domids.iter().enumerate() {
             let (nf, setup, ctr) = guest::harness::attach(h, d, 0, vif_mac(d));
+            ports.extend([setup.evtchn_tx, setup.evtchn_rx]);
             g.add_queue(setup);
             qcs.push(ctr);
             let len = spec.size.bytes();
@@ -468,6 +473,10 @@ impl Bench {
         m.guest_rx_packets = totals.rx_packets.load(Ordering::Relaxed);
         m.guest_rx_errors = totals.rx_errors.load(Ordering::Relaxed);
         drop(g);
+        let mut ev = h.evtchn(0)?;
+        for p in ports {
+            ev.unbind(p)?;
+        }
         Ok(m)
     }
 }

@@ -73,7 +73,7 @@ pub(super) struct MbufCache {
 impl MbufCache {
     const BURST: usize = 32;
 
-    fn new(pool: Arc<Mempool>) -> Self {
+    pub(super) fn new(pool: Arc<Mempool>) -> Self {
         MbufCache {
             v: Vec::with_capacity(Self::BURST),
             pool,

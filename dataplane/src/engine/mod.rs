@@ -24,6 +24,7 @@ mod tx;
 pub use counters::{GroupCounters, QueueCounters};
 pub use group::{Group, GroupIo};
 pub use queue::{Features, QueueId, QueueSetup};
+pub use tx::TxBatchBuilder;
 
 use group::{RxBufs, SlotRsps, UPLINK};
 

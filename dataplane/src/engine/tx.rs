@@ -174,6 +174,40 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
     }
 }
 
+/// A group's guest-TX batch building on its own: the mbuf chain of a parsed packet
+/// allocated (from a burst cache, as in a group) and its grant-copy ops appended. Exposed
+/// for the micro-benchmarks (`gcbatch/*`); a group does exactly this per packet.
+pub struct TxBatchBuilder {
+    mbufs: MbufCache,
+    segs: Vec<(*mut u8, usize)>,
+    rsps: SlotRsps,
+}
+
+impl TxBatchBuilder {
+    pub fn new(pool: std::sync::Arc<pmd::Mempool>) -> Self {
+        TxBatchBuilder {
+            mbufs: MbufCache::new(pool),
+            segs: Vec::new(),
+            rsps: Vec::new(),
+        }
+    }
+
+    /// Appends the copy ops of `pkt` (guest `domid`, slot responses `rsps` as `parse_tx`
+    /// gave them) to `ops`; returns the mbuf they copy into, or None when the pool is empty.
+    pub fn build(
+        &mut self,
+        domid: u16,
+        pkt: &crate::txparse::TxPacket,
+        rsps: &crate::txparse::SmallVec<Rsp, { crate::txparse::MAX_PACKET_SLOTS }>,
+        ops: &mut Vec<CopyOp>,
+    ) -> Option<Mbuf> {
+        let out = std::mem::take(&mut self.rsps);
+        let (m, out) = build_tx(&mut self.mbufs, domid, pkt, rsps, ops, &mut self.segs, out)?;
+        self.rsps = out;
+        Some(m)
+    }
+}
+
 /// The response for one slot once its copies are known (`good`).
 fn settled(r: Rsp, good: bool) -> TxResponse {
     match r {
