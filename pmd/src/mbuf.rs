@@ -116,11 +116,13 @@ impl Mbuf {
         unsafe { dpdk_sys::nbd_pktmbuf_headroom(self.0.as_ptr()) }
     }
 
-    /// Free bytes after the data of the last segment.
+    /// Free bytes after the data of the last segment (`rte_pktmbuf_tailroom`, read from
+    /// the fields here: an FFI call per packet costs more than the arithmetic).
     pub fn tailroom(&self) -> u16 {
         let last = self.last_segment();
-        // SAFETY: `last` is a segment of our chain.
-        unsafe { dpdk_sys::nbd_pktmbuf_tailroom(last) }
+        // SAFETY: `last` is a segment of our chain, valid while &self is.
+        let l = unsafe { &*last };
+        l.buf_len - (l.data_off + l.data_len)
     }
 
     fn last_segment(&self) -> *mut rte_mbuf {
@@ -135,20 +137,22 @@ impl Mbuf {
     }
 
     /// Extends the last segment by `len` bytes and returns them (uninitialised contents
-    /// from earlier use), or None when the tailroom is too small.
+    /// from earlier use), or None when the tailroom is too small (`rte_pktmbuf_append`,
+    /// done on the fields here as for `tailroom`).
     pub fn append(&mut self, len: u16) -> Option<&mut [u8]> {
-        // SAFETY: valid owned mbuf; on success DPDK returns a pointer to `len` bytes
-        // inside the last segment, exclusively ours.
+        let last = self.last_segment();
+        // SAFETY: `last` is a segment of our chain, exclusively ours through &mut self;
+        // after the tailroom check, data_off + data_len + len <= buf_len, so the returned
+        // bytes lie inside its buffer.
         unsafe {
-            let p = dpdk_sys::nbd_pktmbuf_append(self.0.as_ptr(), len);
-            if p.is_null() {
-                None
-            } else {
-                Some(std::slice::from_raw_parts_mut(
-                    p as *mut u8,
-                    usize::from(len),
-                ))
+            let l = &mut *last;
+            if len > l.buf_len - (l.data_off + l.data_len) {
+                return None;
             }
+            let p = (l.buf_addr as *mut u8).add(usize::from(l.data_off) + usize::from(l.data_len));
+            l.data_len += len;
+            self.0.as_mut().pkt_len += u32::from(len);
+            Some(std::slice::from_raw_parts_mut(p, usize::from(len)))
         }
     }
 

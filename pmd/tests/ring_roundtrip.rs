@@ -46,6 +46,29 @@ fn net_ring_round_trip() {
             args.contains(&"--in-memory".to_string()) || args.contains(&"--no-huge".to_string())
         );
 
+        // append/tailroom (done on the mbuf fields in Rust) as DPDK's: to the last
+        // segment, pkt_len follows, refused past the tailroom with nothing changed.
+        {
+            let mut m = Mbuf::alloc(&pool).unwrap();
+            let room = m.tailroom();
+            assert_eq!(room, 2176 - m.headroom());
+            assert!(m.append(room + 1).is_none());
+            assert_eq!((m.pkt_len(), m.data_len(), m.tailroom()), (0, 0, room));
+            m.append(100).unwrap().fill(7);
+            assert_eq!(
+                (m.pkt_len(), m.data_len(), m.tailroom()),
+                (100, 100, room - 100)
+            );
+            let mut tail = Mbuf::alloc(&pool).unwrap();
+            tail.append(10).unwrap().fill(8);
+            m.chain(tail).ok().unwrap();
+            m.append(5).unwrap().fill(9);
+            assert_eq!((m.pkt_len(), m.data_len(), m.nb_segs()), (115, 100, 2));
+            let segs: Vec<Vec<u8>> = m.segments().map(|s| s.to_vec()).collect();
+            assert_eq!(segs[1], [8u8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9]);
+            assert_eq!(m.tailroom(), room - 15);
+        }
+
         let mut burst = Vec::new();
         let sent_payloads: Vec<Vec<u8>> = (0..32).map(payload).collect();
         for p in &sent_payloads {
