@@ -6,9 +6,9 @@
 //! without FCS (virtual devices carry none): "64 B" is `--txpkts=64`, "1518 B" is
 //! `--txpkts=1518`. netbackd's harness uses the same byte counts.
 //!
-//! **Memory**: every testpmd runs with `--no-huge -m 512 --single-file-segments` (plus
+//! **Memory**: every testpmd runs with `--no-huge -m 256 --single-file-segments` (plus
 //! `--no-pci --no-shconf`, a unique `--file-prefix nbd-bl-<pid>-<tag>-...` and
-//! `--total-num-mbufs=32768`). Under `--no-huge`, `--single-file-segments` makes EAL back its
+//! `--total-num-mbufs=8192`). Under `--no-huge`, `--single-file-segments` makes EAL back its
 //! heap with one memfd, which is what `net_virtio_user` passes to the vhost-user server
 //! (without it virtio_user cannot share its memory and vhost sees nothing); memif creates its
 //! own memfd regions. No hugepages, no hugetlbfs files; the runtime directory
@@ -381,7 +381,7 @@ fn eal_args(cpu: usize, prefix: &str, vdev: &str) -> Vec<String> {
         "--no-pci",
         "--no-huge",
         "-m",
-        "512",
+        "256",
         "--single-file-segments",
         "--no-shconf",
         "--file-prefix",
@@ -407,7 +407,7 @@ fn app_args(mode: &str, frame_len: usize, extra: &[String]) -> Vec<String> {
         format!("--txd={RING}"),
         format!("--rxd={RING}"),
         "--burst=32".into(),
-        "--total-num-mbufs=32768".into(),
+        "--total-num-mbufs=8192".into(),
     ]
     .to_vec();
     if mode == "txonly" {
