@@ -682,24 +682,7 @@ impl Netfront {
     /// Collects TX responses of queue `qi` like [`Netfront::reap_tx`] without recording
     /// them; returns how many there were.
     pub fn reap_tx_count(&mut self, qi: usize) -> Result<usize, FrontError> {
-        let mut n = 0;
-        let q = &mut self.queues[qi];
-        while let Some(r) = q.tx.next_response()? {
-            n += 1;
-            if r.status == XEN_NETIF_RSP_NULL {
-                continue;
-            }
-            if r.status < 0 {
-                self.stats.tx_errors += 1;
-            }
-            if let Some(buf) = q.tx_bufs.get_mut(usize::from(r.id)) {
-                if let Some(g) = buf.gref.take() {
-                    self.alloc.end_grant(g);
-                    q.tx_free_ids.push(r.id);
-                }
-            }
-        }
-        Ok(n)
+        self.reap_tx_with(qi, |_, _| {})
     }
 
     /// Sink fast path: consumes queue `qi`'s RX responses, reassembling multi-slot packets
@@ -837,12 +820,21 @@ impl Netfront {
     /// Returns the responses seen (id, status), NULL ones included.
     pub fn reap_tx(&mut self, qi: usize) -> Result<Vec<(u16, i16)>, FrontError> {
         let mut seen = Vec::new();
-        loop {
-            let q = &mut self.queues[qi];
-            let Some(r) = q.tx.next_response()? else {
-                break;
-            };
-            seen.push((r.id, r.status));
+        self.reap_tx_with(qi, |id, status| seen.push((id, status)))?;
+        Ok(seen)
+    }
+
+    /// The reaping itself: `seen(id, status)` for every response; returns their number.
+    fn reap_tx_with(
+        &mut self,
+        qi: usize,
+        mut seen: impl FnMut(u16, i16),
+    ) -> Result<usize, FrontError> {
+        let mut n = 0;
+        let q = &mut self.queues[qi];
+        while let Some(r) = q.tx.next_response()? {
+            n += 1;
+            seen(r.id, r.status);
             if r.status == XEN_NETIF_RSP_NULL {
                 continue;
             }
@@ -856,7 +848,7 @@ impl Netfront {
                 }
             }
         }
-        Ok(seen)
+        Ok(n)
     }
 
     /// Collects RX responses like [`Netfront::poll_rx`] but posts no buffers back (a guest
