@@ -208,16 +208,11 @@ pub struct Snapshot {
     pub idle_cycles: u64,
 }
 
-fn tsc() -> u64 {
-    // SAFETY: RDTSC has no preconditions on x86_64.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
-
 fn snapshot(qs: &[Arc<QueueCounters>], g: &GroupCounters) -> Snapshot {
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let mut s = Snapshot {
         at: Some(Instant::now()),
-        tsc: tsc(),
+        tsc: pmd::tsc::cycles(),
         iterations: l(&g.iterations),
         busy_iterations: l(&g.busy_iterations),
         grant_copy_calls: l(&g.grant_copy_calls),

@@ -90,6 +90,32 @@ pub struct TxMeta {
     pub slot_size: usize,
 }
 
+impl TxMeta {
+    /// Bytes per data slot.
+    fn slot_len(&self) -> usize {
+        if self.slot_size == 0 {
+            PAGE
+        } else {
+            self.slot_size.min(PAGE)
+        }
+    }
+
+    /// NETTXF flags of the first slot (besides MORE_DATA).
+    fn first_flags(&self) -> u16 {
+        let mut f = 0;
+        if self.csum_blank {
+            f |= NETTXF_CSUM_BLANK;
+        }
+        if self.data_validated {
+            f |= dataplane::netif::NETTXF_DATA_VALIDATED;
+        }
+        if self.gso.is_some() {
+            f |= NETTXF_EXTRA_INFO;
+        }
+        f
+    }
+}
+
 /// A received packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RxPacket {
@@ -522,45 +548,63 @@ impl Netfront {
     /// slot) and notifies when the ring asks. Err(NoResources) when the ring is full.
     pub fn send(&mut self, qi: usize, data: &[u8], meta: TxMeta) -> Result<(), FrontError> {
         self.reap_tx(qi)?;
-        let slot = if meta.slot_size == 0 {
-            PAGE
-        } else {
-            meta.slot_size.min(PAGE)
-        };
-        let nslots = data.len().div_ceil(slot).max(1);
-        let extra = usize::from(meta.gso.is_some());
+        let nslots = data.len().div_ceil(meta.slot_len()).max(1);
         if data.len() > 0xFFFF {
             return Err(FrontError::TooBig(data.len(), nslots));
         }
-        let be = self.backend_dom;
-        let q = &mut self.queues[qi];
+        let extra = usize::from(meta.gso.is_some());
+        let q = &self.queues[qi];
         if q.tx.free_requests() < (nslots + extra) as u32 || q.tx_free_ids.len() < nslots {
             return Err(FrontError::NoResources);
         }
-        for (i, chunk) in data.chunks(slot).enumerate().chain(
-            // A zero-length packet still takes one slot.
-            (data.is_empty()).then_some((0, &[][..])),
-        ) {
-            let id = q.tx_free_ids.pop().expect("checked above");
+        self.queue_packet(qi, data, meta, None)?;
+        let q = &mut self.queues[qi];
+        if q.tx.push_requests_and_check_notify() {
+            self.ev.notify(q.evtchn_tx)?;
+        }
+        self.stats.tx_packets += 1;
+        self.stats.tx_bytes += data.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the requests of one packet (its slots, granted, and the GSO extra after the
+    /// first) on queue `qi`'s TX ring, not yet pushed; the caller checked the ring and the
+    /// free ids. With `gen`, a buffer page is rewritten only when it does not already hold
+    /// this slot of frame generation `gen`; without, always.
+    fn queue_packet(
+        &mut self,
+        qi: usize,
+        frame: &[u8],
+        meta: TxMeta,
+        gen: Option<u64>,
+    ) -> Result<(), FrontError> {
+        let be = self.backend_dom;
+        let slot = meta.slot_len();
+        let len = frame.len();
+        let q = &mut self.queues[qi];
+        // A zero-length packet still takes one slot.
+        for i in 0..len.div_ceil(slot).max(1) {
+            let chunk = &frame[(i * slot).min(len)..((i + 1) * slot).min(len)];
+            let id = q.tx_free_ids.pop().expect("checked by the caller");
             let buf = &mut q.tx_bufs[usize::from(id)];
-            self.alloc.mem.write_frame(buf.frame, 0, chunk)?;
-            buf.tag = 0;
+            let tag = gen.map_or(0, |g| (g << 16) | (i as u64 + 1));
+            if gen.is_none() || buf.tag != tag {
+                self.alloc.mem.write_frame(buf.frame, 0, chunk)?;
+                buf.tag = tag;
+            }
             let gref = self.alloc.grant(buf.frame, be, true)?;
             buf.gref = Some(gref);
-            let last = (i + 1) * slot >= data.len();
-            let mut flags = if last { 0 } else { NETTXF_MORE_DATA };
-            let size = if i == 0 { data.len() } else { chunk.len() } as u16;
-            if i == 0 {
-                if meta.csum_blank {
-                    flags |= NETTXF_CSUM_BLANK;
-                }
-                if meta.data_validated {
-                    flags |= dataplane::netif::NETTXF_DATA_VALIDATED;
-                }
-                if meta.gso.is_some() {
-                    flags |= NETTXF_EXTRA_INFO;
-                }
-            }
+            let mut flags = if (i + 1) * slot >= len {
+                0
+            } else {
+                NETTXF_MORE_DATA
+            };
+            let size = if i == 0 {
+                flags |= meta.first_flags();
+                len
+            } else {
+                chunk.len()
+            } as u16;
             q.tx.push_request(TxRequest {
                 gref,
                 offset: 0,
@@ -574,11 +618,6 @@ impl Netfront {
                 }
             }
         }
-        if q.tx.push_requests_and_check_notify() {
-            self.ev.notify(q.evtchn_tx)?;
-        }
-        self.stats.tx_packets += 1;
-        self.stats.tx_bytes += data.len() as u64;
         Ok(())
     }
 
@@ -599,18 +638,13 @@ impl Netfront {
         max: usize,
     ) -> Result<usize, FrontError> {
         self.reap_tx_count(qi)?;
-        let slot = if meta.slot_size == 0 {
-            PAGE
-        } else {
-            meta.slot_size.min(PAGE)
-        };
+        let slot = meta.slot_len();
         let len = frame.len();
         let nslots = len.div_ceil(slot).max(1);
         if len > 0xFFFF {
             return Err(FrontError::TooBig(len, nslots));
         }
         let extra = usize::from(meta.gso.is_some());
-        let be = self.backend_dom;
         let q = &mut self.queues[qi];
         if q.burst.gen == 0 || q.burst.slot != slot || q.burst.data != frame {
             q.burst.data.clear();
@@ -619,57 +653,17 @@ impl Netfront {
             q.burst.gen += 1;
         }
         let gen = q.burst.gen;
-        let mut first_flags = 0;
-        if meta.csum_blank {
-            first_flags |= NETTXF_CSUM_BLANK;
-        }
-        if meta.data_validated {
-            first_flags |= dataplane::netif::NETTXF_DATA_VALIDATED;
-        }
-        if meta.gso.is_some() {
-            first_flags |= NETTXF_EXTRA_INFO;
-        }
         let mut sent = 0;
         while sent < max
-            && q.tx.free_requests() as usize >= nslots + extra
-            && q.tx_free_ids.len() >= nslots
+            && self.queues[qi].tx.free_requests() as usize >= nslots + extra
+            && self.queues[qi].tx_free_ids.len() >= nslots
             && self.alloc.grants_available() >= nslots
         {
-            for i in 0..nslots {
-                let chunk = &frame[(i * slot).min(len)..((i + 1) * slot).min(len)];
-                let id = q.tx_free_ids.pop().expect("checked above");
-                let buf = &mut q.tx_bufs[usize::from(id)];
-                let tag = (gen << 16) | (i as u64 + 1);
-                if buf.tag != tag {
-                    self.alloc.mem.write_frame(buf.frame, 0, chunk)?;
-                    buf.tag = tag;
-                }
-                let gref = self.alloc.grant(buf.frame, be, true)?;
-                buf.gref = Some(gref);
-                let last = (i + 1) * slot >= len;
-                let mut flags = if last { 0 } else { NETTXF_MORE_DATA };
-                let size = if i == 0 {
-                    flags |= first_flags;
-                    len
-                } else {
-                    chunk.len()
-                } as u16;
-                q.tx.push_request(TxRequest {
-                    gref,
-                    offset: 0,
-                    flags,
-                    id,
-                    size,
-                })?;
-                if i == 0 {
-                    if let Some((mss, ty)) = meta.gso {
-                        q.tx.push_request(ExtraInfo::gso(mss, ty, false).to_tx_slot())?;
-                    }
-                }
-            }
+            self.queue_packet(qi, frame, meta, Some(gen))?;
             sent += 1;
         }
         if sent > 0 {
+            let q = &mut self.queues[qi];
             if q.tx.push_requests_and_check_notify() {
                 self.ev.notify(q.evtchn_tx)?;
             }

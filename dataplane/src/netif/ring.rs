@@ -193,6 +193,11 @@ impl<K: RingKind> BackRing<K> {
 
     /// Fails when the frontend claims more outstanding requests than the ring holds.
     pub fn check_indices(&self) -> Result<(), RingError> {
+        self.checked_prod().map(|_| ())
+    }
+
+    /// The producer index, read once and checked against the ring size.
+    fn checked_prod(&self) -> Result<u32, RingError> {
         let prod = self.req_prod();
         if prod.wrapping_sub(self.req_cons) > K::SIZE {
             return Err(RingError::ImpossibleIndex {
@@ -201,15 +206,29 @@ impl<K: RingKind> BackRing<K> {
                 size: K::SIZE,
             });
         }
-        Ok(())
+        Ok(prod)
+    }
+
+    /// Requests available up to producer `prod`, bounded also by the slots our unpushed
+    /// responses still occupy.
+    fn available(&self, prod: u32) -> u32 {
+        let req = prod.wrapping_sub(self.req_cons);
+        let rsp = K::SIZE - self.req_cons.wrapping_sub(self.rsp_prod_pvt);
+        req.min(rsp)
+    }
+
+    /// Copies request `req_cons + i` out if it is below `avail`.
+    fn read_request(&self, i: u32, avail: u32) -> Option<K::Req> {
+        (i < avail).then(|| {
+            self.page
+                .read_slot::<K, K::Req>(self.req_cons.wrapping_add(i))
+        })
     }
 
     /// Requests available to consume (`RING_HAS_UNCONSUMED_REQUESTS`): bounded also by the
     /// slots our unpushed responses still occupy.
     pub fn unconsumed(&self) -> u32 {
-        let req = self.req_prod().wrapping_sub(self.req_cons);
-        let rsp = K::SIZE - self.req_cons.wrapping_sub(self.rsp_prod_pvt);
-        req.min(rsp)
+        self.available(self.req_prod())
     }
 
     /// Reads the frontend's producer index once, checks it like `check_indices` and keeps
@@ -217,32 +236,19 @@ impl<K: RingKind> BackRing<K> {
     /// reads `req_prod` once per batch (`rp = req_prod; rmb()`), instead of touching the
     /// shared index line (which the frontend keeps writing) for every request.
     pub fn begin_batch(&mut self) -> Result<(), RingError> {
-        let prod = self.req_prod();
-        if prod.wrapping_sub(self.req_cons) > K::SIZE {
-            return Err(RingError::ImpossibleIndex {
-                prod,
-                cons: self.req_cons,
-                size: K::SIZE,
-            });
-        }
-        self.batch_prod = prod;
+        self.batch_prod = self.checked_prod()?;
         Ok(())
     }
 
     /// `unconsumed` as of the last `begin_batch` (never more than the ring holds: the
     /// snapshot was checked and `req_cons` only advances up to it).
     pub fn batch_unconsumed(&self) -> u32 {
-        let req = self.batch_prod.wrapping_sub(self.req_cons).min(K::SIZE);
-        let rsp = K::SIZE - self.req_cons.wrapping_sub(self.rsp_prod_pvt);
-        req.min(rsp)
+        self.available(self.batch_prod)
     }
 
     /// `copy_request` within the batch snapshot.
     pub fn batch_request(&self, i: u32) -> Option<K::Req> {
-        (i < self.batch_unconsumed()).then(|| {
-            self.page
-                .read_slot::<K, K::Req>(self.req_cons.wrapping_add(i))
-        })
+        self.read_request(i, self.batch_unconsumed())
     }
 
     /// `next_request` within the batch snapshot.
@@ -255,10 +261,7 @@ impl<K: RingKind> BackRing<K> {
     /// Copies request `req_cons + i` out of the ring without consuming it, if available.
     /// Each slot should be copied once per decision; the copy is what gets validated.
     pub fn copy_request(&self, i: u32) -> Option<K::Req> {
-        (i < self.unconsumed()).then(|| {
-            self.page
-                .read_slot::<K, K::Req>(self.req_cons.wrapping_add(i))
-        })
+        self.read_request(i, self.unconsumed())
     }
 
     /// Marks `n` requests consumed (after copying them with `copy_request`).
