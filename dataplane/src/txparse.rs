@@ -116,10 +116,10 @@ pub struct TxPacket {
 }
 
 /// What the parser decided for the packet at the head of the ring.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Copy these slots; answer with `responses` (Data entries settled by copy status).
-    Packet(TxPacket),
+    /// Copy `Parsed::packet`; answer with `responses` (Data entries settled by copy status).
+    Packet,
     /// Refused: `responses` are all settled; count `reason`.
     Drop(DropReason),
     /// A multicast filter request; answered by `responses`.
@@ -128,15 +128,35 @@ pub enum Verdict {
     Rogue(Rogue),
 }
 
-/// The parser's result for one packet.
+/// The parser's result for one packet. The engine keeps one and has it refilled per
+/// packet (`parse_tx_into`): returning the ~300 bytes of slot and response lists by value
+/// cost a `memcpy` per packet.
 #[derive(Clone, Debug)]
 pub struct Parsed {
     /// Ring slots this packet used: the caller advances `req_cons` by this much (also on
     /// `Rogue`, where it no longer matters).
     pub consumed: u32,
     pub verdict: Verdict,
+    /// The packet to copy; meaningful only when `verdict` is `Packet`.
+    pub packet: TxPacket,
     /// One entry per consumed slot, in slot order (empty for `Rogue`).
     pub responses: SmallVec<Rsp, MAX_PACKET_SLOTS>,
+}
+
+impl Default for Parsed {
+    fn default() -> Self {
+        Parsed {
+            consumed: 0,
+            verdict: Verdict::Packet,
+            packet: TxPacket {
+                len: 0,
+                flags: 0,
+                gso: None,
+                slots: SmallVec::new(),
+            },
+            responses: SmallVec::new(),
+        }
+    }
 }
 
 /// Parses the packet whose first request is `first` (already copied, slot 0).
@@ -146,14 +166,28 @@ pub struct Parsed {
 pub fn parse_tx(
     first: TxRequest,
     avail: u32,
-    mut fetch: impl FnMut(u32) -> TxRequest,
+    fetch: impl FnMut(u32) -> TxRequest,
     mcast_enabled: bool,
 ) -> Parsed {
-    let mut responses = SmallVec::<Rsp, MAX_PACKET_SLOTS>::default();
-    let rogue = |consumed, r| Parsed {
-        consumed,
-        verdict: Verdict::Rogue(r),
-        responses: SmallVec::default(),
+    let mut p = Parsed::default();
+    parse_tx_into(&mut p, first, avail, fetch, mcast_enabled);
+    p
+}
+
+/// `parse_tx` writing into `out` (every field is overwritten).
+pub fn parse_tx_into(
+    out: &mut Parsed,
+    first: TxRequest,
+    avail: u32,
+    mut fetch: impl FnMut(u32) -> TxRequest,
+    mcast_enabled: bool,
+) {
+    out.responses.clear();
+    out.packet.slots.clear();
+    let rogue = |out: &mut Parsed, consumed, r| {
+        out.consumed = consumed;
+        out.verdict = Verdict::Rogue(r);
+        out.responses.clear();
     };
     let mut idx: u32 = 1;
 
@@ -164,19 +198,19 @@ pub fn parse_tx(
     if first.flags & TXF_EXTRA_INFO != 0 {
         loop {
             if idx >= avail {
-                return rogue(idx, Rogue::MissingExtra);
+                return rogue(out, idx, Rogue::MissingExtra);
             }
             let e = ExtraInfo::from_tx_slot(&fetch(idx));
             idx += 1;
             let ty = e.ty;
             if ty == 0 || ty >= EXTRA_TYPE_MAX {
-                return rogue(idx, Rogue::BadExtraType(ty));
+                return rogue(out, idx, Rogue::BadExtraType(ty));
             }
             n_extras += 1;
             if n_extras > MAX_EXTRAS {
                 // Legal types repeated more often than there are types: only a hostile
                 // frontend chains that many.
-                return rogue(idx, Rogue::BadExtraType(ty));
+                return rogue(out, idx, Rogue::BadExtraType(ty));
             }
             match ty {
                 EXTRA_TYPE_GSO => {
@@ -203,34 +237,44 @@ pub fn parse_tx(
     // A multicast request carries no packet: answer it and stop (as Linux does).
     if let Some(op) = mcast {
         let status = if mcast_enabled { 0 } else { -1 };
-        responses.push(Rsp::Status {
+        out.responses.push(Rsp::Status {
             id: first.id,
             status,
         });
         for _ in 0..n_extras {
-            responses.push(Rsp::Extra);
+            out.responses.push(Rsp::Extra);
         }
-        return Parsed {
-            consumed: idx,
-            verdict: Verdict::Mcast(op),
-            responses,
-        };
+        out.consumed = idx;
+        out.verdict = Verdict::Mcast(op);
+        return;
     }
+
+    // The first slot's length is known only after the continuation slots; its entries
+    // are written now and its length at the end.
+    out.responses.push(Rsp::Data { id: first.id });
+    for _ in 0..n_extras {
+        out.responses.push(Rsp::Extra);
+    }
+    out.packet.slots.push(Slot {
+        gref: first.gref,
+        offset: first.offset,
+        len: 0,
+    });
 
     // Continuation slots. `remaining` is what is left of the frame after each slot; it
     // ends as the first slot's own data length.
     let mut remaining: u16 = first.size;
-    let mut frags = SmallVec::<(TxRequest, bool), FATAL_SLOTS>::default();
+    let mut frags_len = 0u32;
     let mut drop = None;
     let mut more = first.flags & TXF_MORE_DATA != 0;
     let mut slots = 1usize;
     while more {
         if idx >= avail {
-            return rogue(idx, Rogue::MissingSlots);
+            return rogue(out, idx, Rogue::MissingSlots);
         }
         // `slots` counts the packet's slots so far; this one would be slot `slots + 1`.
         if slots + 1 >= FATAL_SLOTS {
-            return rogue(idx, Rogue::FatalSlotCount);
+            return rogue(out, idx, Rogue::FatalSlotCount);
         }
         if slots >= MAX_SLOTS && drop.is_none() {
             drop = Some(DropReason::TooManySlots);
@@ -243,79 +287,58 @@ pub fn parse_tx(
         remaining = remaining.wrapping_sub(txp.size);
         slots += 1;
         if usize::from(txp.offset) + usize::from(txp.size) > PAGE_SIZE {
-            return rogue(idx, Rogue::SlotCrossesPage);
+            return rogue(out, idx, Rogue::SlotCrossesPage);
         }
-        frags.push((txp, txp.size == 0));
+        if txp.size == 0 {
+            out.responses.push(Rsp::Empty { id: txp.id });
+        } else {
+            out.responses.push(Rsp::Data { id: txp.id });
+            // Without a drop there are at most MAX_SLOTS slots, so this always fits.
+            if drop.is_none() {
+                out.packet.slots.push(Slot {
+                    gref: txp.gref,
+                    offset: txp.offset,
+                    len: txp.size,
+                });
+                frags_len += u32::from(txp.size);
+            }
+        }
         more = txp.flags & TXF_MORE_DATA != 0;
     }
 
     let first_len = remaining;
-    let refuse = |reason, frags: &SmallVec<(TxRequest, bool), FATAL_SLOTS>| {
-        let mut responses = SmallVec::<Rsp, MAX_PACKET_SLOTS>::default();
-        responses.push(Rsp::Error { id: first.id });
-        for _ in 0..n_extras {
-            responses.push(Rsp::Extra);
+    // A refused packet: every slot but the extras answered ERROR.
+    let refuse = |out: &mut Parsed, reason| {
+        for r in out.responses.iter_mut() {
+            if let Rsp::Data { id } | Rsp::Empty { id } = *r {
+                *r = Rsp::Error { id };
+            }
         }
-        for (f, _) in frags.as_slice() {
-            responses.push(Rsp::Error { id: f.id });
-        }
-        Parsed {
-            consumed: idx,
-            verdict: Verdict::Drop(reason),
-            responses,
-        }
+        out.consumed = idx;
+        out.verdict = Verdict::Drop(reason);
     };
     if let Some(reason) = drop {
-        return refuse(reason, &frags);
+        return refuse(out, reason);
     }
     if first_len < ETH_HLEN {
-        return refuse(DropReason::Runt, &frags);
+        return refuse(out, DropReason::Runt);
     }
     if usize::from(first.offset) + usize::from(first_len) > PAGE_SIZE {
-        return rogue(idx, Rogue::FirstSlotCrossesPage);
+        return rogue(out, idx, Rogue::FirstSlotCrossesPage);
     }
     let gso = match gso {
         None => None,
-        Some((0, _)) => return rogue(idx, Rogue::ZeroGsoSize),
+        Some((0, _)) => return rogue(out, idx, Rogue::ZeroGsoSize),
         Some((mss, GSO_TYPE_TCPV4)) => Some(Gso::TcpV4 { mss }),
         Some((mss, GSO_TYPE_TCPV6)) => Some(Gso::TcpV6 { mss }),
-        Some((_, t)) => return rogue(idx, Rogue::BadGsoType(t)),
+        Some((_, t)) => return rogue(out, idx, Rogue::BadGsoType(t)),
     };
-
-    let mut slots = SmallVec::<Slot, MAX_SLOTS>::default();
-    slots.push(Slot {
-        gref: first.gref,
-        offset: first.offset,
-        len: first_len,
-    });
-    responses.push(Rsp::Data { id: first.id });
-    for _ in 0..n_extras {
-        responses.push(Rsp::Extra);
-    }
-    let mut len = u32::from(first_len);
-    for (f, empty) in frags.as_slice() {
-        if *empty {
-            responses.push(Rsp::Empty { id: f.id });
-        } else {
-            slots.push(Slot {
-                gref: f.gref,
-                offset: f.offset,
-                len: f.size,
-            });
-            len += u32::from(f.size);
-            responses.push(Rsp::Data { id: f.id });
-        }
-    }
-    Parsed {
-        consumed: idx,
-        verdict: Verdict::Packet(TxPacket {
-            len,
-            flags: first.flags,
-            gso,
-            slots,
-        }),
-        responses,
-    }
+    out.packet.slots[0].len = first_len;
+    out.packet.len = u32::from(first_len) + frags_len;
+    out.packet.flags = first.flags;
+    out.packet.gso = gso;
+    out.consumed = idx;
+    out.verdict = Verdict::Packet;
 }
 
 #[cfg(test)]
@@ -376,9 +399,8 @@ mod tests {
     fn single_slot() {
         let p = run(&[req(7, 100, crate::netif::NETTXF_CSUM_BLANK, 1, 60)]);
         assert_eq!(p.consumed, 1);
-        let Verdict::Packet(pk) = p.verdict else {
-            panic!("{:?}", p.verdict)
-        };
+        assert_eq!(p.verdict, Verdict::Packet);
+        let pk = &p.packet;
         assert_eq!(pk.len, 60);
         assert_eq!(pk.flags, crate::netif::NETTXF_CSUM_BLANK);
         assert_eq!(
@@ -403,9 +425,8 @@ mod tests {
         ];
         let p = run(&ring);
         assert_eq!(p.consumed, 4);
-        let Verdict::Packet(pk) = p.verdict else {
-            panic!()
-        };
+        assert_eq!(p.verdict, Verdict::Packet);
+        let pk = &p.packet;
         assert_eq!(pk.len, 3000);
         assert_eq!(pk.gso, Some(Gso::TcpV6 { mss: 1448 }));
         assert_eq!(pk.slots.len(), 2);
@@ -453,7 +474,7 @@ mod tests {
 
     #[test]
     fn slot_limits() {
-        assert!(matches!(run(&chain(18)).verdict, Verdict::Packet(_)));
+        assert!(matches!(run(&chain(18)).verdict, Verdict::Packet));
         let p = run(&chain(19));
         assert!(matches!(p.verdict, Verdict::Drop(DropReason::TooManySlots)));
         assert_eq!(p.consumed, 19);
@@ -527,7 +548,7 @@ mod tests {
         // Exactly to the end of the page is fine.
         assert!(matches!(
             run(&[req(1, 4096 - 60, 0, 1, 60)]).verdict,
-            Verdict::Packet(_)
+            Verdict::Packet
         ));
     }
 
@@ -562,6 +583,9 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
+        // One `Parsed` refilled for every ring, as the engine does: nothing of an earlier
+        // packet may survive into the next.
+        let mut reused = Parsed::default();
         for _ in 0..20_000 {
             let n = (rnd() % 30 + 1) as usize;
             let ring: Vec<TxRequest> = (0..n)
@@ -578,7 +602,16 @@ mod tests {
                 .collect();
             let p = run(&ring);
             assert!(p.consumed as usize <= n);
-            if let Verdict::Packet(pk) = &p.verdict {
+            parse_tx_into(&mut reused, ring[0], n as u32, |i| ring[i as usize], false);
+            assert_eq!(reused.consumed, p.consumed);
+            assert_eq!(reused.verdict, p.verdict);
+            assert_eq!(reused.responses, p.responses);
+            if p.verdict == Verdict::Packet {
+                let pk = &p.packet;
+                assert_eq!(reused.packet.len, pk.len);
+                assert_eq!(reused.packet.flags, pk.flags);
+                assert_eq!(reused.packet.gso, pk.gso);
+                assert_eq!(reused.packet.slots, pk.slots);
                 for s in pk.slots.as_slice() {
                     assert!(u32::from(s.offset) + u32::from(s.len) <= 4096);
                     assert!(s.len > 0);

@@ -106,6 +106,8 @@ pub(super) struct Scratch {
     pub(super) done: Vec<Mbuf>,
     /// A flooded frame's destinations.
     pub(super) flood: Vec<(EndpointId, crate::switch::Egress)>,
+    /// The guest TX parse of the packet at hand, refilled per packet.
+    pub(super) parsed: crate::txparse::Parsed,
 }
 
 // SAFETY: the raw pointers in `seg_ptrs` are only meaningful (and only used) within one

@@ -7,7 +7,7 @@ use crate::netif::{
     TxResponse, NETTXF_CSUM_BLANK, XEN_NETIF_RSP_ERROR, XEN_NETIF_RSP_NULL, XEN_NETIF_RSP_OKAY,
 };
 use crate::offload::prepare_guest_tx;
-use crate::txparse::{parse_tx, Gso, Rsp, Verdict};
+use crate::txparse::{parse_tx_into, Gso, Rsp, Verdict};
 use pmd::Mbuf;
 use xen::{CopyDir, CopyOp, EventChannel, GrantCopy};
 
@@ -46,7 +46,9 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     break;
                 }
                 let tx = &q.tx;
-                let parsed = parse_tx(
+                let parsed = &mut self.scratch.parsed;
+                parse_tx_into(
+                    parsed,
                     first,
                     avail,
                     |i| tx.batch_request(i).unwrap_or_default(),
@@ -78,13 +80,14 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                             q.tx.push_response(settled(*r, true));
                         }
                     }
-                    Verdict::Packet(pkt) => {
+                    Verdict::Packet => {
                         q.tx.advance(parsed.consumed);
+                        let pkt = &parsed.packet;
                         let out = self.scratch.rsps_pool.pop().unwrap_or_default();
                         match build_tx(
                             &mut self.mbufs,
                             q.id.domid,
-                            &pkt,
+                            pkt,
                             &parsed.responses,
                             &mut self.ops,
                             &mut self.scratch.seg_ptrs,
