@@ -4,20 +4,34 @@ use super::queue::enqueue_backlog;
 use super::rx::head_gso;
 use super::{Group, UPLINK};
 use crate::offload::finish_in_software;
-use crate::switch::{apply_egress, Decision, EndpointId, FwdCache};
+use crate::switch::{apply_egress, Decision, EndpointId};
 use pmd::Mbuf;
 use xen::{EventChannel, GrantCopy};
+
+/// Where a frame entered, naming the switch decision cache it uses.
+#[derive(Clone, Copy)]
+pub(super) enum Ingress {
+    Uplink,
+    /// A queue, by index in the group.
+    Queue(usize),
+}
 
 impl<G: GrantCopy, E: EventChannel> Group<G, E> {
     /// Switches one frame entering at `from` to its destinations (copying it for all but
     /// the last of a flood); false when the switch or the egress tagging dropped it.
+    /// `ingress` names the decision cache in place (a cache is ~180 bytes: copying it in
+    /// and out per frame cost more than the lookup it saves).
     pub(super) fn switch_frame(
         &mut self,
         from: EndpointId,
         m: Mbuf,
         now: u64,
-        cache: &mut FwdCache,
+        ingress: Ingress,
     ) -> bool {
+        let cache = match ingress {
+            Ingress::Uplink => &mut self.uplink_fwd,
+            Ingress::Queue(qi) => &mut self.queues[qi].fwd,
+        };
         match self.switch.forward_cached(from, m.data(), now, cache) {
             Decision::Unicast(to, e) => {
                 let mut m = m;

@@ -1,6 +1,7 @@
 //! Guest RX: port burst -> switch -> bounded per-queue backlogs -> slots counted (`rxplan`)
 //! before any request is consumed -> one batched copy -> responses with `more_data`,
 //! checksum flags and the GSO extra (or legacy prefix) -> stall detection (XSA-392).
+use super::forward::Ingress;
 use super::queue::Features;
 use super::{Disable, Group, RxBufs, UPLINK};
 use crate::netif::{
@@ -47,12 +48,10 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             }
         }
         let mut burst = std::mem::take(&mut self.rx_burst);
-        let mut fwd = self.uplink_fwd;
         for m in burst.drain(..) {
             // From the wire: the switch's own drops (runts, unknown VLANs) are not a guest's.
-            self.switch_frame(UPLINK, m, now, &mut fwd);
+            self.switch_frame(UPLINK, m, now, Ingress::Uplink);
         }
-        self.uplink_fwd = fwd;
         self.rx_burst = burst;
         self.ops.clear();
         for qi in 0..self.queues.len() {

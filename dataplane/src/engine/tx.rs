@@ -1,5 +1,6 @@
 //! Guest TX: ring -> copy each request once -> `txparse` -> credit -> mbufs and grant-copy
 //! ops -> one batched copy -> responses by each slot's own copies -> offload -> switch -> port.
+use super::forward::Ingress;
 use super::group::MbufCache;
 use super::{Disable, Group, SlotRsps};
 use crate::credit::Admit;
@@ -151,10 +152,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             q.local.tx_gso_checksum_fixup +=
                 self.ofl.gso_checksum_fixup - before.gso_checksum_fixup;
             for m in out.drain(..) {
-                let mut fwd = self.queues[p.q].fwd;
-                let ok = self.switch_frame(from, m, now, &mut fwd);
-                self.queues[p.q].fwd = fwd;
-                if !ok {
+                if !self.switch_frame(from, m, now, Ingress::Queue(p.q)) {
                     self.queues[p.q].local.tx_drop_switch += 1;
                 }
             }
