@@ -101,7 +101,8 @@ pub(super) struct Scratch {
     pub(super) rx_reqs: Vec<crate::netif::RxRequest>,
     pub(super) offload_out: Vec<Mbuf>,
     pub(super) rsps_pool: Vec<SlotRsps>,
-    pub(super) bufs_pool: Vec<RxBufs>,
+    /// (request id, op range, bytes) of every guest RX data buffer of the iteration.
+    pub(super) rx_bufs: Vec<(u16, std::ops::Range<usize>, u16)>,
     /// Mbufs whose data reached the guest, freed in one call.
     pub(super) done: Vec<Mbuf>,
     /// A flooded frame's destinations.
@@ -113,9 +114,6 @@ pub(super) struct Scratch {
 // SAFETY: the raw pointers in `seg_ptrs` are only meaningful (and only used) within one
 // iteration of the group that owns them; between iterations they are stale and ignored.
 unsafe impl Send for Scratch {}
-
-/// (request id, op range, bytes) per guest RX data buffer of a packet.
-pub(super) type RxBufs = Vec<(u16, std::ops::Range<usize>, u16)>;
 
 pub(super) const UPLINK: EndpointId = EndpointId(0);
 

@@ -26,7 +26,7 @@ pub use group::{Group, GroupIo};
 pub use queue::{Features, QueueId, QueueSetup};
 pub use tx::TxBatchBuilder;
 
-use group::{RxBufs, SlotRsps, UPLINK};
+use group::{SlotRsps, UPLINK};
 
 use crate::credit::Rate;
 use crate::txparse::Rogue;

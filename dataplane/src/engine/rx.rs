@@ -3,7 +3,7 @@
 //! checksum flags and the GSO extra (or legacy prefix) -> stall detection (XSA-392).
 use super::forward::Ingress;
 use super::queue::Features;
-use super::{Disable, Group, RxBufs, UPLINK};
+use super::{Disable, Group, UPLINK};
 use crate::netif::{
     ExtraInfo, RxResponse, NETRXF_EXTRA_INFO, NETRXF_GSO_PREFIX, NETRXF_MORE_DATA,
     XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6, XEN_NETIF_RSP_ERROR,
@@ -17,8 +17,8 @@ use xen::{CopyDir, CopyOp, EventChannel, GrantCopy};
 pub(super) struct PendingRx {
     q: usize,
     mbuf: Mbuf,
-    /// (request id, op range, bytes) per data buffer, in slot order.
-    bufs: RxBufs,
+    /// Its data buffers: a range of the iteration's `Scratch::rx_bufs`, in slot order.
+    bufs: std::ops::Range<usize>,
     /// The GSO extra and the id of the request slot it takes.
     gso: Option<(u16, u8, u16)>,
     /// GSO as a prefix slot before the data (legacy frontends) instead of an extra.
@@ -54,6 +54,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         }
         self.rx_burst = burst;
         self.ops.clear();
+        self.scratch.rx_bufs.clear();
         for qi in 0..self.queues.len() {
             let q = &mut self.queues[qi];
             if q.disabled.is_some() || q.backlog.is_empty() {
@@ -127,9 +128,10 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     (true, true) => k + 1,
                     (true, false) => k + usize::from(k > 0),
                 };
-                let mut bufs = self.scratch.bufs_pool.pop().unwrap_or_default();
-                bufs.clear();
-                bufs.extend((0..buffers as usize).map(|k| (reqs[data_req(k)].id, 0..0, 0u16)));
+                let all_bufs = &mut self.scratch.rx_bufs;
+                let b0 = all_bufs.len();
+                all_bufs.extend((0..buffers as usize).map(|k| (reqs[data_req(k)].id, 0..0, 0u16)));
+                let bufs = &mut all_bufs[b0..];
                 let mut m = m;
                 let seg_ptrs = &mut self.scratch.seg_ptrs;
                 m.segment_ptrs(seg_ptrs);
@@ -164,7 +166,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 self.prx.push(PendingRx {
                     q: qi,
                     mbuf: m,
-                    bufs,
+                    bufs: b0..self.scratch.rx_bufs.len(),
                     gso: gso_slot,
                     prefix,
                     flags,
@@ -177,11 +179,11 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         let mut prx = std::mem::take(&mut self.prx);
         for p in prx.drain(..) {
             let q = &mut self.queues[p.q];
-            let ok = p
-                .bufs
+            let bufs = &self.scratch.rx_bufs[p.bufs];
+            let ok = bufs
                 .iter()
                 .all(|b| self.ops[b.1.clone()].iter().all(|o| o.status == 0));
-            let n = p.bufs.len();
+            let n = bufs.len();
             if let (true, Some((size, _ty, id))) = (p.prefix, p.gso) {
                 // The seed's prefix slot: offset = GSO size, status = data slots following.
                 q.rx.push_response(RxResponse {
@@ -191,7 +193,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     status: n as i16,
                 });
             }
-            for (k, (id, _, bytes)) in p.bufs.iter().enumerate() {
+            for (k, (id, _, bytes)) in bufs.iter().enumerate() {
                 let mut flags = if k + 1 < n { NETRXF_MORE_DATA } else { 0 };
                 if k == 0 {
                     flags |= p.flags;
@@ -222,7 +224,6 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             } else {
                 q.local.rx_drop_copy_error += 1;
             }
-            self.scratch.bufs_pool.push(p.bufs);
             self.scratch.done.push(p.mbuf);
         }
         self.prx = prx;
