@@ -185,6 +185,13 @@ pub fn render(s: &Shared) -> prometheus::Result<String> {
         "TSC cycles in poll iterations that moved packets (busy) and that did not (idle).",
         &["group", "state"],
     )?;
+    let handoffs = counter(
+        &r,
+        "netbackd_group_handoffs_total",
+        "Frames for a vif of another group, by outcome: sent through that group's ring, \
+         dropped because it was full, or received for a queue that had gone (stale).",
+        &["group", "result"],
+    )?;
     for (i, c) in s.groups.iter().enumerate() {
         let i = i.to_string();
         let l = [i.as_str()];
@@ -197,6 +204,15 @@ pub fn render(s: &Shared) -> prometheus::Result<String> {
         full.with_label_values(&l).inc_by(g(&c.port_tx_full));
         for (state, a) in [("busy", &c.busy_cycles), ("idle", &c.idle_cycles)] {
             cycles.with_label_values(&[i.as_str(), state]).inc_by(g(a));
+        }
+        for (result, a) in [
+            ("sent", &c.handoffs),
+            ("ring_full", &c.handoff_ring_full),
+            ("stale", &c.handoff_stale),
+        ] {
+            handoffs
+                .with_label_values(&[i.as_str(), result])
+                .inc_by(g(a));
         }
     }
     let port = s.port.lock().unwrap_or_else(|e| e.into_inner()).clone();

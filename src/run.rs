@@ -4,7 +4,7 @@
 use crate::config::{Config, CopyPath, HostKind, SwitchMode};
 use anyhow::{bail, Context};
 use control::{Backend, BackendConfig};
-use dataplane::engine::{Adaptive, EngineConfig, Group, GroupIo};
+use dataplane::engine::{connect_groups, Adaptive, EngineConfig, Group, GroupIo};
 use dataplane::offload::{SoftGso, TxCaps};
 use dataplane::switch::{Mode, SwitchConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -290,10 +290,10 @@ fn serve<H: Host>(cfg: &Config, host: &H, stop: &'static AtomicBool) -> anyhow::
         });
         let group_stop = Arc::new(AtomicBool::new(false));
         let workers = pmd::lcore::workers();
-        let mut handles = Vec::new();
         let mut group_counters = Vec::new();
         let mut lcores = Vec::new();
         let mut threads = Vec::new();
+        let mut built = Vec::new();
         for gi in 0..groups {
             let io = GroupIo {
                 pool: pool.clone(),
@@ -303,11 +303,15 @@ fn serve<H: Host>(cfg: &Config, host: &H, stop: &'static AtomicBool) -> anyhow::
                 soft: SoftGso::new(&format!("g{gi}"), 2047, -1).context("GSO pools")?,
             };
             let (gc, ev) = host.group()?;
-            let mut g = Group::new(ecfg, gc, ev, io, scfg);
-            handles.push(g.handle());
+            let g = Group::new(ecfg, gc, ev, io, scfg);
             group_counters.push(g.counters.clone());
+            built.push(g);
+        }
+        // One L2 domain: every vif reachable from every group (handoff rings between them).
+        let handles = connect_groups(&mut built).context("handoff rings between the groups")?;
+        for (gi, mut g) in built.into_iter().enumerate() {
             let s = group_stop.clone();
-            match workers.get(usize::from(gi)) {
+            match workers.get(gi) {
                 Some(&lc) => {
                     pmd::lcore::launch(lc, move || {
                         g.run(&s, adaptive);

@@ -120,6 +120,12 @@ pub struct Env {
 impl Env {
     /// `name` makes the EAL prefix and pool names unique; `mbufs` sizes the pool.
     pub fn new(name: &str, mem_mb: u32, mbufs: u32) -> Env {
+        Env::with_queues(name, mem_mb, mbufs, 1)
+    }
+
+    /// As [`Env::new`] with the port started with `queues` RX and TX queues (one per
+    /// group; `net_ring0` loops each TX queue back to the RX queue of the same number).
+    pub fn with_queues(name: &str, mem_mb: u32, mbufs: u32, queues: u16) -> Env {
         let prefix = format!("nbd-{name}-{}", std::process::id());
         let mb = mem_mb.to_string();
         let eal = pmd::Eal::init(&[
@@ -138,7 +144,12 @@ impl Env {
         .expect("EAL init");
         let pool = Arc::new(pmd::Mempool::new(name, mbufs, 256, 2176, -1).expect("mempool"));
         let mut port = pmd::Port::by_name("net_ring0").expect("net_ring0");
-        port.configure_and_start(&pmd::PortConfig::default(), &pool)
+        let pcfg = pmd::PortConfig {
+            rx_queues: queues,
+            tx_queues: queues,
+            ..Default::default()
+        };
+        port.configure_and_start(&pcfg, &pool)
             .expect("start net_ring0");
         let host = SimHost::start(xen::sim::SimOptions::default()).expect("sim host");
         Env {
@@ -155,12 +166,22 @@ impl Env {
         cfg: dataplane::engine::EngineConfig,
         caps: dataplane::offload::TxCaps,
     ) -> dataplane::engine::Group<xen::sim::SimGrant, xen::sim::SimEvtchn> {
+        self.group_on(0, cfg, caps)
+    }
+
+    /// A group on port queue `queue`.
+    pub fn group_on(
+        &self,
+        queue: u16,
+        cfg: dataplane::engine::EngineConfig,
+        caps: dataplane::offload::TxCaps,
+    ) -> dataplane::engine::Group<xen::sim::SimGrant, xen::sim::SimEvtchn> {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let io = dataplane::engine::GroupIo {
             pool: self.pool.clone(),
             port: self.port.clone(),
-            port_queue: 0,
+            port_queue: queue,
             caps,
             soft: dataplane::offload::SoftGso::new(&format!("g{n}"), 511, -1).expect("gso pools"),
         };

@@ -359,6 +359,18 @@ impl Mbuf {
         unsafe { self.raw().__bindgen_anon_3.tx_offload }
     }
 
+    /// Stores a 32-bit tag in the mbuf's `hash.usr` word (overwriting the RSS hash): how
+    /// one lcore tells another, through a ring, what a handed-over packet is for.
+    pub fn set_user_tag(&mut self, tag: u32) {
+        self.raw_mut().__bindgen_anon_2.hash.usr = tag;
+    }
+
+    /// The tag [`Mbuf::set_user_tag`] stored (or the RSS hash, if none was).
+    pub fn user_tag(&self) -> u32 {
+        // SAFETY: every bit pattern of the u32 view of the hash union is valid.
+        unsafe { self.raw().__bindgen_anon_2.hash.usr }
+    }
+
     pub fn vlan_tci(&self) -> u16 {
         self.raw().vlan_tci
     }

@@ -109,6 +109,11 @@ pub struct GroupCounters {
     /// whatever the load offered.
     pub busy_cycles: AtomicU64,
     pub idle_cycles: AtomicU64,
+    /// Frames handed to another group's ring (its vif was the destination), refused
+    /// because that ring was full, and received for an endpoint that had gone meanwhile.
+    pub handoffs: AtomicU64,
+    pub handoff_ring_full: AtomicU64,
+    pub handoff_stale: AtomicU64,
 }
 
 /// Adds to a counter only its group writes (a plain load and store: no locked

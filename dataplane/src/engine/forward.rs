@@ -1,5 +1,6 @@
 //! Switching a frame to its destinations: the uplink's TX buffer or queues' backlogs
 //! (segmenting a TSO frame for a frontend that did not negotiate its GSO type).
+use super::counters::bump;
 use super::queue::enqueue_backlog;
 use super::rx::head_gso;
 use super::{Group, UPLINK};
@@ -66,15 +67,55 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         }
     }
 
-    /// Hands a packet to the uplink or to a queue's backlog.
-    pub(super) fn deliver(&mut self, to: EndpointId, m: Mbuf) {
+    /// Hands a packet to the uplink, to a queue's backlog, or to the group that owns the
+    /// destination (tagged with the endpoint, sent at the end of the iteration).
+    pub(super) fn deliver(&mut self, to: EndpointId, mut m: Mbuf) {
         if to == UPLINK {
             self.to_port.push(m);
             return;
         }
-        let Some(qi) = self.queues.iter().position(|q| q.endpoint == to) else {
+        if let Some(qi) = self.queues.iter().position(|q| q.endpoint == to) {
+            self.deliver_to_queue(qi, m);
             return;
+        }
+        if let Some(h) = self.handoff.as_mut() {
+            if let Some(&owner) = h.remote.get(&to) {
+                m.set_user_tag(to.0);
+                h.outbox[owner].push(m);
+            }
+        }
+        // Otherwise the endpoint went away since the decision: the frame is dropped.
+    }
+
+    /// Frames other groups handed over: each goes to the backlog of the queue it is
+    /// tagged for, without switching it again (the sender did). Returns how many arrived.
+    pub(super) fn take_handoffs(&mut self) -> usize {
+        let limit = (self.cfg.budget * self.queues.len().max(1)) as u32;
+        let Some(h) = self.handoff.as_mut() else {
+            return 0;
         };
+        let mut arrived = std::mem::take(&mut h.arrived);
+        let n = h.inbox.dequeue(&mut arrived, limit);
+        let mut stale = 0;
+        for m in arrived.drain(..) {
+            let to = EndpointId(m.user_tag());
+            match self.queues.iter().position(|q| q.endpoint == to) {
+                Some(qi) => self.deliver_to_queue(qi, m),
+                None => stale += 1,
+            }
+        }
+        if let Some(h) = self.handoff.as_mut() {
+            h.arrived = arrived;
+        }
+        if stale > 0 {
+            bump(&self.counters.handoff_stale, stale);
+        }
+        n
+    }
+
+    /// Queues a packet for one of this group's queues (segmenting a TSO frame for a
+    /// frontend that did not negotiate its GSO type).
+    fn deliver_to_queue(&mut self, qi: usize, m: Mbuf) {
         // A TSO super-frame goes to a frontend whole only if it negotiated that GSO type
         // (and scatter-gather); otherwise it is segmented here.
         if m.ol_flags() & pmd::sys::RTE_MBUF_F_TX_TCP_SEG != 0

@@ -60,6 +60,8 @@ pub struct Group<G: GrantCopy, E: EventChannel> {
     pub(super) scratch: Scratch,
     /// The switch's last decision for frames from the port.
     pub(super) uplink_fwd: FwdCache,
+    /// The shared L2 domain, when groups are connected (`connect_groups`).
+    pub(super) handoff: Option<super::fabric::Handoff>,
 }
 
 /// Mbufs taken from the pool `BURST` at a time (one `rte_pktmbuf_alloc_bulk`) and handed
@@ -157,6 +159,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             copy_ops: 0,
             scratch: Scratch::default(),
             uplink_fwd: FwdCache::default(),
+            handoff: None,
         }
     }
 
@@ -175,6 +178,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         GroupHandle {
             tx,
             load: self.load.clone(),
+            fabric: None,
         }
     }
 
@@ -184,12 +188,31 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         };
         while let Ok(c) = rx.try_recv() {
             match c {
-                Command::AddQueue(s) => self.add_queue(*s),
+                Command::AddQueue(s, endpoint) => self.add_queue_as(*s, endpoint),
                 Command::RemoveQueue(id, ack) => {
                     let removed = self.remove_queue(id);
                     let _ = ack.send(removed);
                 }
                 Command::SetRate(id, r) => self.set_rate(id, r),
+                Command::AddRemote {
+                    endpoint,
+                    mac,
+                    vlan,
+                    owner,
+                } => {
+                    if let Some(h) = self.handoff.as_mut() {
+                        self.switch
+                            .add_endpoint(endpoint, EndpointKind::Vif { mac, vlan });
+                        h.remote.insert(endpoint, owner);
+                    }
+                }
+                Command::RemoveRemote(endpoint) => {
+                    if let Some(h) = self.handoff.as_mut() {
+                        if h.remote.remove(&endpoint).is_some() {
+                            self.switch.remove_endpoint(endpoint);
+                        }
+                    }
+                }
             }
         }
         self.commands = Some(rx);
@@ -201,10 +224,18 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
 
     /// Adds a queue (its vif's MAC becomes a switch endpoint).
     pub fn add_queue(&mut self, s: QueueSetup) {
-        let endpoint = EndpointId(
-            1 + self.queues.len() as u32
-                + self.queues.iter().map(|q| q.endpoint.0).max().unwrap_or(0),
-        );
+        self.add_queue_as(s, None)
+    }
+
+    /// Adds a queue as endpoint `endpoint` (allocated by the fabric when groups share an
+    /// L2 domain), else as a new local one.
+    fn add_queue_as(&mut self, s: QueueSetup, endpoint: Option<EndpointId>) {
+        let endpoint = endpoint.unwrap_or_else(|| {
+            EndpointId(
+                1 + self.queues.len() as u32
+                    + self.queues.iter().map(|q| q.endpoint.0).max().unwrap_or(0),
+            )
+        });
         self.switch.add_endpoint(
             endpoint,
             EndpointKind::Vif {
@@ -346,6 +377,10 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             let _ = self.ev.unmask(q.evtchn_tx);
             let _ = self.ev.unmask(q.evtchn_rx);
         }
+        // Handed-over frames raise no event channel: do not sleep on them.
+        if let Some(h) = &self.handoff {
+            work |= !h.inbox.is_empty();
+        }
         work
     }
 
@@ -354,7 +389,17 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         let t0 = pmd::tsc::cycles();
         self.apply_commands();
         let mut work = self.guest_tx();
+        work += self.take_handoffs();
         work += self.guest_rx();
+        if let Some(h) = self.handoff.as_mut() {
+            let (sent, full) = h.flush();
+            if sent > 0 {
+                bump(&self.counters.handoffs, sent);
+            }
+            if full > 0 {
+                bump(&self.counters.handoff_ring_full, full);
+            }
+        }
         for q in &mut self.queues {
             q.local.flush(&q.counters);
         }

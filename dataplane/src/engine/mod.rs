@@ -15,6 +15,7 @@
 //!
 //! A frontend breaking the protocol (impossible indices, rogue requests) gets its queue
 mod counters;
+mod fabric;
 mod forward;
 mod group;
 mod queue;
@@ -22,6 +23,7 @@ mod rx;
 mod tx;
 
 pub use counters::{GroupCounters, QueueCounters};
+pub use fabric::{connect_groups, HANDOFF_RING};
 pub use group::{Group, GroupIo};
 pub use queue::{Features, QueueId, QueueSetup};
 pub use tx::TxBatchBuilder;
@@ -67,9 +69,18 @@ impl Default for EngineConfig {
 /// nothing of any queue is in flight: a removal's acknowledgement therefore means the
 /// group has finished every operation on that queue and will not touch its rings again.
 pub enum Command {
-    AddQueue(Box<QueueSetup>),
+    /// A queue to run, with its endpoint id when groups share one L2 domain.
+    AddQueue(Box<QueueSetup>, Option<crate::switch::EndpointId>),
     RemoveQueue(QueueId, std::sync::mpsc::Sender<bool>),
     SetRate(QueueId, Rate),
+    /// Another group's queue: reachable through that group's handoff ring.
+    AddRemote {
+        endpoint: crate::switch::EndpointId,
+        mac: crate::switch::Mac,
+        vlan: Option<u16>,
+        owner: usize,
+    },
+    RemoveRemote(crate::switch::EndpointId),
 }
 
 /// The control plane's handle on a group running elsewhere.
@@ -77,6 +88,8 @@ pub enum Command {
 pub struct GroupHandle {
     tx: std::sync::mpsc::Sender<Command>,
     load: Arc<AtomicU64>,
+    /// The shared L2 domain and this group's index in it (`connect_groups`).
+    fabric: Option<(Arc<fabric::Fabric>, usize)>,
 }
 
 impl GroupHandle {
@@ -85,8 +98,19 @@ impl GroupHandle {
         self.load.load(Ordering::Relaxed)
     }
 
+    /// Hands a queue to the group; with groups connected, every other group learns its
+    /// MAC (and VLAN) as a remote endpoint.
     pub fn add_queue(&self, s: QueueSetup) -> bool {
-        self.tx.send(Command::AddQueue(Box::new(s))).is_ok()
+        let endpoint = self
+            .fabric
+            .as_ref()
+            .map(|(f, gi)| f.place(*gi, s.id, s.mac, s.vlan));
+        // Counted now, so the next placement sees it before the group applies this one
+        // (the group stores its true count when it does).
+        self.load.fetch_add(1, Ordering::Relaxed);
+        self.tx
+            .send(Command::AddQueue(Box::new(s), endpoint))
+            .is_ok()
     }
 
     /// Removes a queue and waits (up to `timeout`) until the group has let go of it.
@@ -95,7 +119,11 @@ impl GroupHandle {
         if self.tx.send(Command::RemoveQueue(id, ack_tx)).is_err() {
             return false;
         }
-        ack_rx.recv_timeout(timeout).unwrap_or(false)
+        let removed = ack_rx.recv_timeout(timeout).unwrap_or(false);
+        if let Some((f, gi)) = &self.fabric {
+            f.unplace(*gi, id);
+        }
+        removed
     }
 
     pub fn set_rate(&self, id: QueueId, rate: Rate) -> bool {

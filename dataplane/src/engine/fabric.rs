@@ -1,0 +1,148 @@
+//! One L2 domain across groups. Every group's switch knows every vif (its own queues as
+//! local endpoints, the other groups' as remote ones, registered by message); a frame whose
+//! destination is a remote endpoint is handed to the owning group through that group's
+//! multi-producer `rte_ring`, tagged with the endpoint, and the owner queues it for its
+//! guest without switching it again. A flood is expanded by the ingress group alone (one
+//! copy per destination vif, local or remote, and one toward its own port queue), so every
+//! vif gets a broadcast exactly once and the uplink never sees a vif-to-vif frame.
+//!
+//! Endpoint ids are global (allocated here, never reused while the daemon runs), so a frame
+//! still in a ring for a queue that went away is recognised as stale and dropped.
+use super::queue::QueueId;
+use super::{Command, Group, GroupHandle};
+use crate::switch::{EndpointId, Mac};
+use pmd::{Mbuf, MbufRing, RingConsumer, RingProducer};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use xen::{EventChannel, GrantCopy};
+
+/// What the control plane's handles share: every group's command channel, the endpoint
+/// allocator and where each queue's endpoint lives.
+pub(super) struct Fabric {
+    senders: Vec<Sender<Command>>,
+    next_endpoint: AtomicU32,
+    endpoints: Mutex<HashMap<QueueId, EndpointId>>,
+}
+
+impl Fabric {
+    /// A fresh endpoint id for a queue placed in group `owner`; the other groups are told
+    /// its MAC and VLAN (before or after the owner adds it: a frame that races ahead is
+    /// dropped as stale at the owner, never misdelivered).
+    pub(super) fn place(
+        &self,
+        owner: usize,
+        id: QueueId,
+        mac: Mac,
+        vlan: Option<u16>,
+    ) -> EndpointId {
+        let endpoint = EndpointId(self.next_endpoint.fetch_add(1, Ordering::Relaxed));
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, endpoint);
+        for (g, tx) in self.senders.iter().enumerate() {
+            if g != owner {
+                let _ = tx.send(Command::AddRemote {
+                    endpoint,
+                    mac,
+                    vlan,
+                    owner,
+                });
+            }
+        }
+        endpoint
+    }
+
+    /// Forgets a removed queue's endpoint in the other groups.
+    pub(super) fn unplace(&self, owner: usize, id: QueueId) {
+        let Some(endpoint) = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)
+        else {
+            return;
+        };
+        for (g, tx) in self.senders.iter().enumerate() {
+            if g != owner {
+                let _ = tx.send(Command::RemoveRemote(endpoint));
+            }
+        }
+    }
+}
+
+/// A group's side of the fabric.
+pub(super) struct Handoff {
+    /// Frames other groups handed to this one.
+    pub(super) inbox: RingConsumer,
+    /// Every group's inbox, by group index (this group's own included, unused).
+    peers: Vec<RingProducer>,
+    /// Frames for each group, sent once per iteration.
+    pub(super) outbox: Vec<Vec<Mbuf>>,
+    /// Remote endpoints and the group that owns each.
+    pub(super) remote: HashMap<EndpointId, usize>,
+    /// Frames taken out of the inbox this iteration.
+    pub(super) arrived: Vec<Mbuf>,
+}
+
+impl Handoff {
+    /// Sends the outboxes; returns (handed over, dropped because a ring was full).
+    pub(super) fn flush(&mut self) -> (u64, u64) {
+        let (mut sent, mut full) = (0, 0);
+        for (g, out) in self.outbox.iter_mut().enumerate() {
+            if out.is_empty() {
+                continue;
+            }
+            sent += self.peers[g].enqueue(out) as u64;
+            full += out.len() as u64;
+            out.clear();
+        }
+        (sent, full)
+    }
+}
+
+/// Handoff ring size per group: a few iterations of a full budget from every other group.
+pub const HANDOFF_RING: u32 = 4096;
+
+/// Joins `groups` into one L2 domain: a handoff ring per group, and control-plane handles
+/// through which every queue added anywhere becomes reachable from every group. With one
+/// group it only returns that group's plain handle. Call before the groups run.
+pub fn connect_groups<G: GrantCopy, E: EventChannel>(
+    groups: &mut [Group<G, E>],
+) -> Result<Vec<GroupHandle>, pmd::PmdError> {
+    let mut handles: Vec<GroupHandle> = groups.iter_mut().map(|g| g.handle()).collect();
+    if groups.len() < 2 {
+        return Ok(handles);
+    }
+    // Ring names are process-wide in DPDK: number each fabric.
+    static FABRICS: AtomicU32 = AtomicU32::new(0);
+    let f = FABRICS.fetch_add(1, Ordering::Relaxed);
+    let mut producers = Vec::new();
+    let mut consumers = Vec::new();
+    for gi in 0..groups.len() {
+        let (p, c) = MbufRing::new(&format!("nbd-hoff{f}-{gi}"), HANDOFF_RING, -1)?;
+        producers.push(p);
+        consumers.push(c);
+    }
+    let fabric = Arc::new(Fabric {
+        senders: handles.iter().map(|h| h.tx.clone()).collect(),
+        next_endpoint: AtomicU32::new(1),
+        endpoints: Mutex::new(HashMap::new()),
+    });
+    let n = groups.len();
+    for (g, inbox) in groups.iter_mut().zip(consumers) {
+        g.handoff = Some(Handoff {
+            inbox,
+            peers: producers.clone(),
+            outbox: (0..n).map(|_| Vec::new()).collect(),
+            remote: HashMap::new(),
+            arrived: Vec::new(),
+        });
+    }
+    for (gi, h) in handles.iter_mut().enumerate() {
+        h.fabric = Some((fabric.clone(), gi));
+    }
+    Ok(handles)
+}

@@ -1,0 +1,241 @@
+//! Two groups sharing one L2 domain on the simulated host (`connect_groups`), each on its
+//! own queue of a `net_ring0` port (which loops each TX queue back to the RX queue of the
+//! same number): vifs in different groups reach each other through the handoff rings and
+//! never through the uplink; a broadcast reaches every vif once per flood; a frame arriving
+//! on either port queue reaches its vif once, whichever group owns it; a removed queue is
+//! forgotten by the other group. EAL once per process: one test function.
+
+use dataplane::engine::{connect_groups, EngineConfig, Group, GroupHandle, QueueId};
+use dataplane::offload::TxCaps;
+use guest::harness::attach;
+use guest::pktgen::{PktGen, Sink};
+use guest::{Netfront, TxMeta};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use xen::sim::{SimEvtchn, SimGrant};
+
+const MA: [u8; 6] = [0x00, 0x16, 0x3e, 0, 0, 5];
+const MB: [u8; 6] = [0x00, 0x16, 0x3e, 0, 0, 6];
+const MC: [u8; 6] = [0x00, 0x16, 0x3e, 0, 0, 7];
+const WIRE: [u8; 6] = [0x02, 0, 0, 0, 0, 0x77];
+const BCAST: [u8; 6] = [0xff; 6];
+
+type G = Group<SimGrant, SimEvtchn>;
+
+fn gen(src: [u8; 6], dst: [u8; 6]) -> PktGen {
+    PktGen {
+        src_mac: src,
+        dst_mac: dst,
+        src_ip: [10, 0, 0, src[5]],
+        dst_ip: [10, 0, 0, dst[5]],
+        sport: 9,
+        dport: 9,
+        frame_len: 200,
+        seq: 0,
+    }
+}
+
+/// Received frames per vif (A, B, C), each through a sequence-checking sink.
+#[derive(Default)]
+struct Rx {
+    sinks: [Sink; 3],
+}
+
+impl Rx {
+    fn drain(&mut self, nfs: &mut [&mut Netfront; 3]) {
+        for (nf, s) in nfs.iter_mut().zip(self.sinks.iter_mut()) {
+            for p in nf.poll_rx(0).expect("poll_rx") {
+                s.accept(&p.data);
+            }
+        }
+    }
+
+    fn counts(&self) -> [u64; 3] {
+        [0, 1, 2].map(|i| self.sinks[i].stats.packets)
+    }
+}
+
+/// Sends `n` frames from `nf` (polling the groups while its ring is full), then polls until
+/// `done` or 10 s.
+fn send_and_settle(
+    groups: &mut [G],
+    nfs: &mut [&mut Netfront; 3],
+    from: usize,
+    g: &mut PktGen,
+    n: u64,
+    rx: &mut Rx,
+    done: impl Fn(&Rx) -> bool,
+) {
+    let mut f = Vec::new();
+    let mut sent = 0;
+    let t = Instant::now();
+    while (sent < n || !done(rx)) && t.elapsed() < Duration::from_secs(10) {
+        while sent < n {
+            g.next_frame(&mut f);
+            if nfs[from].send(0, &f, TxMeta::default()).is_err() {
+                g.seq -= 1;
+                break;
+            }
+            sent += 1;
+        }
+        for grp in groups.iter_mut() {
+            grp.poll();
+        }
+        rx.drain(nfs);
+    }
+    assert_eq!(sent, n, "every frame queued");
+}
+
+fn port_out(env: &guest::harness::Env) -> u64 {
+    env.port.stats().expect("port stats").opackets
+}
+
+#[test]
+fn groups_share_one_l2_domain() {
+    let env = guest::harness::Env::with_queues("grp", 512, 16383, 2);
+    {
+        let h = &env.host;
+        for d in [5, 6, 7] {
+            h.add_domain(d, &format!("g{d}"), 4096, 8192).unwrap();
+        }
+        let (mut nfa, sa, _) = attach(h, 5, 0, MA);
+        let (mut nfb, sb, cb) = attach(h, 6, 0, MB);
+        let (mut nfc, sc, _) = attach(h, 7, 0, MC);
+        let mut groups = vec![
+            env.group_on(0, EngineConfig::default(), TxCaps::default()),
+            env.group_on(1, EngineConfig::default(), TxCaps::default()),
+        ];
+        let handles: Vec<GroupHandle> = connect_groups(&mut groups).expect("handoff rings");
+        // A in group 0; B and C in group 1.
+        assert!(handles[0].add_queue(sa));
+        assert!(handles[1].add_queue(sb));
+        assert!(handles[1].add_queue(sc));
+        for g in groups.iter_mut() {
+            g.poll();
+        }
+        assert_eq!(groups[0].queue_count(), 1);
+        assert_eq!(groups[1].queue_count(), 2);
+        let mut nfs = [&mut nfa, &mut nfb, &mut nfc];
+        let mut rx = Rx::default();
+
+        // 1. Unicast A (group 0) -> B (group 1): all 500 arrive in order, C sees none, and
+        //    not one frame leaves through the port (no hairpin through the uplink).
+        let out0 = port_out(&env);
+        let mut ab = gen(MA, MB);
+        send_and_settle(&mut groups, &mut nfs, 0, &mut ab, 500, &mut rx, |r| {
+            r.counts()[1] >= 500
+        });
+        assert_eq!(rx.counts(), [0, 500, 0]);
+        let s = &rx.sinks[1].stats;
+        assert_eq!((s.bad, s.lost, s.reordered), (0, 0, 0), "{s:?}");
+        assert_eq!(
+            port_out(&env),
+            out0,
+            "a vif-to-vif flow never reaches the uplink"
+        );
+        assert_eq!(groups[0].counters.handoffs.load(Ordering::Relaxed), 500);
+
+        // 2. The other way: C (group 1) -> A (group 0).
+        rx = Rx::default();
+        let mut ca = gen(MC, MA);
+        send_and_settle(&mut groups, &mut nfs, 2, &mut ca, 300, &mut rx, |r| {
+            r.counts()[0] >= 300
+        });
+        assert_eq!(rx.counts(), [300, 0, 0]);
+        assert_eq!(rx.sinks[0].stats.lost, 0);
+        assert_eq!(port_out(&env), out0);
+        assert_eq!(groups[1].counters.handoffs.load(Ordering::Relaxed), 300);
+
+        // 3. A broadcast from A: once to B and C (through group 1's ring), once to the
+        //    port; net_ring brings that copy back on queue 0, and from the wire it is
+        //    flooded to every vif, A included. So A 1, B 2, C 2, and exactly one frame out.
+        rx = Rx::default();
+        let mut bc = gen(MA, BCAST);
+        send_and_settle(&mut groups, &mut nfs, 0, &mut bc, 1, &mut rx, |r| {
+            r.counts() == [1, 2, 2]
+        });
+        // A little longer: nothing more may come.
+        for _ in 0..200 {
+            for g in groups.iter_mut() {
+                g.poll();
+            }
+            rx.drain(&mut nfs);
+        }
+        assert_eq!(rx.counts(), [1, 2, 2], "each flood reaches each vif once");
+        assert_eq!(port_out(&env), out0 + 1);
+
+        // 4. Frames from the wire, on each port queue, for a vif of the other group.
+        rx = Rx::default();
+        let inject = |queue: u16, dst: [u8; 6], n: u64| {
+            let mut g = gen(WIRE, dst);
+            let mut f = Vec::new();
+            let mut v = Vec::new();
+            for _ in 0..n {
+                g.next_frame(&mut f);
+                let mut m = pmd::Mbuf::alloc(&env.pool).expect("mbuf");
+                m.extend_from_slice(&f).expect("fits");
+                v.push(m);
+            }
+            assert_eq!(env.port.tx_burst(queue, &mut v), n as usize);
+        };
+        inject(0, MC, 40); // arrives at group 0, for C in group 1
+        inject(1, MA, 30); // arrives at group 1, for A in group 0
+        let t = Instant::now();
+        while rx.counts() != [30, 0, 40] && t.elapsed() < Duration::from_secs(10) {
+            for g in groups.iter_mut() {
+                g.poll();
+            }
+            rx.drain(&mut nfs);
+        }
+        assert_eq!(
+            rx.counts(),
+            [30, 0, 40],
+            "exactly once, whichever queue they came on"
+        );
+        assert_eq!(rx.sinks[0].stats.lost + rx.sinks[2].stats.lost, 0);
+
+        // 5. Remove B while the groups run on their own threads: group 0 forgets B's MAC,
+        //    so a frame to it is unknown unicast again (flooded: the port and C get it).
+        let stop = Arc::new(AtomicBool::new(false));
+        let runners: Vec<_> = groups
+            .into_iter()
+            .map(|mut g| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        g.poll();
+                    }
+                    g
+                })
+            })
+            .collect();
+        let qb = QueueId {
+            domid: 6,
+            devid: 0,
+            queue: 0,
+        };
+        assert!(handles[1].remove_queue(qb, Duration::from_secs(5)));
+        std::thread::sleep(Duration::from_millis(50));
+        rx = Rx::default();
+        let mut f = Vec::new();
+        ab.next_frame(&mut f);
+        nfs[0].send(0, &f, TxMeta::default()).unwrap();
+        let t = Instant::now();
+        while rx.counts()[2] < 2 && t.elapsed() < Duration::from_secs(5) {
+            rx.drain(&mut nfs);
+        }
+        // C: once flooded from A's group, once more from the wire (net_ring loops it back).
+        assert_eq!(rx.counts(), [1, 0, 2], "B's MAC is unknown everywhere now");
+        stop.store(true, Ordering::Relaxed);
+        let groups: Vec<G> = runners.into_iter().map(|r| r.join().unwrap()).collect();
+        for g in &groups {
+            let c = &g.counters;
+            assert_eq!(c.handoff_ring_full.load(Ordering::Relaxed), 0);
+            assert_eq!(c.handoff_stale.load(Ordering::Relaxed), 0);
+        }
+        assert_eq!(cb.rx_packets.load(Ordering::Relaxed), 502);
+        drop(groups);
+    }
+    env.finish();
+}
