@@ -112,7 +112,16 @@ struct Learned {
     endpoint: EndpointId,
     last_seen_ns: u64,
     is_static: bool,
+    /// When this entry was last announced to other switches (see [`Switch::take_fresh`]).
+    announced_ns: u64,
 }
+
+/// A learned entry to tell the other groups' switches about: (domain, MAC, endpoint).
+pub type Announce = (Domain, Mac, EndpointId);
+
+/// Announcements kept between two [`Switch::take_fresh`] calls; more are dropped (the
+/// other switches then flood to those MACs until a later announcement).
+const FRESH_CAP: usize = 256;
 
 /// One multiply-xorshift per key: the MAC table is hit per packet and every key is one
 /// integer (a packed MAC + domain, an endpoint id), so SipHash or a byte-wise hash is
@@ -172,6 +181,12 @@ pub struct Switch {
     /// learned, moved, refreshed after ageing or evicted): a [`FwdCache`] of an older
     /// generation is void.
     generation: u64,
+    /// Collect learned entries for other switches ([`Switch::set_announce`]).
+    announce: bool,
+    fresh: Vec<Announce>,
+    /// A full table sweeps its aged entries at most this often (not per refused learn:
+    /// a guest spraying source MACs would make every frame walk the table).
+    next_sweep_ns: u64,
 }
 
 /// The last decision for frames entering at one endpoint, reused while the same header
@@ -274,6 +289,31 @@ impl Switch {
             peers: HashMap::default(),
             table_full: 0,
             generation: 1,
+            announce: false,
+            fresh: Vec::new(),
+            next_sweep_ns: 0,
+        }
+    }
+
+    /// With `on`, every new or moved learned entry (and a live one again every half ageing
+    /// time, so copies elsewhere do not age out while traffic continues) is kept for
+    /// [`Switch::take_fresh`]: how the groups of one L2 domain share what each learns.
+    pub fn set_announce(&mut self, on: bool) {
+        self.announce = on;
+        self.fresh.clear();
+    }
+
+    /// Moves the pending announcements into `out` (appended).
+    pub fn take_fresh(&mut self, out: &mut Vec<Announce>) {
+        out.append(&mut self.fresh);
+    }
+
+    /// Learns what another switch of the same L2 domain announced: `mac` in `domain` is
+    /// behind `endpoint` (which must be known here; else ignored). Static entries win, as
+    /// for local learning; nothing is announced back.
+    pub fn learn_from_peer(&mut self, domain: Domain, mac: Mac, endpoint: EndpointId, now_ns: u64) {
+        if self.endpoints.contains_key(&endpoint) {
+            self.learn_inner(domain, mac, endpoint, now_ns, false);
         }
     }
 
@@ -296,6 +336,7 @@ impl Switch {
                         endpoint: id,
                         last_seen_ns: 0,
                         is_static: true,
+                        announced_ns: 0,
                     },
                 );
                 if matches!(prev, Some(l) if !l.is_static) {
@@ -496,25 +537,47 @@ impl Switch {
     }
 
     fn learn(&mut self, domain: Domain, src: Mac, ingress: EndpointId, now_ns: u64) {
+        self.learn_inner(domain, src, ingress, now_ns, self.announce);
+    }
+
+    fn learn_inner(
+        &mut self,
+        domain: Domain,
+        src: Mac,
+        ingress: EndpointId,
+        now_ns: u64,
+        announce: bool,
+    ) {
         if is_multicast(&src) || src == [0; 6] {
             return;
         }
         let k = key(domain, src);
-        match self.table.get_mut(&k) {
+        let ageing = self.cfg.ageing_ns;
+        let tell = match self.table.get_mut(&k) {
             // A vif's own MAC is pinned: another endpoint claiming it is not believed.
-            Some(l) if l.is_static => {}
+            Some(l) if l.is_static => false,
             Some(l) => {
                 // A move, or an aged entry coming back, changes decisions: cached ones
                 // (flood while it was aged, unicast to the old endpoint) are void.
-                if l.endpoint != ingress
-                    || now_ns.saturating_sub(l.last_seen_ns) >= self.cfg.ageing_ns
-                {
+                let changed =
+                    l.endpoint != ingress || now_ns.saturating_sub(l.last_seen_ns) >= ageing;
+                if changed {
                     self.generation += 1;
                 }
                 l.endpoint = ingress;
                 l.last_seen_ns = now_ns;
+                let tell =
+                    announce && (changed || now_ns.saturating_sub(l.announced_ns) >= ageing / 2);
+                if tell {
+                    l.announced_ns = now_ns;
+                }
+                tell
             }
             None => {
+                if self.learned >= self.cfg.max_learned && now_ns >= self.next_sweep_ns {
+                    self.next_sweep_ns = now_ns + (ageing / 4).min(1_000_000_000);
+                    self.evict_aged(now_ns);
+                }
                 if self.learned >= self.cfg.max_learned {
                     self.table_full += 1;
                     return;
@@ -526,10 +589,15 @@ impl Switch {
                         endpoint: ingress,
                         last_seen_ns: now_ns,
                         is_static: false,
+                        announced_ns: now_ns,
                     },
                 );
                 self.learned += 1;
+                announce
             }
+        };
+        if tell && self.fresh.len() < FRESH_CAP {
+            self.fresh.push((domain, src, ingress));
         }
     }
 
@@ -785,6 +853,77 @@ mod tests {
         );
         s.evict_aged(13 * SEC + 1);
         assert_eq!(s.learned_entries(), 0);
+    }
+
+    #[test]
+    fn full_table_makes_room_from_aged_entries() {
+        let mut s = Switch::new(SwitchConfig {
+            ageing_ns: 10 * SEC,
+            max_learned: 4,
+            ..Default::default()
+        });
+        s.add_endpoint(P0, EndpointKind::Uplink);
+        let host = |i: u8| [0x02, 0, 0, 0, 1, i];
+        for i in 0..4 {
+            s.forward(P0, &frame(BCAST, host(i), None), 0);
+        }
+        assert_eq!(s.learned_entries(), 4);
+        // Still fresh: a fifth is refused and counted.
+        s.forward(P0, &frame(BCAST, host(4), None), SEC);
+        assert_eq!((s.learned_entries(), s.table_full), (4, 1));
+        // Nobody calls evict_aged: once the four have aged, the full table sweeps them
+        // itself and the newcomer is learned (before, the table stayed full forever).
+        s.forward(P0, &frame(BCAST, host(5), None), 11 * SEC);
+        assert_eq!((s.learned_entries(), s.table_full), (1, 1));
+        // Fresh entries are never swept: the table fills again and refuses again.
+        for i in 6..11 {
+            s.forward(P0, &frame(BCAST, host(i), None), 11 * SEC + 1);
+        }
+        assert_eq!((s.learned_entries(), s.table_full), (4, 3));
+    }
+
+    #[test]
+    fn announces_what_it_learns_once_per_half_ageing() {
+        let mut s = basic();
+        s.set_announce(true);
+        let mut out = Vec::new();
+        // New (from the wire, behind P0), then a refresh: announced once.
+        s.forward(P0, &frame(MAC_V1, HOST_A, None), 0);
+        s.forward(P0, &frame(MAC_V1, HOST_A, None), SEC);
+        s.take_fresh(&mut out);
+        assert_eq!(out, vec![(None, HOST_A, P0)]);
+        out.clear();
+        // A move is announced at once; a live entry again after half the ageing time.
+        s.forward(P1, &frame(MAC_V1, HOST_A, None), 2 * SEC);
+        s.forward(P1, &frame(MAC_V1, HOST_A, None), 6 * SEC);
+        s.forward(P1, &frame(MAC_V1, HOST_A, None), 7 * SEC);
+        s.take_fresh(&mut out);
+        assert_eq!(out, vec![(None, HOST_A, P1), (None, HOST_A, P1)]);
+        out.clear();
+        // Static MACs are never announced; what a peer announces is learned, not echoed,
+        // and only for an endpoint this switch knows.
+        s.forward(V1, &frame(HOST_A, MAC_V1, None), 8 * SEC);
+        let host_b: Mac = [0x02, 0, 0, 0, 0, 0xb];
+        s.learn_from_peer(None, host_b, V2, 8 * SEC);
+        s.learn_from_peer(None, [0x02, 0, 0, 0, 0, 0xc], EndpointId(99), 8 * SEC);
+        s.learn_from_peer(None, MAC_V1, P0, 8 * SEC);
+        s.take_fresh(&mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(
+            s.forward(V1, &frame(host_b, MAC_V1, None), 9 * SEC),
+            Decision::Unicast(V2, Egress::AsIs)
+        );
+        assert_eq!(
+            s.forward(V2, &frame(MAC_V1, MAC_V2, None), 9 * SEC),
+            Decision::Unicast(V1, Egress::AsIs),
+            "a peer cannot move a static MAC"
+        );
+        assert_eq!(s.learned_entries(), 2);
+        // Without announce, nothing accumulates.
+        let mut quiet = basic();
+        quiet.forward(P0, &frame(MAC_V1, HOST_A, None), 0);
+        quiet.take_fresh(&mut out);
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! own queue of a `net_ring0` port (which loops each TX queue back to the RX queue of the
 //! same number): vifs in different groups reach each other through the handoff rings and
 //! never through the uplink; a broadcast reaches every vif once per flood; a frame arriving
-//! on either port queue reaches its vif once, whichever group owns it; a removed queue is
-//! forgotten by the other group. EAL once per process: one test function.
+//! on either port queue reaches its vif once, whichever group owns it; a MAC one group
+//! learned is not flooded to by the other; a removed queue is forgotten by the other group. EAL once per process: one test function.
 
 use dataplane::engine::{connect_groups, EngineConfig, Group, GroupHandle, QueueId};
 use dataplane::offload::TxCaps;
@@ -195,7 +195,44 @@ fn groups_share_one_l2_domain() {
         );
         assert_eq!(rx.sinks[0].stats.lost + rx.sinks[2].stats.lost, 0);
 
-        // 5. Remove B while the groups run on their own threads: group 0 forgets B's MAC,
+        // 5. A MAC learned by one group is known to the other: WIRE2 talks only through
+        //    port queue 0 (group 0 learns it); C, in group 1, then reaches it by unicast
+        //    to the port, with no flood copy to A or B.
+        const WIRE2: [u8; 6] = [0x02, 0, 0, 0, 0, 0x78];
+        rx = Rx::default();
+        {
+            let mut g = gen(WIRE2, MA);
+            let mut f = Vec::new();
+            g.next_frame(&mut f);
+            let mut m = pmd::Mbuf::alloc(&env.pool).expect("mbuf");
+            m.extend_from_slice(&f).expect("fits");
+            assert_eq!(env.port.tx_burst(0, &mut vec![m]), 1);
+        }
+        let t = Instant::now();
+        while rx.counts()[0] < 1 && t.elapsed() < Duration::from_secs(5) {
+            for g in groups.iter_mut() {
+                g.poll();
+            }
+            rx.drain(&mut nfs);
+        }
+        for _ in 0..10 {
+            for g in groups.iter_mut() {
+                g.poll();
+            }
+        }
+        let out1 = port_out(&env);
+        let mut cw = gen(MC, WIRE2);
+        send_and_settle(&mut groups, &mut nfs, 2, &mut cw, 20, &mut rx, |_| true);
+        for _ in 0..100 {
+            for g in groups.iter_mut() {
+                g.poll();
+            }
+            rx.drain(&mut nfs);
+        }
+        assert_eq!(rx.counts(), [1, 0, 0], "no flood copies of C's unicast");
+        assert_eq!(port_out(&env), out1 + 20);
+
+        // 6. Remove B while the groups run on their own threads: group 0 forgets B's MAC,
         //    so a frame to it is unknown unicast again (flooded: the port and C get it).
         let stop = Arc::new(AtomicBool::new(false));
         let runners: Vec<_> = groups

@@ -6,6 +6,9 @@
 //! copy per destination vif, local or remote, and one toward its own port queue), so every
 //! vif gets a broadcast exactly once and the uplink never sees a vif-to-vif frame.
 //!
+//! What a group's switch learns (a MAC on its port queue or behind one of its vifs) is
+//! announced to the other groups by message, so they forward to it instead of flooding.
+//!
 //! Endpoint ids are global (allocated here, never reused while the daemon runs), so a frame
 //! still in a ring for a queue that went away is recognised as stale and dropped.
 use super::queue::QueueId;
@@ -75,6 +78,12 @@ impl Fabric {
 
 /// A group's side of the fabric.
 pub(super) struct Handoff {
+    /// This group's index.
+    gi: usize,
+    /// Every group's command channel (for announcing learned MACs).
+    cmds: Vec<Sender<Command>>,
+    /// Learned entries to announce this iteration.
+    fresh: Vec<crate::switch::Announce>,
     /// Frames other groups handed to this one.
     pub(super) inbox: RingConsumer,
     /// Every group's inbox, by group index (this group's own included, unused).
@@ -88,6 +97,25 @@ pub(super) struct Handoff {
 }
 
 impl Handoff {
+    /// Tells the other groups what `switch` learned since the last call (new or moved
+    /// MACs, and live ones again every half ageing time), so a MAC learned on one group's
+    /// port queue or vif is not flooded to by the others.
+    pub(super) fn announce(&mut self, switch: &mut crate::switch::Switch) {
+        switch.take_fresh(&mut self.fresh);
+        for &(domain, mac, endpoint) in &self.fresh {
+            for (g, tx) in self.cmds.iter().enumerate() {
+                if g != self.gi {
+                    let _ = tx.send(Command::Learned {
+                        domain,
+                        mac,
+                        endpoint,
+                    });
+                }
+            }
+        }
+        self.fresh.clear();
+    }
+
     /// Sends the outboxes; returns (handed over, dropped because a ring was full).
     pub(super) fn flush(&mut self) -> (u64, u64) {
         let (mut sent, mut full) = (0, 0);
@@ -132,8 +160,12 @@ pub fn connect_groups<G: GrantCopy, E: EventChannel>(
         endpoints: Mutex::new(HashMap::new()),
     });
     let n = groups.len();
-    for (g, inbox) in groups.iter_mut().zip(consumers) {
+    for (gi, (g, inbox)) in groups.iter_mut().zip(consumers).enumerate() {
+        g.switch.set_announce(true);
         g.handoff = Some(Handoff {
+            gi,
+            cmds: fabric.senders.clone(),
+            fresh: Vec::new(),
             inbox,
             peers: producers.clone(),
             outbox: (0..n).map(|_| Vec::new()).collect(),

@@ -206,6 +206,14 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                         h.remote.insert(endpoint, owner);
                     }
                 }
+                Command::Learned {
+                    domain,
+                    mac,
+                    endpoint,
+                } => {
+                    let now = self.now();
+                    self.switch.learn_from_peer(domain, mac, endpoint, now);
+                }
                 Command::RemoveRemote(endpoint) => {
                     if let Some(h) = self.handoff.as_mut() {
                         if h.remote.remove(&endpoint).is_some() {
@@ -399,6 +407,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             if full > 0 {
                 bump(&self.counters.handoff_ring_full, full);
             }
+            h.announce(&mut self.switch);
         }
         for q in &mut self.queues {
             q.local.flush(&q.counters);

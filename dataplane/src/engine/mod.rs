@@ -81,6 +81,13 @@ pub enum Command {
         owner: usize,
     },
     RemoveRemote(crate::switch::EndpointId),
+    /// Another group learned `mac` behind `endpoint` (the port: `EndpointId(0)` in
+    /// every group).
+    Learned {
+        domain: crate::switch::Domain,
+        mac: crate::switch::Mac,
+        endpoint: crate::switch::EndpointId,
+    },
 }
 
 /// The control plane's handle on a group running elsewhere.
