@@ -5,9 +5,10 @@
 //! on either port queue reaches its vif once, whichever group owns it; a MAC one group
 //! learned is not flooded to by the other; a removed queue is forgotten by the other group. EAL once per process: one test function.
 
+use dataplane::engine::Features;
 use dataplane::engine::{connect_groups, EngineConfig, Group, GroupHandle, QueueId};
 use dataplane::offload::TxCaps;
-use guest::harness::attach;
+use guest::harness::{attach, attach_queues};
 use guest::pktgen::{PktGen, Sink};
 use guest::{Netfront, TxMeta};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +19,7 @@ use xen::sim::{SimEvtchn, SimGrant};
 const MA: [u8; 6] = [0x00, 0x16, 0x3e, 0, 0, 5];
 const MB: [u8; 6] = [0x00, 0x16, 0x3e, 0, 0, 6];
 const MC: [u8; 6] = [0x00, 0x16, 0x3e, 0, 0, 7];
+const MD: [u8; 6] = [0x00, 0x16, 0x3e, 0, 0, 8];
 const WIRE: [u8; 6] = [0x02, 0, 0, 0, 0, 0x77];
 const BCAST: [u8; 6] = [0xff; 6];
 
@@ -96,7 +98,7 @@ fn groups_share_one_l2_domain() {
     let env = guest::harness::Env::with_queues("grp", 512, 16383, 2);
     {
         let h = &env.host;
-        for d in [5, 6, 7] {
+        for d in [5, 6, 7, 8] {
             h.add_domain(d, &format!("g{d}"), 4096, 8192).unwrap();
         }
         let (mut nfa, sa, _) = attach(h, 5, 0, MA);
@@ -232,7 +234,92 @@ fn groups_share_one_l2_domain() {
         assert_eq!(rx.counts(), [1, 0, 0], "no flood copies of C's unicast");
         assert_eq!(port_out(&env), out1 + 20);
 
-        // 6. Remove B while the groups run on their own threads: group 0 forgets B's MAC,
+        // 6. A vif with two queues, one in each group: a broadcast reaches it once (not
+        //    once per queue), and flows from the wire spread over both queues by a flow
+        //    hash, each flow on one queue.
+        let (mut nfd, sd, _) = attach_queues(
+            h,
+            8,
+            0,
+            MD,
+            Features {
+                sg: true,
+                ..Default::default()
+            },
+            2,
+        );
+        let mut sd = sd.into_iter();
+        assert!(handles[0].add_queue(sd.next().unwrap()));
+        assert!(handles[1].add_queue(sd.next().unwrap()));
+        for g in groups.iter_mut() {
+            g.poll();
+        }
+        let d_rx = |groups: &mut [G], nfd: &mut Netfront, polls: usize| {
+            let mut got: Vec<(u16, Vec<u8>)> = Vec::new();
+            for _ in 0..polls {
+                for g in groups.iter_mut() {
+                    g.poll();
+                }
+                for q in 0..2 {
+                    for p in nfd.poll_rx(q).expect("poll_rx") {
+                        got.push((q as u16, p.data));
+                    }
+                }
+            }
+            got
+        };
+        rx = Rx::default();
+        let mut bd = gen(MA, BCAST);
+        send_and_settle(&mut groups, &mut nfs, 0, &mut bd, 1, &mut rx, |_| true);
+        let got = d_rx(&mut groups, &mut nfd, 200);
+        rx.drain(&mut nfs);
+        // Once flooded by A's group, once more from the wire (net_ring loops it back).
+        assert_eq!(
+            got.len(),
+            2,
+            "a broadcast reaches a two-queue vif once per flood"
+        );
+        let mut per_flow: std::collections::HashMap<u16, std::collections::HashSet<u16>> =
+            Default::default();
+        let mut wd = gen(WIRE, MD);
+        let mut f = Vec::new();
+        let mut v = Vec::new();
+        for flow in 0..32u16 {
+            for _ in 0..4 {
+                wd.sport = 5000 + flow;
+                wd.next_frame(&mut f);
+                let mut m = pmd::Mbuf::alloc(&env.pool).expect("mbuf");
+                m.extend_from_slice(&f).expect("fits");
+                v.push(m);
+            }
+        }
+        let n = v.len();
+        let (mut q0, mut rest): (Vec<_>, Vec<_>) =
+            v.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+        let mut q0: Vec<_> = q0.drain(..).map(|x| x.1).collect();
+        let mut q1: Vec<_> = rest.drain(..).map(|x| x.1).collect();
+        assert_eq!(
+            env.port.tx_burst(0, &mut q0) + env.port.tx_burst(1, &mut q1),
+            n
+        );
+        let got = d_rx(&mut groups, &mut nfd, 300);
+        assert_eq!(got.len(), n, "every frame once");
+        for (q, data) in &got {
+            let sport = u16::from_be_bytes([data[34], data[35]]);
+            per_flow.entry(sport).or_default().insert(*q);
+        }
+        assert_eq!(per_flow.len(), 32);
+        assert!(
+            per_flow.values().all(|qs| qs.len() == 1),
+            "a flow stays on one queue"
+        );
+        let on_q1 = per_flow.values().filter(|qs| qs.contains(&1)).count();
+        assert!(
+            (4..=28).contains(&on_q1),
+            "flows spread over both queues: {on_q1} of 32 on queue 1"
+        );
+
+        // 7. Remove B while the groups run on their own threads: group 0 forgets B's MAC,
         //    so a frame to it is unknown unicast again (flooded: the port and C get it).
         let stop = Arc::new(AtomicBool::new(false));
         let runners: Vec<_> = groups
@@ -271,7 +358,8 @@ fn groups_share_one_l2_domain() {
             assert_eq!(c.handoff_ring_full.load(Ordering::Relaxed), 0);
             assert_eq!(c.handoff_stale.load(Ordering::Relaxed), 0);
         }
-        assert_eq!(cb.rx_packets.load(Ordering::Relaxed), 502);
+        // B: 500 unicast and two broadcasts twice each (direct and from the wire).
+        assert_eq!(cb.rx_packets.load(Ordering::Relaxed), 504);
         drop(groups);
     }
     env.finish();

@@ -48,6 +48,20 @@ pub fn attach_with(
     mac: [u8; 6],
     features: Features,
 ) -> (Netfront, QueueSetup, Arc<QueueCounters>) {
+    let (nf, mut setups, mut counters) = attach_queues(h, domid, devid, mac, features, 1);
+    (nf, setups.remove(0), counters.remove(0))
+}
+
+/// As [`attach_with`] for a frontend with `queues` queues (the backend offers that many;
+/// the frontend writes them under `queue-N/` when there are several).
+pub fn attach_queues(
+    h: &SimHost,
+    domid: u16,
+    devid: u32,
+    mac: [u8; 6],
+    features: Features,
+    queues: u32,
+) -> (Netfront, Vec<QueueSetup>, Vec<Arc<QueueCounters>>) {
     let xs = h.store();
     let mac_s = mac
         .iter()
@@ -57,11 +71,13 @@ pub fn attach_with(
     toolstack::add_vif(xs, 0, domid, devid, &mac_s, &Default::default()).unwrap();
     let be = toolstack::backend_path(0, domid, devid);
     let fe = toolstack::frontend_path(domid, devid);
+    let max_q = queues.to_string();
     for (k, v) in [
         ("feature-rx-copy", "1"),
         ("feature-sg", "1"),
         ("feature-gso-tcpv4", "1"),
         ("feature-split-event-channels", "1"),
+        ("multi-queue-max-queues", max_q.as_str()),
     ] {
         xs.write(Tx::NONE, &format!("{be}/{k}"), v).unwrap();
     }
@@ -72,39 +88,49 @@ pub fn attach_with(
         FrontConfig {
             domid,
             devid,
-            queues: 1,
+            queues,
             split_evtchn: true,
         },
     )
     .unwrap();
     nf.connect(Duration::from_secs(5)).unwrap();
-    let r = |k: &str| {
-        xs.read(Tx::NONE, &format!("{fe}/{k}"))
-            .unwrap()
-            .unwrap()
-            .parse::<u32>()
-            .unwrap()
-    };
     let mut ev = h.evtchn(0).unwrap();
-    let counters = Arc::new(QueueCounters::default());
-    let setup = QueueSetup {
-        vlan: None,
-        id: QueueId {
-            domid,
-            devid,
-            queue: 0,
-        },
-        tx: BackRing::attach(map_ring(h, domid, r("tx-ring-ref"))),
-        rx: BackRing::attach(map_ring(h, domid, r("rx-ring-ref"))),
-        evtchn_tx: ev.bind_interdomain(domid, r("event-channel-tx")).unwrap(),
-        evtchn_rx: ev.bind_interdomain(domid, r("event-channel-rx")).unwrap(),
-        mac,
-        features,
-        rate: Rate::UNLIMITED,
-        counters: counters.clone(),
-    };
+    let mut setups = Vec::new();
+    let mut all = Vec::new();
+    for q in 0..queues {
+        let dir = if queues > 1 {
+            format!("{fe}/queue-{q}")
+        } else {
+            fe.clone()
+        };
+        let r = |k: &str| {
+            xs.read(Tx::NONE, &format!("{dir}/{k}"))
+                .unwrap()
+                .unwrap()
+                .parse::<u32>()
+                .unwrap()
+        };
+        let counters = Arc::new(QueueCounters::default());
+        setups.push(QueueSetup {
+            vlan: None,
+            id: QueueId {
+                domid,
+                devid,
+                queue: q as u16,
+            },
+            tx: BackRing::attach(map_ring(h, domid, r("tx-ring-ref"))),
+            rx: BackRing::attach(map_ring(h, domid, r("rx-ring-ref"))),
+            evtchn_tx: ev.bind_interdomain(domid, r("event-channel-tx")).unwrap(),
+            evtchn_rx: ev.bind_interdomain(domid, r("event-channel-rx")).unwrap(),
+            mac,
+            features,
+            rate: Rate::UNLIMITED,
+            counters: counters.clone(),
+        });
+        all.push(counters);
+    }
     xs.write(Tx::NONE, &format!("{be}/state"), "4").unwrap();
-    (nf, setup, counters)
+    (nf, setups, all)
 }
 
 /// The world an engine test runs in: EAL (no hugepages, a unique file prefix, one

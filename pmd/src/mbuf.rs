@@ -359,16 +359,25 @@ impl Mbuf {
         unsafe { self.raw().__bindgen_anon_3.tx_offload }
     }
 
-    /// Stores a 32-bit tag in the mbuf's `hash.usr` word (overwriting the RSS hash): how
-    /// one lcore tells another, through a ring, what a handed-over packet is for.
-    pub fn set_user_tag(&mut self, tag: u32) {
-        self.raw_mut().__bindgen_anon_2.hash.usr = tag;
+    /// Stores a 64-bit tag in the mbuf's 8-byte `hash` union (`usr` and `fdir.hi`,
+    /// overwriting the RSS hash): how one lcore tells another, through a ring, what a
+    /// handed-over packet is for.
+    pub fn set_user_tag(&mut self, tag: u64) {
+        // `fdir.hi` (bytes 4..8 of the union) does not overlap `usr` (bytes 0..4): both
+        // halves are kept.
+        let m = self.raw_mut();
+        m.__bindgen_anon_2.hash.usr = tag as u32;
+        m.__bindgen_anon_2.hash.fdir.hi = (tag >> 32) as u32;
     }
 
-    /// The tag [`Mbuf::set_user_tag`] stored (or the RSS hash, if none was).
-    pub fn user_tag(&self) -> u32 {
-        // SAFETY: every bit pattern of the u32 view of the hash union is valid.
-        unsafe { self.raw().__bindgen_anon_2.hash.usr }
+    /// The tag [`Mbuf::set_user_tag`] stored.
+    pub fn user_tag(&self) -> u64 {
+        let m = self.raw();
+        // SAFETY: every bit pattern of the u32 views of the hash union is valid.
+        unsafe {
+            u64::from(m.__bindgen_anon_2.hash.usr)
+                | (u64::from(m.__bindgen_anon_2.hash.fdir.hi) << 32)
+        }
     }
 
     pub fn vlan_tci(&self) -> u16 {

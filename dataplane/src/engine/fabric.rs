@@ -1,8 +1,8 @@
-//! One L2 domain across groups. Every group's switch knows every vif (its own queues as
-//! local endpoints, the other groups' as remote ones, registered by message); a frame whose
-//! destination is a remote endpoint is handed to the owning group through that group's
-//! multi-producer `rte_ring`, tagged with the endpoint, and the owner queues it for its
-//! guest without switching it again. A flood is expanded by the ingress group alone (one
+//! One L2 domain across groups. Every group's switch knows every vif, and every group
+//! knows where each vif queue runs (its own, or another group's, registered by message); a
+//! frame for a queue of another group is handed to that group through its multi-producer
+//! `rte_ring`, tagged with the vif's endpoint and the queue, and the owner queues it for
+//! its guest without switching it again. A flood is expanded by the ingress group alone (one
 //! copy per destination vif, local or remote, and one toward its own port queue), so every
 //! vif gets a broadcast exactly once and the uplink never sees a vif-to-vif frame.
 //!
@@ -22,17 +22,18 @@ use std::sync::{Arc, Mutex};
 use xen::{EventChannel, GrantCopy};
 
 /// What the control plane's handles share: every group's command channel, the endpoint
-/// allocator and where each queue's endpoint lives.
+/// allocator and each vif's endpoint with the number of its queues placed.
 pub(super) struct Fabric {
     senders: Vec<Sender<Command>>,
     next_endpoint: AtomicU32,
-    endpoints: Mutex<HashMap<QueueId, EndpointId>>,
+    vifs: Mutex<HashMap<(u16, u32), (EndpointId, usize)>>,
 }
 
 impl Fabric {
-    /// A fresh endpoint id for a queue placed in group `owner`; the other groups are told
-    /// its MAC and VLAN (before or after the owner adds it: a frame that races ahead is
-    /// dropped as stale at the owner, never misdelivered).
+    /// The endpoint of queue `id`'s vif (a fresh one for its first queue) as the queue is
+    /// placed in group `owner`; the other groups are told where the queue runs (before or
+    /// after the owner adds it: a frame that races ahead is dropped as stale at the owner,
+    /// never misdelivered).
     pub(super) fn place(
         &self,
         owner: usize,
@@ -40,17 +41,24 @@ impl Fabric {
         mac: Mac,
         vlan: Option<u16>,
     ) -> EndpointId {
-        let endpoint = EndpointId(self.next_endpoint.fetch_add(1, Ordering::Relaxed));
-        self.endpoints
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, endpoint);
+        let endpoint = {
+            let mut vifs = self.vifs.lock().unwrap_or_else(|e| e.into_inner());
+            let e = vifs.entry((id.domid, id.devid)).or_insert_with(|| {
+                (
+                    EndpointId(self.next_endpoint.fetch_add(1, Ordering::Relaxed)),
+                    0,
+                )
+            });
+            e.1 += 1;
+            e.0
+        };
         for (g, tx) in self.senders.iter().enumerate() {
             if g != owner {
                 let _ = tx.send(Command::AddRemote {
                     endpoint,
                     mac,
                     vlan,
+                    queue: id.queue,
                     owner,
                 });
             }
@@ -58,19 +66,26 @@ impl Fabric {
         endpoint
     }
 
-    /// Forgets a removed queue's endpoint in the other groups.
+    /// Forgets a removed queue in the other groups (its vif's endpoint with its last).
     pub(super) fn unplace(&self, owner: usize, id: QueueId) {
-        let Some(endpoint) = self
-            .endpoints
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id)
-        else {
-            return;
+        let endpoint = {
+            let mut vifs = self.vifs.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(e) = vifs.get_mut(&(id.domid, id.devid)) else {
+                return;
+            };
+            e.1 = e.1.saturating_sub(1);
+            let endpoint = e.0;
+            if e.1 == 0 {
+                vifs.remove(&(id.domid, id.devid));
+            }
+            endpoint
         };
         for (g, tx) in self.senders.iter().enumerate() {
             if g != owner {
-                let _ = tx.send(Command::RemoveRemote(endpoint));
+                let _ = tx.send(Command::RemoveRemote {
+                    endpoint,
+                    queue: id.queue,
+                });
             }
         }
     }
@@ -90,8 +105,6 @@ pub(super) struct Handoff {
     peers: Vec<RingProducer>,
     /// Frames for each group, sent once per iteration.
     pub(super) outbox: Vec<Vec<Mbuf>>,
-    /// Remote endpoints and the group that owns each.
-    pub(super) remote: HashMap<EndpointId, usize>,
     /// Frames taken out of the inbox this iteration.
     pub(super) arrived: Vec<Mbuf>,
 }
@@ -157,7 +170,7 @@ pub fn connect_groups<G: GrantCopy, E: EventChannel>(
     let fabric = Arc::new(Fabric {
         senders: handles.iter().map(|h| h.tx.clone()).collect(),
         next_endpoint: AtomicU32::new(1),
-        endpoints: Mutex::new(HashMap::new()),
+        vifs: Mutex::new(HashMap::new()),
     });
     let n = groups.len();
     for (gi, (g, inbox)) in groups.iter_mut().zip(consumers).enumerate() {
@@ -169,7 +182,6 @@ pub fn connect_groups<G: GrantCopy, E: EventChannel>(
             inbox,
             peers: producers.clone(),
             outbox: (0..n).map(|_| Vec::new()).collect(),
-            remote: HashMap::new(),
             arrived: Vec::new(),
         });
     }

@@ -1,6 +1,7 @@
 //! Switching a frame to its destinations: the uplink's TX buffer or queues' backlogs
 //! (segmenting a TSO frame for a frontend that did not negotiate its GSO type).
 use super::counters::bump;
+use super::group::Place;
 use super::queue::enqueue_backlog;
 use super::rx::head_gso;
 use super::{Group, UPLINK};
@@ -67,24 +68,41 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         }
     }
 
-    /// Hands a packet to the uplink, to a queue's backlog, or to the group that owns the
-    /// destination (tagged with the endpoint, sent at the end of the iteration).
+    /// Hands a packet to the uplink, or to one queue of the destination vif (chosen by a
+    /// flow hash when it has several): its backlog here, or the ring of the group it runs
+    /// in (tagged with the vif's endpoint and the queue, sent at the end of the iteration).
     pub(super) fn deliver(&mut self, to: EndpointId, mut m: Mbuf) {
         if to == UPLINK {
             self.to_port.push(m);
             return;
         }
-        if let Some(qi) = self.queues.iter().position(|q| q.endpoint == to) {
-            self.deliver_to_queue(qi, m);
+        // Gone since the decision: dropped.
+        let Some(routes) = self.vifs.get(&to) else {
             return;
-        }
-        if let Some(h) = self.handoff.as_mut() {
-            if let Some(&owner) = h.remote.get(&to) {
-                m.set_user_tag(to.0);
-                h.outbox[owner].push(m);
+        };
+        let (queue, place) = match routes.as_slice() {
+            [only] => *only,
+            all => all[flow_hash(m.data()) as usize % all.len()],
+        };
+        match place {
+            Place::Local => {
+                if let Some(qi) = self.local_queue(to, queue) {
+                    self.deliver_to_queue(qi, m);
+                }
+            }
+            Place::Remote(owner) => {
+                if let Some(h) = self.handoff.as_mut() {
+                    m.set_user_tag(u64::from(to.0) << 16 | u64::from(queue));
+                    h.outbox[owner].push(m);
+                }
             }
         }
-        // Otherwise the endpoint went away since the decision: the frame is dropped.
+    }
+
+    fn local_queue(&self, endpoint: EndpointId, queue: u16) -> Option<usize> {
+        self.queues
+            .iter()
+            .position(|q| q.endpoint == endpoint && q.id.queue == queue)
     }
 
     /// Frames other groups handed over: each goes to the backlog of the queue it is
@@ -98,8 +116,9 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         let n = h.inbox.dequeue(&mut arrived, limit);
         let mut stale = 0;
         for m in arrived.drain(..) {
-            let to = EndpointId(m.user_tag());
-            match self.queues.iter().position(|q| q.endpoint == to) {
+            let tag = m.user_tag();
+            let (to, queue) = (EndpointId((tag >> 16) as u32), tag as u16);
+            match self.local_queue(to, queue) {
                 Some(qi) => self.deliver_to_queue(qi, m),
                 None => stale += 1,
             }
@@ -132,5 +151,84 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             return;
         }
         enqueue_backlog(&mut self.queues[qi], m, &self.cfg);
+    }
+}
+
+/// A flow's hash for choosing among a vif's queues: symmetric (both directions of a flow
+/// get the same value), over the IPv4/IPv6 addresses and, for TCP and UDP, the ports; 0
+/// for anything else (one queue for all non-IP frames, so their order is kept).
+fn flow_hash(f: &[u8]) -> u32 {
+    let b = |i: usize| f.get(i).copied().unwrap_or(0);
+    let be16 = |i: usize| u16::from_be_bytes([b(i), b(i + 1)]);
+    let mut l3 = 14;
+    let mut ty = be16(12);
+    if ty == 0x8100 {
+        ty = be16(16);
+        l3 = 18;
+    }
+    let fold = |at: usize, len: usize| {
+        (0..len / 4).fold(0u32, |h, k| {
+            h ^ u32::from_be_bytes([
+                b(at + 4 * k),
+                b(at + 4 * k + 1),
+                b(at + 4 * k + 2),
+                b(at + 4 * k + 3),
+            ])
+        })
+    };
+    let (addrs, proto, l4) = match ty {
+        0x0800 if f.len() >= l3 + 20 => {
+            let ihl = usize::from(b(l3) & 0xf) * 4;
+            let first_fragment = be16(l3 + 6) & 0x1fff == 0;
+            let proto = if first_fragment { b(l3 + 9) } else { 0 };
+            (fold(l3 + 12, 4) ^ fold(l3 + 16, 4), proto, l3 + ihl)
+        }
+        0x86dd if f.len() >= l3 + 40 => (fold(l3 + 8, 16) ^ fold(l3 + 24, 16), b(l3 + 6), l3 + 40),
+        _ => return 0,
+    };
+    let ports = match proto {
+        6 | 17 if f.len() >= l4 + 4 => u32::from(be16(l4) ^ be16(l4 + 2)),
+        _ => 0,
+    };
+    let x = u64::from(addrs ^ ports.rotate_left(16) ^ u32::from(proto));
+    let h = x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> 32) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flow_hash;
+
+    fn v4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 8];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[23] = 17;
+        f[26..30].copy_from_slice(&src);
+        f[30..34].copy_from_slice(&dst);
+        f[34..36].copy_from_slice(&sport.to_be_bytes());
+        f[36..38].copy_from_slice(&dport.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn symmetric_and_spread() {
+        let a = [10, 0, 0, 1];
+        let b = [10, 0, 0, 2];
+        assert_eq!(
+            flow_hash(&v4(a, b, 1000, 80)),
+            flow_hash(&v4(b, a, 80, 1000))
+        );
+        // Flows differing only in a port land on both of two queues.
+        let odd = (0..64u16)
+            .filter(|p| flow_hash(&v4(a, b, 1000 + p, 80)) % 2 == 1)
+            .count();
+        assert!((16..=48).contains(&odd), "{odd} of 64");
+        // Short or odd frames: no panic, hash 0 for non-IP.
+        assert_eq!(flow_hash(&[]), 0);
+        assert_eq!(flow_hash(&[0u8; 13]), 0);
+        let mut t = v4(a, b, 1, 2);
+        t.truncate(30);
+        let _ = flow_hash(&t);
     }
 }

@@ -7,10 +7,12 @@ use super::tx::PendingTx;
 use super::{Adaptive, Command, Disable, EngineConfig, GroupHandle};
 use crate::credit::{Credit, Rate};
 use crate::offload::{OffloadCounters, SoftGso, TxCaps};
-use crate::switch::{EndpointId, EndpointKind, FwdCache, Switch, SwitchConfig};
+use crate::switch::{EndpointId, EndpointKind, FwdCache, Mac, MacHasher, Switch, SwitchConfig};
 use crate::txparse::Rsp;
 use pmd::{Mbuf, Mempool, Port};
+use std::collections::HashMap;
 use std::collections::VecDeque;
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use xen::{CopyOp, EventChannel, GrantCopy};
@@ -62,6 +64,17 @@ pub struct Group<G: GrantCopy, E: EventChannel> {
     pub(super) uplink_fwd: FwdCache,
     /// The shared L2 domain, when groups are connected (`connect_groups`).
     pub(super) handoff: Option<super::fabric::Handoff>,
+    /// Every vif's queues by queue number (ascending), here or in another group: the
+    /// switch's endpoints are vifs, a frame for one goes to one of its queues.
+    pub(super) vifs: HashMap<EndpointId, Vec<(u16, Place)>, BuildHasherDefault<MacHasher>>,
+}
+
+/// Where a vif queue runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Place {
+    Local,
+    /// In the group of this index (through its handoff ring).
+    Remote(usize),
 }
 
 /// Mbufs taken from the pool `BURST` at a time (one `rte_pktmbuf_alloc_bulk`) and handed
@@ -160,6 +173,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             scratch: Scratch::default(),
             uplink_fwd: FwdCache::default(),
             handoff: None,
+            vifs: HashMap::default(),
         }
     }
 
@@ -198,12 +212,11 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     endpoint,
                     mac,
                     vlan,
+                    queue,
                     owner,
                 } => {
-                    if let Some(h) = self.handoff.as_mut() {
-                        self.switch
-                            .add_endpoint(endpoint, EndpointKind::Vif { mac, vlan });
-                        h.remote.insert(endpoint, owner);
+                    if self.handoff.is_some() {
+                        self.add_route(endpoint, mac, vlan, queue, Place::Remote(owner));
                     }
                 }
                 Command::Learned {
@@ -214,12 +227,8 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     let now = self.now();
                     self.switch.learn_from_peer(domain, mac, endpoint, now);
                 }
-                Command::RemoveRemote(endpoint) => {
-                    if let Some(h) = self.handoff.as_mut() {
-                        if h.remote.remove(&endpoint).is_some() {
-                            self.switch.remove_endpoint(endpoint);
-                        }
-                    }
+                Command::RemoveRemote { endpoint, queue } => {
+                    self.remove_route(endpoint, queue, |p| matches!(p, Place::Remote(_)));
                 }
             }
         }
@@ -235,22 +244,23 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         self.add_queue_as(s, None)
     }
 
-    /// Adds a queue as endpoint `endpoint` (allocated by the fabric when groups share an
-    /// L2 domain), else as a new local one.
+    /// Adds a queue of the vif whose switch endpoint is `endpoint` (allocated by the
+    /// fabric when groups share an L2 domain), else of the vif's endpoint here (the one its
+    /// other queues use, or a new one).
     fn add_queue_as(&mut self, s: QueueSetup, endpoint: Option<EndpointId>) {
         let endpoint = endpoint.unwrap_or_else(|| {
-            EndpointId(
-                1 + self.queues.len() as u32
-                    + self.queues.iter().map(|q| q.endpoint.0).max().unwrap_or(0),
-            )
+            let same_vif = self
+                .queues
+                .iter()
+                .find(|q| q.id.domid == s.id.domid && q.id.devid == s.id.devid);
+            match same_vif {
+                Some(q) => q.endpoint,
+                None => EndpointId(1 + self.vifs.keys().map(|e| e.0).max().unwrap_or(0)),
+            }
         });
-        self.switch.add_endpoint(
-            endpoint,
-            EndpointKind::Vif {
-                mac: s.mac,
-                vlan: s.vlan,
-            },
-        );
+        // A queue of that number already here (a re-add): replaced.
+        self.remove_queue(s.id);
+        self.add_route(endpoint, s.mac, s.vlan, s.id.queue, Place::Local);
         let now = self.now();
         self.queues.push(Queue {
             id: s.id,
@@ -281,10 +291,43 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             return false;
         };
         let mut q = self.queues.remove(i);
-        self.switch.remove_endpoint(q.endpoint);
+        self.remove_route(q.endpoint, q.id.queue, |p| p == Place::Local);
         q.local.flush(&q.counters);
         self.load.store(self.queues.len() as u64, Ordering::Relaxed);
         true
+    }
+
+    /// Records queue `queue` of the vif at `endpoint` (its MAC and VLAN become a switch
+    /// endpoint with its first queue).
+    fn add_route(
+        &mut self,
+        endpoint: EndpointId,
+        mac: Mac,
+        vlan: Option<u16>,
+        queue: u16,
+        at: Place,
+    ) {
+        let routes = self.vifs.entry(endpoint).or_default();
+        if routes.is_empty() {
+            self.switch
+                .add_endpoint(endpoint, EndpointKind::Vif { mac, vlan });
+        }
+        routes.retain(|r| r.0 != queue);
+        let k = routes.partition_point(|r| r.0 < queue);
+        routes.insert(k, (queue, at));
+    }
+
+    /// Forgets queue `queue` of the vif at `endpoint` if `which` accepts where it was; the
+    /// vif leaves the switch with its last queue.
+    fn remove_route(&mut self, endpoint: EndpointId, queue: u16, which: impl Fn(Place) -> bool) {
+        let Some(routes) = self.vifs.get_mut(&endpoint) else {
+            return;
+        };
+        routes.retain(|r| r.0 != queue || !which(r.1));
+        if routes.is_empty() {
+            self.vifs.remove(&endpoint);
+            self.switch.remove_endpoint(endpoint);
+        }
     }
 
     /// Applies a new rate to a queue, live.

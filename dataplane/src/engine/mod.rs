@@ -78,9 +78,13 @@ pub enum Command {
         endpoint: crate::switch::EndpointId,
         mac: crate::switch::Mac,
         vlan: Option<u16>,
+        queue: u16,
         owner: usize,
     },
-    RemoveRemote(crate::switch::EndpointId),
+    RemoveRemote {
+        endpoint: crate::switch::EndpointId,
+        queue: u16,
+    },
     /// Another group learned `mac` behind `endpoint` (the port: `EndpointId(0)` in
     /// every group).
     Learned {
