@@ -103,6 +103,11 @@ pub struct PointSpec {
     pub dir: Direction,
     pub size: FrameSize,
     pub vifs: usize,
+    /// Groups sharing one L2 domain (`connect_groups`), all polled by the one group
+    /// thread in turn: the cost of the work, not parallel speed-up (2 CPUs here).
+    pub groups: usize,
+    /// g2g: percent of the vif pairs whose two vifs are in different groups.
+    pub cross: u8,
 }
 
 /// Timing of one measurement.
@@ -206,23 +211,27 @@ pub struct Snapshot {
     pub port_tx_full: u64,
     pub busy_cycles: u64,
     pub idle_cycles: u64,
+    pub handoffs: u64,
 }
 
-fn snapshot(qs: &[Arc<QueueCounters>], g: &GroupCounters) -> Snapshot {
+fn snapshot(qs: &[Arc<QueueCounters>], gs: &[Arc<GroupCounters>]) -> Snapshot {
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let mut s = Snapshot {
         at: Some(Instant::now()),
         tsc: pmd::tsc::cycles(),
-        iterations: l(&g.iterations),
-        busy_iterations: l(&g.busy_iterations),
-        grant_copy_calls: l(&g.grant_copy_calls),
-        grant_copy_ops: l(&g.grant_copy_ops),
-        batched_packets: l(&g.batched_packets),
-        port_tx_full: l(&g.port_tx_full),
-        busy_cycles: l(&g.busy_cycles),
-        idle_cycles: l(&g.idle_cycles),
         ..Default::default()
     };
+    for g in gs {
+        s.iterations += l(&g.iterations);
+        s.busy_iterations += l(&g.busy_iterations);
+        s.grant_copy_calls += l(&g.grant_copy_calls);
+        s.grant_copy_ops += l(&g.grant_copy_ops);
+        s.batched_packets += l(&g.batched_packets);
+        s.port_tx_full += l(&g.port_tx_full);
+        s.busy_cycles += l(&g.busy_cycles);
+        s.idle_cycles += l(&g.idle_cycles);
+        s.handoffs += l(&g.handoffs);
+    }
     for q in qs {
         s.tx_packets += l(&q.tx_packets);
         s.tx_bytes += l(&q.tx_bytes);
@@ -306,6 +315,8 @@ pub struct Measured {
     pub guest_tx_packets: u64,
     pub guest_rx_packets: u64,
     pub guest_rx_errors: u64,
+    /// Frames handed between groups in the measured intervals (when there are several).
+    pub handoffs: u64,
 }
 
 /// Host, pool and domain numbering shared by all points of a run.
@@ -367,22 +378,37 @@ impl Bench {
         domids: &[u16],
     ) -> anyhow::Result<Measured> {
         let h = &self.host;
-        self.groups += 1;
-        let io = GroupIo {
-            pool: self.pool.clone(),
-            port: port.clone(),
-            port_queue: 0,
-            caps: TxCaps::default(),
-            soft: SoftGso::new(&format!("pg{}", self.groups), 2047, -1)?,
+        let ng = spec.groups.max(1);
+        let mut gs = Vec::new();
+        for _ in 0..ng {
+            self.groups += 1;
+            // Every group on port queue 0: one thread polls them all in turn.
+            let io = GroupIo {
+                pool: self.pool.clone(),
+                port: port.clone(),
+                port_queue: 0,
+                caps: TxCaps::default(),
+                soft: SoftGso::new(&format!("pg{}", self.groups), 2047, -1)?,
+            };
+            gs.push(Group::new(
+                EngineConfig::default(),
+                h.grants(0),
+                h.evtchn(0)?,
+                io,
+                SwitchConfig::default(),
+            ));
+        }
+        let handles = dataplane::engine::connect_groups(&mut gs)?;
+        let gc: Vec<_> = gs.iter().map(|g| g.counters.clone()).collect();
+        // g2g pair k (vifs 2k, 2k+1) is split over two groups when k < cross_pairs;
+        // otherwise both its vifs are in group k % ng. Other directions: vif i in i % ng.
+        let pairs = domids.len() / 2;
+        let cross_pairs = (pairs * usize::from(spec.cross)).div_ceil(100);
+        let group_of = |i: usize| match spec.dir {
+            Direction::G2g if ng > 1 && i % 2 == 1 && i / 2 < cross_pairs => (i / 2 + 1) % ng,
+            Direction::G2g => (i / 2) % ng,
+            _ => i % ng,
         };
-        let mut g = Group::new(
-            EngineConfig::default(),
-            h.grants(0),
-            h.evtchn(0)?,
-            io,
-            SwitchConfig::default(),
-        );
-        let gc = g.counters.clone();
         let mut guests = Vec::new();
         let mut qcs = Vec::new();
         // dom0's event-channel ports of this point, released after it (a long run attaches
@@ -391,7 +417,7 @@ impl Bench {
         for (i, &d) in domids.iter().enumerate() {
             let (nf, setup, ctr) = guest::harness::attach(h, d, 0, vif_mac(d));
             ports.extend([setup.evtchn_tx, setup.evtchn_rx]);
-            g.add_queue(setup);
+            handles[group_of(i)].add_queue(setup);
             qcs.push(ctr);
             let len = spec.size.bytes();
             let tx = match spec.dir {
@@ -413,6 +439,9 @@ impl Bench {
             });
             guests.push((nf, tx));
         }
+        for g in gs.iter_mut() {
+            g.poll(); // applies the placements
+        }
         let s0 = snapshot(&qcs, &gc);
         let totals = Arc::new(GuestTotals::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -428,19 +457,19 @@ impl Bench {
             })?;
         }
         // The guests are running: from here on every exit path stops and joins them.
-        let res = measure(&mut g, &qcs, &gc, spec.dir, timing, progress);
+        let res = measure(&mut gs, &qcs, &gc, spec.dir, timing, progress);
         stop.store(true, Ordering::Relaxed);
         // Drain: keep polling so that what is in flight completes and is counted.
         let t = Instant::now();
         while t.elapsed() < Duration::from_millis(50) {
-            g.poll();
+            poll_all(&mut gs);
         }
         pmd::lcore::wait(worker);
         // The guests are gone: poll until everything they queued is done (idle for a
         // while), bounded.
         let (t, mut idle) = (Instant::now(), 0);
         while idle < 1000 && t.elapsed() < Duration::from_secs(2) {
-            idle = if g.poll() == 0 { idle + 1 } else { 0 };
+            idle = if poll_all(&mut gs) == 0 { idle + 1 } else { 0 };
         }
         if let Some(e) = errors.lock().expect("not poisoned").take() {
             anyhow::bail!("guest: {e}");
@@ -467,7 +496,7 @@ impl Bench {
         m.guest_tx_packets = totals.tx_packets.load(Ordering::Relaxed);
         m.guest_rx_packets = totals.rx_packets.load(Ordering::Relaxed);
         m.guest_rx_errors = totals.rx_errors.load(Ordering::Relaxed);
-        drop(g);
+        drop(gs);
         let mut ev = h.evtchn(0)?;
         for p in ports {
             ev.unbind(p)?;
@@ -535,12 +564,17 @@ fn guest_loop(
     totals.rx_errors.store(rxe, Ordering::Relaxed);
 }
 
-/// Polls the group through warm-up and the measured intervals (TSC and counters sampled
+/// One iteration of every group; the work they did.
+fn poll_all(gs: &mut [Group<xen::sim::SimGrant, xen::sim::SimEvtchn>]) -> usize {
+    gs.iter_mut().map(|g| g.poll()).sum()
+}
+
+/// Polls the groups through warm-up and the measured intervals (TSC and counters sampled
 /// at each boundary).
 fn measure(
-    g: &mut Group<xen::sim::SimGrant, xen::sim::SimEvtchn>,
+    gs: &mut [Group<xen::sim::SimGrant, xen::sim::SimEvtchn>],
     qcs: &[Arc<QueueCounters>],
-    gc: &GroupCounters,
+    gc: &[Arc<GroupCounters>],
     dir: Direction,
     timing: Timing,
     progress: &mut dyn FnMut(f64),
@@ -550,7 +584,7 @@ fn measure(
     let mut run_until = |until: Instant| -> anyhow::Result<()> {
         loop {
             for _ in 0..32 {
-                g.poll();
+                poll_all(gs);
             }
             let now = Instant::now();
             if now >= until {
@@ -624,5 +658,6 @@ fn measure(
         guest_tx_packets: 0,
         guest_rx_packets: 0,
         guest_rx_errors: 0,
+        handoffs: last.handoffs - first.handoffs,
     })
 }

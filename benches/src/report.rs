@@ -1,6 +1,6 @@
 //! `pktgen`'s results: one [`Row`] per point (all fields go to `--json`), the table on
 //! stdout, and the charts (`--plot DIR`, SVG and PNG with plotters).
-use crate::harness::{Direction, FrameSize, Measured};
+use crate::harness::{Direction, Measured};
 use crate::median;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -14,6 +14,12 @@ pub struct Row {
     pub size: String,
     pub frame_len: usize,
     pub vifs: usize,
+    /// Groups (one L2 domain, polled by one thread) and, for g2g, the percent of vif
+    /// pairs split across two groups.
+    pub groups: usize,
+    pub cross: u8,
+    /// Frames handed between groups per packet counted.
+    pub handoffs_per_packet: f64,
     pub wire: String,
     /// Median over rounds of each round's median interval rate.
     pub mpps: f64,
@@ -56,9 +62,7 @@ pub struct Row {
 
 impl Row {
     pub fn from_rounds(
-        dir: Direction,
-        size: FrameSize,
-        vifs: usize,
+        p: &crate::harness::PointSpec,
         wire: &str,
         rounds: Vec<Measured>,
         idle_limit: f64,
@@ -75,11 +79,20 @@ impl Row {
             }
         }
         let idle = med(&|m| m.idle_time_share);
+        let handoffs: u64 = rounds.iter().map(|m| m.handoffs).sum();
+        let packets: u64 = rounds.iter().map(|m| m.packets).sum();
         Row {
-            dir,
-            size: size.label(),
-            frame_len: size.bytes(),
-            vifs,
+            dir: p.dir,
+            size: p.size.label(),
+            frame_len: p.size.bytes(),
+            vifs: p.vifs,
+            groups: p.groups,
+            cross: p.cross,
+            handoffs_per_packet: if packets == 0 {
+                0.0
+            } else {
+                handoffs as f64 / packets as f64
+            },
             wire: wire.into(),
             mpps: med(&|m| median(&m.pps)) / 1e6,
             mpps_min: min(&all_pps) / 1e6,
@@ -142,14 +155,14 @@ pub fn table(rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<5} {:>6} {:>4} {:>7} {:>13} {:>7} {:>7} {:>7} {:>5} {:>5} {:>6} {:>5} {:>7} {:>6} {:>9} {:>5} {:>6} {:>6} {:>6} {:>6}",
+        "{:<5} {:>6} {:>4} {:>7} {:>13} {:>7} {:>7} {:>7} {:>5} {:>5} {:>6} {:>5} {:>7} {:>6} {:>9} {:>5} {:>6} {:>6} {:>6} {:>6} {:>3} {:>4} {:>6}",
         "dir", "size", "vifs", "Mpps", "min-max", "Gbit/s", "cyc/pkt", "busy/pk", "idle%", "idlT%", "ops/cp", "batch",
-        "ntf/pkt", "drops", "overload", "limit", "vhost", "x vh", "memcpy", "x mc"
+        "ntf/pkt", "drops", "overload", "limit", "vhost", "x vh", "memcpy", "x mc", "grp", "xg%", "hof/pk"
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "{:<5} {:>6} {:>4} {:>7.3} {:>13} {:>7.2} {:>7.0} {:>7.0} {:>5.1} {:>5.1} {:>6.1} {:>5.1} {:>7.4} {:>6} {:>9} {:>5} {:>6} {:>6} {:>6} {:>6}",
+            "{:<5} {:>6} {:>4} {:>7.3} {:>13} {:>7.2} {:>7.0} {:>7.0} {:>5.1} {:>5.1} {:>6.1} {:>5.1} {:>7.4} {:>6} {:>9} {:>5} {:>6} {:>6} {:>6} {:>6} {:>3} {:>4} {:>6.3}",
             r.dir.name(),
             r.size,
             r.vifs,
@@ -170,6 +183,9 @@ pub fn table(rows: &[Row]) -> String {
             opt(r.ratio_vs_vhost_user, 3),
             opt(r.memcpy_mpps, 1),
             opt(r.ratio_vs_memcpy, 3),
+            r.groups,
+            r.cross,
+            r.handoffs_per_packet,
         );
     }
     let _ = writeln!(
@@ -181,7 +197,8 @@ pub fn table(rows: &[Row]) -> String {
          ops/cp: grant-copy ops per call; batch: packets per busy iteration; drops: loss \
          by reason (below); overload: rx_drop_backlog_full, the wire's excess; limit 'gen': \
          idle time > threshold (the guests limit); x vh, x mc: netbackd/vhost-user, \
-         netbackd/memcpy."
+         netbackd/memcpy; grp: groups (one L2 domain, all polled by the one group thread); \
+         xg%: g2g pairs split over two groups; hof/pk: frames handed between groups per packet."
     );
     for r in rows {
         let nonzero: Vec<String> = r

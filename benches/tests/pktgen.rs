@@ -97,3 +97,61 @@ fn out_pid(stdout: &str) -> u32 {
         .and_then(|w| w.trim_end_matches(',').parse().ok())
         .expect("pid in the summary line")
 }
+
+/// Two groups, g2g with every pair split across them: each packet is handed from one group
+/// to the other exactly once, with no loss; with no pair split, none is.
+#[test]
+fn pktgen_cross_group_points() {
+    let json = std::env::temp_dir().join(format!("pktgen-groups-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_pktgen"))
+        .args([
+            "--sizes",
+            "64",
+            "--dirs",
+            "g2g",
+            "--vifs",
+            "2",
+            "--groups",
+            "2",
+            "--cross",
+            "0,100",
+            "--warmup",
+            "0.2",
+            "--intervals",
+            "2",
+            "--interval-ms",
+            "200",
+            "--rounds",
+            "1",
+            "--no-baseline",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .expect("run pktgen");
+    assert!(
+        out.status.success(),
+        "pktgen failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&json).expect("json written");
+    let _ = std::fs::remove_file(&json);
+    let rows: serde_json::Value = serde_json::from_str(&text).expect("valid json");
+    let rows = rows.as_array().expect("array of points");
+    assert_eq!(rows.len(), 2, "{text}");
+    for (r, cross) in rows.iter().zip([0u64, 100]) {
+        assert_eq!(
+            (r["groups"].as_u64(), r["cross"].as_u64()),
+            (Some(2), Some(cross))
+        );
+        assert!(r["rounds"][0]["packets"].as_u64().unwrap() > 0);
+        assert_eq!(r["drops_total"], 0, "loss: {}", r["drops"]);
+        let h = r["handoffs_per_packet"].as_f64().unwrap();
+        let want = cross as f64 / 100.0;
+        assert!(
+            (h - want).abs() < 0.02,
+            "cross {cross}%: {h} handoffs per packet"
+        );
+    }
+}

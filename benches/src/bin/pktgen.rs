@@ -64,6 +64,13 @@ struct Args {
     /// Vif counts (one group).
     #[arg(long, value_delimiter = ',', default_value = "1")]
     vifs: Vec<usize>,
+    /// Groups sharing one L2 domain, polled in turn by the one group thread (the cost of
+    /// the work, not parallel speed-up)
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    groups: Vec<usize>,
+    /// g2g with several groups: percent of the vif pairs split over two groups
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    cross: Vec<u8>,
     /// Warm-up before measuring, seconds.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
@@ -149,6 +156,15 @@ fn plan(a: &mut Args) -> anyhow::Result<Plan> {
     if a.intervals == 0 || a.rounds == 0 {
         bail!("--intervals and --rounds must be > 0");
     }
+    if a.groups.iter().any(|g| !(1..=16).contains(g)) {
+        bail!("--groups must be 1..=16");
+    }
+    if a.cross.iter().any(|c| *c > 100) {
+        bail!("--cross is a percentage (0..=100)");
+    }
+    if a.quick {
+        a.groups = vec![1];
+    }
     let mut points = Vec::new();
     for &dir in &dirs {
         for &size in &sizes {
@@ -157,8 +173,24 @@ fn plan(a: &mut Args) -> anyhow::Result<Plan> {
                     FrameSize::Gso => matches!(dir, Direction::Tx | Direction::G2g),
                     FrameSize::Bytes(_) => true,
                 };
-                if ok && vifs > 0 {
-                    points.push(PointSpec { dir, size, vifs });
+                for &groups in &a.groups {
+                    // Cross-group shares only mean something for g2g across groups.
+                    let crosses: Vec<u8> = if dir == Direction::G2g && groups > 1 {
+                        a.cross.clone()
+                    } else {
+                        vec![0]
+                    };
+                    for cross in crosses {
+                        if ok && vifs > 0 {
+                            points.push(PointSpec {
+                                dir,
+                                size,
+                                vifs,
+                                groups,
+                                cross,
+                            });
+                        }
+                    }
                 }
             }
         }
@@ -287,7 +319,18 @@ fn run() -> anyhow::Result<()> {
     let mut n_dev = 0u32;
     let t_run = Instant::now();
     for p in &plan.points {
-        let label = format!("{} {} x{}", p.dir.name(), p.size.label(), p.vifs);
+        let label = if p.groups > 1 {
+            format!(
+                "{} {} x{} {}g {}%",
+                p.dir.name(),
+                p.size.label(),
+                p.vifs,
+                p.groups,
+                p.cross
+            )
+        } else {
+            format!("{} {} x{}", p.dir.name(), p.size.label(), p.vifs)
+        };
         let mut rounds: Vec<Measured> = Vec::new();
         let mut vhost_rounds: Vec<Vec<f64>> = Vec::new();
         let mut notes = Vec::new();
@@ -357,7 +400,7 @@ fn run() -> anyhow::Result<()> {
                 bail!("interrupted");
             }
         }
-        let mut row = Row::from_rounds(p.dir, p.size, p.vifs, &args.wire, rounds, args.idle_limit);
+        let mut row = Row::from_rounds(p, &args.wire, rounds, args.idle_limit);
         if has_baseline(p) && !args.no_baseline {
             bar.set_message(format!("{label}: memcpy"));
             let mc = baseline::memcpy_pps(
