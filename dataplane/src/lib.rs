@@ -8,5 +8,6 @@ pub mod netif;
 pub mod offload;
 pub mod rxplan;
 pub mod switch;
+pub mod toeplitz;
 pub mod txparse;
 pub mod wire;
