@@ -3,6 +3,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod credit;
+pub mod ctrl;
 pub mod engine;
 pub mod netif;
 pub mod offload;

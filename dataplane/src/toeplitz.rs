@@ -82,6 +82,10 @@ impl ToeplitzKey {
     /// The all-zero key (Linux's initial key: every hash is 0).
     pub const ZERO: ToeplitzKey = ToeplitzKey([0; MAX_KEY_LEN]);
 
+    pub const fn new(bytes: [u8; MAX_KEY_LEN]) -> ToeplitzKey {
+        ToeplitzKey(bytes)
+    }
+
     /// `key` zero-padded to 40 bytes; None if it is longer.
     pub fn from_slice(key: &[u8]) -> Option<ToeplitzKey> {
         let mut k = [0u8; MAX_KEY_LEN];
