@@ -3,10 +3,12 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod credit;
+pub mod ctrl;
 pub mod engine;
 pub mod netif;
 pub mod offload;
 pub mod rxplan;
 pub mod switch;
+pub mod toeplitz;
 pub mod txparse;
 pub mod wire;

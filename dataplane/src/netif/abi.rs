@@ -269,6 +269,41 @@ pub const XEN_NETIF_RSP_ERROR: i16 = -1;
 pub const XEN_NETIF_RSP_OKAY: i16 = 0;
 pub const XEN_NETIF_RSP_NULL: i16 = 1;
 
+// Control ring request types (`XEN_NETIF_CTRL_TYPE_*`).
+pub const XEN_NETIF_CTRL_TYPE_INVALID: u16 = 0;
+pub const XEN_NETIF_CTRL_TYPE_GET_HASH_FLAGS: u16 = 1;
+pub const XEN_NETIF_CTRL_TYPE_SET_HASH_FLAGS: u16 = 2;
+pub const XEN_NETIF_CTRL_TYPE_SET_HASH_KEY: u16 = 3;
+pub const XEN_NETIF_CTRL_TYPE_GET_HASH_MAPPING_SIZE: u16 = 4;
+pub const XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING_SIZE: u16 = 5;
+pub const XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING: u16 = 6;
+pub const XEN_NETIF_CTRL_TYPE_SET_HASH_ALGORITHM: u16 = 7;
+pub const XEN_NETIF_CTRL_TYPE_GET_GREF_MAPPING_SIZE: u16 = 8;
+pub const XEN_NETIF_CTRL_TYPE_ADD_GREF_MAPPING: u16 = 9;
+pub const XEN_NETIF_CTRL_TYPE_DEL_GREF_MAPPING: u16 = 10;
+
+// Control ring response status (`XEN_NETIF_CTRL_STATUS_*`).
+pub const XEN_NETIF_CTRL_STATUS_SUCCESS: u32 = 0;
+pub const XEN_NETIF_CTRL_STATUS_NOT_SUPPORTED: u32 = 1;
+pub const XEN_NETIF_CTRL_STATUS_INVALID_PARAMETER: u32 = 2;
+pub const XEN_NETIF_CTRL_STATUS_BUFFER_OVERFLOW: u32 = 3;
+
+// Hash algorithms (`XEN_NETIF_CTRL_HASH_ALGORITHM_*`).
+pub const XEN_NETIF_CTRL_HASH_ALGORITHM_NONE: u32 = 0;
+pub const XEN_NETIF_CTRL_HASH_ALGORITHM_TOEPLITZ: u32 = 1;
+
+// Hash types: bit numbers (`_XEN_NETIF_CTRL_HASH_TYPE_*`, what a hash extra's `type`
+// carries) and the flag masks built from them (`XEN_NETIF_CTRL_HASH_TYPE_*`, what
+// GET/SET_HASH_FLAGS carry).
+pub const _XEN_NETIF_CTRL_HASH_TYPE_IPV4: u8 = 0;
+pub const _XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP: u8 = 1;
+pub const _XEN_NETIF_CTRL_HASH_TYPE_IPV6: u8 = 2;
+pub const _XEN_NETIF_CTRL_HASH_TYPE_IPV6_TCP: u8 = 3;
+pub const XEN_NETIF_CTRL_HASH_TYPE_IPV4: u32 = 1 << _XEN_NETIF_CTRL_HASH_TYPE_IPV4;
+pub const XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP: u32 = 1 << _XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP;
+pub const XEN_NETIF_CTRL_HASH_TYPE_IPV6: u32 = 1 << _XEN_NETIF_CTRL_HASH_TYPE_IPV6;
+pub const XEN_NETIF_CTRL_HASH_TYPE_IPV6_TCP: u32 = 1 << _XEN_NETIF_CTRL_HASH_TYPE_IPV6_TCP;
+
 /// Slots per packet a backend must accept (`XEN_NETIF_NR_SLOTS_MIN`).
 pub const XEN_NETIF_NR_SLOTS_MIN: usize = 18;
 /// Slot count from which Linux netback treats a frontend as malicious.
@@ -479,6 +514,95 @@ mod tests {
             c::XEN_NETIF_GSO_TYPE_TCPV6
         );
         assert_eq!(XEN_NETIF_NR_SLOTS_MIN as u32, c::XEN_NETIF_NR_SLOTS_MIN);
+    }
+
+    #[test]
+    fn ctrl_constants_match_netif_h() {
+        for (ours, theirs) in [
+            (XEN_NETIF_CTRL_TYPE_INVALID, c::XEN_NETIF_CTRL_TYPE_INVALID),
+            (
+                XEN_NETIF_CTRL_TYPE_GET_HASH_FLAGS,
+                c::XEN_NETIF_CTRL_TYPE_GET_HASH_FLAGS,
+            ),
+            (
+                XEN_NETIF_CTRL_TYPE_SET_HASH_FLAGS,
+                c::XEN_NETIF_CTRL_TYPE_SET_HASH_FLAGS,
+            ),
+            (
+                XEN_NETIF_CTRL_TYPE_SET_HASH_KEY,
+                c::XEN_NETIF_CTRL_TYPE_SET_HASH_KEY,
+            ),
+            (
+                XEN_NETIF_CTRL_TYPE_GET_HASH_MAPPING_SIZE,
+                c::XEN_NETIF_CTRL_TYPE_GET_HASH_MAPPING_SIZE,
+            ),
+            (
+                XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING_SIZE,
+                c::XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING_SIZE,
+            ),
+            (
+                XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING,
+                c::XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING,
+            ),
+            (
+                XEN_NETIF_CTRL_TYPE_SET_HASH_ALGORITHM,
+                c::XEN_NETIF_CTRL_TYPE_SET_HASH_ALGORITHM,
+            ),
+            (
+                XEN_NETIF_CTRL_TYPE_GET_GREF_MAPPING_SIZE,
+                c::XEN_NETIF_CTRL_TYPE_GET_GREF_MAPPING_SIZE,
+            ),
+            (
+                XEN_NETIF_CTRL_TYPE_ADD_GREF_MAPPING,
+                c::XEN_NETIF_CTRL_TYPE_ADD_GREF_MAPPING,
+            ),
+            (
+                XEN_NETIF_CTRL_TYPE_DEL_GREF_MAPPING,
+                c::XEN_NETIF_CTRL_TYPE_DEL_GREF_MAPPING,
+            ),
+        ] {
+            assert_eq!(u32::from(ours), theirs);
+        }
+        assert_eq!(
+            XEN_NETIF_CTRL_STATUS_SUCCESS,
+            c::XEN_NETIF_CTRL_STATUS_SUCCESS
+        );
+        assert_eq!(
+            XEN_NETIF_CTRL_STATUS_NOT_SUPPORTED,
+            c::XEN_NETIF_CTRL_STATUS_NOT_SUPPORTED
+        );
+        assert_eq!(
+            XEN_NETIF_CTRL_STATUS_INVALID_PARAMETER,
+            c::XEN_NETIF_CTRL_STATUS_INVALID_PARAMETER
+        );
+        assert_eq!(
+            XEN_NETIF_CTRL_STATUS_BUFFER_OVERFLOW,
+            c::XEN_NETIF_CTRL_STATUS_BUFFER_OVERFLOW
+        );
+        assert_eq!(
+            XEN_NETIF_CTRL_HASH_ALGORITHM_NONE,
+            c::XEN_NETIF_CTRL_HASH_ALGORITHM_NONE
+        );
+        assert_eq!(
+            XEN_NETIF_CTRL_HASH_ALGORITHM_TOEPLITZ,
+            c::XEN_NETIF_CTRL_HASH_ALGORITHM_TOEPLITZ
+        );
+        assert_eq!(
+            XEN_NETIF_CTRL_HASH_TYPE_IPV4,
+            c::XEN_NETIF_CTRL_HASH_TYPE_IPV4
+        );
+        assert_eq!(
+            XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP,
+            c::XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP
+        );
+        assert_eq!(
+            XEN_NETIF_CTRL_HASH_TYPE_IPV6,
+            c::XEN_NETIF_CTRL_HASH_TYPE_IPV6
+        );
+        assert_eq!(
+            XEN_NETIF_CTRL_HASH_TYPE_IPV6_TCP,
+            c::XEN_NETIF_CTRL_HASH_TYPE_IPV6_TCP
+        );
     }
 
     #[test]
