@@ -35,7 +35,7 @@ fn vifs_in_different_groups_reach_each_other() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(sim_child.stdout.take().unwrap()).lines();
-    let _sim = Guard(Some(sim_child));
+    let sim = Guard(Some(sim_child));
     let root = lines
         .next()
         .unwrap()
@@ -53,7 +53,7 @@ fn vifs_in_different_groups_reach_each_other() {
     std::fs::write(
         &cfg,
         format!(
-            "host = \"sim\"\n[sim]\nroot = \"{root}\"\n[eal]\nargs = [\"-l\", \"0,1\", \"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-shconf\", \"--log-level\", \"*:error\"]\nfile_prefix = \"nbd-grp-{pid}\"\n[[port]]\ndevargs = \"net_ring0\"\n[engine]\ngroups = 2\nidle_sleep_us = 0\n[metrics]\nlisten = \"{maddr}\"\n"
+            "host = \"sim\"\n[sim]\nroot = \"{root}\"\n[eal]\nargs = [\"-l\", \"0,1\", \"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-shconf\", \"--log-level\", \"*:error\"]\nfile_prefix = \"nbd-rgrp-{pid}\"\n[[port]]\ndevargs = \"net_ring0\"\n[engine]\ngroups = 2\nidle_sleep_us = 0\n[metrics]\nlisten = \"{maddr}\"\n"
         ),
     )
     .unwrap();
@@ -159,7 +159,12 @@ fn vifs_in_different_groups_reach_each_other() {
         Some(0.0),
         "no frame left through the uplink"
     );
-    drop(nfs);
     let status = term_and_wait(run);
     assert!(status.success(), "{status:?}");
+    for mut nf in nfs {
+        nf.close().unwrap();
+    }
+    assert!(term_and_wait(sim).success());
+    std::fs::remove_dir_all(&parent).unwrap();
+    assert!(!std::path::Path::new(&format!("/var/run/dpdk/nbd-rgrp-{pid}")).exists());
 }
