@@ -317,9 +317,9 @@ pub fn verdict_label(d: Disable) -> &'static str {
     }
 }
 
-/// Something that happened to a vif which the daemon counts per domain, so it outlives
-/// the vif (see [`Backend::take_events`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Something that happened to a vif that outlives it in the daemon's metrics (see
+/// [`Backend::take_events`]).
+#[derive(Clone, Debug)]
 pub struct VifEvent {
     pub domid: u16,
     pub devid: u32,
@@ -328,14 +328,29 @@ pub struct VifEvent {
     pub what: Happened,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Happened {
-    /// A queue the engine had disabled was taken back from its group: once per disabled
-    /// queue, with its verdict's [`verdict_label`].
-    Rogue(&'static str),
+    /// A connection ended, whatever the reason: its queues were taken back from their
+    /// groups, so these counters (index = queue number) are final, and those of queues the
+    /// engine disabled hold its verdict ([`VifEvent::verdicts`]). Exactly once per
+    /// connection, even one that lasted less than a control step.
+    Disconnected(Vec<Arc<QueueCounters>>),
     /// The backend closed the vif with an `error` node: the frontend broke the protocol
     /// (the verdict's label) or its configuration was refused ([`FrontendError::key`]).
     Closed(String),
+}
+
+impl VifEvent {
+    /// The [`verdict_label`] of each disabled queue of a connection that ended.
+    pub fn verdicts(&self) -> Vec<&'static str> {
+        match &self.what {
+            Happened::Disconnected(queues) => queues
+                .iter()
+                .filter_map(|c| c.disabled.get().copied().map(verdict_label))
+                .collect(),
+            Happened::Closed(_) => Vec::new(),
+        }
+    }
 }
 
 /// Events kept for [`Backend::take_events`] at most; the oldest go first when nobody
@@ -457,9 +472,9 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             .unwrap_or_default()
     }
 
-    /// What happened to vifs since the last call, oldest first: queues disabled for breaking
-    /// the protocol and vifs closed by the backend. The daemon counts them per domain, so
-    /// they stay visible after the vif is gone; call it after every [`Backend::step`].
+    /// What happened to vifs since the last call, oldest first: connections ended (with
+    /// their final counters) and vifs closed by the backend. The daemon keeps them in its
+    /// metrics after the vif is gone; call it after every [`Backend::step`].
     pub fn take_events(&mut self) -> Vec<VifEvent> {
         self.events.drain(..).collect()
     }
@@ -859,19 +874,15 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
         for (id, g) in v.queues.drain(..) {
             self.groups[g].remove_queue(id, self.cfg.remove_timeout);
         }
-        // Each queue's counters are let go here and only here (or at shutdown), so a
-        // disabled queue is reported exactly once, however the vif came to be closed.
-        let verdicts: Vec<_> = v
-            .counters
-            .drain(..)
-            .filter_map(|c| c.disabled.get().copied())
-            .collect();
+        // A connection's counters are let go here and only here (or at shutdown), so it
+        // is reported exactly once, however the vif came to be closed.
+        let counters = std::mem::take(&mut v.counters);
         // The groups no longer use the channels (removal acknowledged): unbind them.
         for p in v.ports.drain(..) {
             let _ = self.ev.unbind(p);
         }
-        for why in verdicts {
-            self.event(key, Happened::Rogue(verdict_label(why)));
+        if !counters.is_empty() {
+            self.event(key, Happened::Disconnected(counters));
         }
     }
 }
