@@ -8,7 +8,10 @@
 //! least-loaded group and goes to Connected. When the frontend closes, the toolstack sets
 //! `online`=0 or Closing, or removes the directory, the queues are taken back (the group
 //! acknowledges once nothing is in flight) and the backend goes to Closed. A bad or missing
-//! frontend value writes an `error` node and closes that vif only.
+//! frontend value writes an `error` node naming the key and what is wrong with it, and
+//! closes that vif only. What happened to vifs (connections ended with their final
+//! counters, closures with their reason) is reported as [`VifEvent`]s, for metrics that
+//! must outlive the vif.
 use dataplane::credit::{parse_rate, Rate};
 use dataplane::engine::{
     least_loaded, Disable, Features, GroupHandle, QueueCounters, QueueId, QueueSetup,
