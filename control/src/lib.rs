@@ -228,11 +228,10 @@ pub fn read_frontend(
     read: &dyn Fn(&str) -> Option<String>,
     max_queues: u32,
 ) -> Result<FrontendKeys, FrontendError> {
-    let rx_copy = number(read, "request-rx-copy", 0, u32::MAX)?;
-    if rx_copy != 1 {
+    if number(read, "request-rx-copy", 0, u32::MAX)? != 1 {
         return Err(FrontendError::Invalid {
             key: "request-rx-copy".into(),
-            value: rx_copy.to_string(),
+            value: shown(&read("request-rx-copy").unwrap_or_default()),
             why: "only copying receive is supported",
         });
     }
@@ -1046,6 +1045,10 @@ mod tests {
         assert_eq!(
             refusal_of(&with("request-rx-copy", Some("0"))),
             r#"request-rx-copy = "0" is not valid: only copying receive is supported"#
+        );
+        assert_eq!(
+            refusal_of(&with("request-rx-copy", Some("002"))),
+            r#"request-rx-copy = "002" is not valid: only copying receive is supported"#
         );
     }
 
