@@ -134,16 +134,32 @@ pub struct MetricsSection {
     /// Address of the Prometheus endpoint (`GET /metrics`); "" disables it.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Domains whose `netbackd_domain_*` totals are kept (the oldest forgotten first): a
+    /// bound on series however many guests come and go.
+    #[serde(default = "default_remembered")]
+    pub remembered_domains: u32,
+    /// Seconds a closed vif's last `netbackd_vif_*` series stay exported: longer than two
+    /// scrape intervals, so a scrape sees how the vif ended.
+    #[serde(default = "default_grace")]
+    pub closed_vif_grace_secs: u32,
 }
 
 fn default_listen() -> String {
     "127.0.0.1:9750".into()
+}
+fn default_remembered() -> u32 {
+    1024
+}
+fn default_grace() -> u32 {
+    60
 }
 
 impl Default for MetricsSection {
     fn default() -> Self {
         MetricsSection {
             listen: default_listen(),
+            remembered_domains: default_remembered(),
+            closed_vif_grace_secs: default_grace(),
         }
     }
 }
@@ -364,6 +380,18 @@ impl Config {
                 self.switch.max_learned
             );
         }
+        if !(1..=65_536).contains(&self.metrics.remembered_domains) {
+            bail!(
+                "metrics.remembered_domains: {} is not in 1..=65536",
+                self.metrics.remembered_domains
+            );
+        }
+        if self.metrics.closed_vif_grace_secs > 86_400 {
+            bail!(
+                "metrics.closed_vif_grace_secs: {} is not in 0..=86400",
+                self.metrics.closed_vif_grace_secs
+            );
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, v) in self.vif.iter().enumerate() {
             if let Some(vlan) = v.vlan {
@@ -417,6 +445,13 @@ groups = 1
             (c.engine.budget, c.engine.backlog_kib, c.backend.max_queues),
             (64, 512, 4)
         );
+        assert_eq!(
+            (
+                c.metrics.remembered_domains,
+                c.metrics.closed_vif_grace_secs
+            ),
+            (1024, 60)
+        );
     }
 
     fn err(text: &str) -> String {
@@ -447,6 +482,32 @@ groups = 1
             "{GOOD}[[vif]]\ndomid = 5\nvlan = 7\n[[vif]]\ndomid = 5\ndevid = 0\n"
         ))
         .contains("configured twice"));
+        for bad in ["remembered_domains = 0", "remembered_domains = 65537"] {
+            assert!(
+                err(&format!("{GOOD}[metrics]\n{bad}\n")).contains("metrics.remembered_domains"),
+                "{bad}"
+            );
+        }
+        assert!(
+            err(&format!("{GOOD}[metrics]\nclosed_vif_grace_secs = 86401\n"))
+                .contains("metrics.closed_vif_grace_secs")
+        );
+        assert!(
+            err(&format!("{GOOD}[metrics]\nclosed_vif_grace_secs = -1\n"))
+                .contains("closed_vif_grace_secs")
+        );
+        let c = Config::parse(
+            &format!("{GOOD}[metrics]\nremembered_domains = 2\nclosed_vif_grace_secs = 0\n"),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.metrics.remembered_domains,
+                c.metrics.closed_vif_grace_secs
+            ),
+            (2, 0)
+        );
         let c = Config::parse(
             &format!("{GOOD}[switch]\nmode = \"cross-connect\"\n[[vif]]\ndomid = 5\nvlan = 100\n"),
             "t.toml",

@@ -7,6 +7,7 @@ use anyhow::Context;
 
 mod config;
 mod demo;
+mod ledger;
 mod metrics;
 mod run;
 use clap::{Parser, Subcommand};

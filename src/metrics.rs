@@ -2,6 +2,11 @@
 //! at scrape time; the lcores are never stopped or asked for anything.
 //!
 //! Direction names are from the guest's point of view: `tx` = what the guest sent.
+//!
+//! `netbackd_vif_*` series are per vif queue and per connection (kept a grace period after
+//! it ends); `netbackd_domain_*` series are per-domain event totals for the daemon's
+//! lifetime (see `ledger`). They count different things and are not to be summed.
+use crate::ledger::{Domains, Vifs};
 use dataplane::engine::{GroupCounters, QueueCounters};
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::sync::atomic::Ordering;
@@ -19,174 +24,227 @@ pub struct QueueView {
     pub counters: Arc<QueueCounters>,
 }
 
-/// What the HTTP thread reads; the control thread replaces `queues` when vifs change.
-#[derive(Default)]
+/// What the HTTP thread reads; the control thread updates `vifs` every step and records
+/// its events in `domains`.
 pub struct Shared {
-    pub queues: Mutex<Vec<QueueView>>,
+    pub vifs: Mutex<Vifs>,
+    pub domains: Mutex<Domains>,
     pub groups: Vec<Arc<GroupCounters>>,
     /// The uplink port and its name, for link state and DPDK xstats; taken away on shutdown
     /// so the port closes (and returns its mbufs) before the pool goes.
     pub port: Mutex<Option<(String, Arc<pmd::Port>)>>,
 }
 
-fn counter(
-    r: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> prometheus::Result<IntCounterVec> {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-    r.register(Box::new(c.clone()))?;
-    Ok(c)
+/// The registry of one scrape, and every family declared in it: the registry leaves out a
+/// family without samples, but its `# HELP`/`# TYPE` lines still say the metric exists
+/// (dashboards and alert rules over `netbackd_domain_rogue_total` find it before the first
+/// rogue guest, and a typo in them is caught).
+#[derive(Default)]
+struct Families {
+    r: Registry,
+    declared: Vec<(String, String, &'static str)>,
+}
+
+impl Families {
+    fn counter(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntCounterVec> {
+        let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+        self.r.register(Box::new(c.clone()))?;
+        self.declared.push((name.into(), help.into(), "counter"));
+        Ok(c)
+    }
+
+    fn gauge(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntGaugeVec> {
+        let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+        self.r.register(Box::new(g.clone()))?;
+        self.declared.push((name.into(), help.into(), "gauge"));
+        Ok(g)
+    }
+
+    fn encode(self) -> prometheus::Result<String> {
+        let families = self.r.gather();
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&families, &mut out)?;
+        let mut text = String::from_utf8_lossy(&out).into_owned();
+        for (name, help, kind) in &self.declared {
+            if !families.iter().any(|f| f.name() == name) {
+                text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            }
+        }
+        Ok(text)
+    }
 }
 
 /// Renders the text exposition format.
 pub fn render(s: &Shared) -> prometheus::Result<String> {
-    let r = Registry::new();
+    let mut f = Families::default();
+    let r = &mut f;
     let q = ["domid", "devid", "queue", "name"];
-    let tx_p = counter(
-        &r,
+    let tx_p = r.counter(
         "netbackd_vif_tx_packets_total",
         "Packets the guest sent (guest TX) that netbackd forwarded.",
         &q,
     )?;
-    let tx_b = counter(
-        &r,
+    let tx_b = r.counter(
         "netbackd_vif_tx_bytes_total",
         "Bytes of guest TX packets forwarded.",
         &q,
     )?;
-    let rx_p = counter(
-        &r,
+    let rx_p = r.counter(
         "netbackd_vif_rx_packets_total",
         "Packets delivered to the guest (guest RX).",
         &q,
     )?;
-    let rx_b = counter(
-        &r,
+    let rx_b = r.counter(
         "netbackd_vif_rx_bytes_total",
         "Bytes delivered to the guest.",
         &q,
     )?;
-    let drops = counter(
-        &r,
+    let drops = r.counter(
         "netbackd_vif_drops_total",
         "Packets dropped, by direction and reason.",
         &["domid", "devid", "queue", "name", "direction", "reason"],
     )?;
-    let thr = counter(
-        &r,
+    let thr = r.counter(
         "netbackd_vif_credit_throttled_total",
         "Times guest TX waited for rate credit.",
         &q,
     )?;
-    let stalls = counter(
-        &r,
+    let stalls = r.counter(
         "netbackd_vif_rx_stalls_total",
         "Times the guest stopped posting receive buffers (XSA-392).",
         &q,
     )?;
-    let notes = counter(
-        &r,
+    let notes = r.counter(
         "netbackd_vif_notifications_total",
         "Event-channel notifications sent to the guest.",
         &q,
     )?;
-    let rogue = counter(
-        &r,
+    let rogue = r.counter(
         "netbackd_vif_rogue_total",
         "Times the frontend broke the protocol and its queue was disabled.",
         &q,
     )?;
-    let state = IntGaugeVec::new(
-        Opts::new(
-            "netbackd_vif_state",
-            "xenbus state of the vif's backend (4 = Connected).",
-        ),
+    let state = r.gauge(
+        "netbackd_vif_state",
+        "xenbus state of the vif's backend (4 = Connected, 6 = Closed).",
         &q,
     )?;
-    r.register(Box::new(state.clone()))?;
-    for v in s.queues.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        let (d, n, qu) = (
-            v.domid.to_string(),
-            v.devid.to_string(),
-            v.queue.to_string(),
-        );
-        let l = [d.as_str(), n.as_str(), qu.as_str(), v.name.as_str()];
-        let c = &v.counters;
-        let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        tx_p.with_label_values(&l).inc_by(g(&c.tx_packets));
-        tx_b.with_label_values(&l).inc_by(g(&c.tx_bytes));
-        rx_p.with_label_values(&l).inc_by(g(&c.rx_packets));
-        rx_b.with_label_values(&l).inc_by(g(&c.rx_bytes));
-        thr.with_label_values(&l).inc_by(g(&c.tx_credit_throttled));
-        stalls.with_label_values(&l).inc_by(g(&c.rx_stalls));
-        notes.with_label_values(&l).inc_by(g(&c.notifications));
-        rogue.with_label_values(&l).inc_by(g(&c.rogue));
+    for ((domid, devid, queue, name), v) in s.vifs.lock().unwrap_or_else(|e| e.into_inner()).iter()
+    {
+        let (d, n, qu) = (domid.to_string(), devid.to_string(), queue.to_string());
+        let l = [d.as_str(), n.as_str(), qu.as_str(), name.as_str()];
+        let c = v.totals();
+        tx_p.with_label_values(&l).inc_by(c.tx_packets);
+        tx_b.with_label_values(&l).inc_by(c.tx_bytes);
+        rx_p.with_label_values(&l).inc_by(c.rx_packets);
+        rx_b.with_label_values(&l).inc_by(c.rx_bytes);
+        thr.with_label_values(&l).inc_by(c.tx_credit_throttled);
+        stalls.with_label_values(&l).inc_by(c.rx_stalls);
+        notes.with_label_values(&l).inc_by(c.notifications);
+        rogue.with_label_values(&l).inc_by(c.rogue);
         state.with_label_values(&l).set(i64::from(v.state));
-        for (dir, reason, a) in [
-            ("tx", "runt", &c.tx_drop_runt),
-            ("tx", "too_many_slots", &c.tx_drop_too_many_slots),
-            ("tx", "frag_overflow", &c.tx_drop_frag_overflow),
-            ("tx", "copy_error", &c.tx_drop_copy_error),
-            ("tx", "no_mbuf", &c.tx_drop_no_mbuf),
-            ("tx", "offload", &c.tx_drop_offload),
-            ("tx", "switch", &c.tx_drop_switch),
-            ("rx", "backlog_full", &c.rx_drop_backlog_full),
-            ("rx", "stalled", &c.rx_drop_stalled),
-            ("rx", "copy_error", &c.rx_drop_copy_error),
-            ("rx", "too_big", &c.rx_drop_too_big),
+        for (dir, reason, n) in [
+            ("tx", "runt", c.tx_drop_runt),
+            ("tx", "too_many_slots", c.tx_drop_too_many_slots),
+            ("tx", "frag_overflow", c.tx_drop_frag_overflow),
+            ("tx", "copy_error", c.tx_drop_copy_error),
+            ("tx", "no_mbuf", c.tx_drop_no_mbuf),
+            ("tx", "offload", c.tx_drop_offload),
+            ("tx", "switch", c.tx_drop_switch),
+            ("rx", "backlog_full", c.rx_drop_backlog_full),
+            ("rx", "stalled", c.rx_drop_stalled),
+            ("rx", "copy_error", c.rx_drop_copy_error),
+            ("rx", "too_big", c.rx_drop_too_big),
         ] {
             drops
                 .with_label_values(&[l[0], l[1], l[2], l[3], dir, reason])
-                .inc_by(g(a));
+                .inc_by(n);
         }
     }
+    let dom_rogue = r.counter(
+        "netbackd_domain_rogue_total",
+        "Queues of the domain's vifs disabled for breaking the netif protocol, by verdict; \
+         kept after the vifs are gone, for the daemon's lifetime.",
+        &["domid", "name", "reason"],
+    )?;
+    let dom_closed = r.counter(
+        "netbackd_domain_closed_total",
+        "Vifs of the domain the backend closed with an error node, by reason: the protocol \
+         verdict, or the xenstore key it refused; kept after the vifs are gone.",
+        &["domid", "name", "reason"],
+    )?;
+    let evictions = r.counter(
+        "netbackd_domain_evictions_total",
+        "Domains whose netbackd_domain_* totals were forgotten to stay within \
+         metrics.remembered_domains (oldest last event first).",
+        &[],
+    )?;
+    {
+        let doms = s.domains.lock().unwrap_or_else(|e| e.into_inner());
+        for ((domid, name), d) in doms.iter() {
+            let id = domid.to_string();
+            for (why, n) in &d.rogue {
+                dom_rogue
+                    .with_label_values(&[id.as_str(), name.as_str(), why])
+                    .inc_by(*n);
+            }
+            for (why, n) in &d.closed {
+                dom_closed
+                    .with_label_values(&[id.as_str(), name.as_str(), why.as_str()])
+                    .inc_by(*n);
+            }
+        }
+        evictions
+            .with_label_values::<&str>(&[])
+            .inc_by(doms.evictions());
+    }
     let gl = ["group"];
-    let it = counter(
-        &r,
+    let it = r.counter(
         "netbackd_group_iterations_total",
         "Poll-loop iterations.",
         &gl,
     )?;
-    let busy = counter(
-        &r,
+    let busy = r.counter(
         "netbackd_group_busy_iterations_total",
         "Iterations that moved packets.",
         &gl,
     )?;
-    let pk = counter(
-        &r,
+    let pk = r.counter(
         "netbackd_group_batched_packets_total",
         "Packets moved (batch size = this / busy iterations).",
         &gl,
     )?;
-    let calls = counter(
-        &r,
+    let calls = r.counter(
         "netbackd_group_grant_copy_calls_total",
         "Grant-copy calls (one per direction per busy iteration).",
         &gl,
     )?;
-    let ops = counter(
-        &r,
+    let ops = r.counter(
         "netbackd_group_grant_copy_ops_total",
         "Grant-copy operations.",
         &gl,
     )?;
-    let full = counter(
-        &r,
+    let full = r.counter(
         "netbackd_group_port_tx_full_total",
         "Packets the port refused (its TX ring full).",
         &gl,
     )?;
-    let cycles = counter(
-        &r,
+    let cycles = r.counter(
         "netbackd_group_cycles_total",
         "TSC cycles in poll iterations that moved packets (busy) and that did not (idle).",
         &["group", "state"],
     )?;
-    let handoffs = counter(
-        &r,
+    let handoffs = r.counter(
         "netbackd_group_handoffs_total",
         "Frames for a vif of another group, by outcome: sent through that group's ring, \
          dropped because it was full, or received for a queue that had gone (stale).",
@@ -218,24 +276,21 @@ pub fn render(s: &Shared) -> prometheus::Result<String> {
     let port = s.port.lock().unwrap_or_else(|e| e.into_inner()).clone();
     if let Some((name, port)) = &port {
         let pl = ["port"];
-        let up = IntGaugeVec::new(
-            Opts::new("netbackd_port_link_up", "1 when the port's link is up."),
+        let up = r.gauge(
+            "netbackd_port_link_up",
+            "1 when the port's link is up.",
             &pl,
         )?;
-        let speed = IntGaugeVec::new(
-            Opts::new("netbackd_port_link_speed_mbps", "Link speed in Mbit/s."),
+        let speed = r.gauge(
+            "netbackd_port_link_speed_mbps",
+            "Link speed in Mbit/s.",
             &pl,
         )?;
-        let xs = IntGaugeVec::new(
-            Opts::new(
-                "netbackd_port_xstat",
-                "The port's DPDK extended statistics (rte_eth_xstats_get), by name.",
-            ),
+        let xs = r.gauge(
+            "netbackd_port_xstat",
+            "The port's DPDK extended statistics (rte_eth_xstats_get), by name.",
             &["port", "stat"],
         )?;
-        r.register(Box::new(up.clone()))?;
-        r.register(Box::new(speed.clone()))?;
-        r.register(Box::new(xs.clone()))?;
         if let Ok(link) = port.link() {
             up.with_label_values(&[name]).set(i64::from(link.up));
             speed
@@ -247,9 +302,7 @@ pub fn render(s: &Shared) -> prometheus::Result<String> {
                 .set(v as i64);
         }
     }
-    let mut out = Vec::new();
-    TextEncoder::new().encode(&r.gather(), &mut out)?;
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    f.encode()
 }
 
 /// Serves `GET /metrics` on `listen` from a thread until the process ends.
@@ -283,4 +336,80 @@ pub fn serve(listen: &str, shared: Arc<Shared>) -> anyhow::Result<String> {
             }
         })?;
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use control::{Happened, VifEvent};
+    use std::time::{Duration, Instant};
+
+    fn shared() -> Shared {
+        Shared {
+            vifs: Mutex::new(Vifs::new(Duration::from_secs(60))),
+            domains: Mutex::new(Domains::new(8)),
+            groups: Vec::new(),
+            port: Mutex::new(None),
+        }
+    }
+
+    #[test]
+    fn empty_families_are_declared() {
+        let text = render(&shared()).unwrap();
+        for (m, kind) in [
+            ("netbackd_vif_rogue_total", "counter"),
+            ("netbackd_vif_state", "gauge"),
+            ("netbackd_domain_rogue_total", "counter"),
+            ("netbackd_domain_closed_total", "counter"),
+        ] {
+            assert!(text.contains(&format!("# TYPE {m} {kind}\n")), "{text}");
+            assert!(!text.contains(&format!("\n{m}{{")), "{text}");
+        }
+        assert!(
+            text.contains("\nnetbackd_domain_evictions_total 0\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn closed_vifs_and_domains() {
+        let s = shared();
+        let c = Arc::new(QueueCounters::default());
+        c.tx_packets.store(4, Ordering::Relaxed);
+        c.rogue.store(1, Ordering::Relaxed);
+        c.disabled
+            .set(dataplane::engine::Disable::ImpossibleRxIndex)
+            .unwrap();
+        let events = [
+            VifEvent {
+                domid: 9,
+                devid: 1,
+                name: "web".into(),
+                what: Happened::Closed("impossible_rx_index".into()),
+            },
+            VifEvent {
+                domid: 9,
+                devid: 1,
+                name: "web".into(),
+                what: Happened::Disconnected(vec![c]),
+            },
+        ];
+        for e in &events {
+            s.domains.lock().unwrap().record(e);
+        }
+        s.vifs
+            .lock()
+            .unwrap()
+            .update(&events, &[], &Default::default(), Instant::now());
+        let text = render(&s).unwrap();
+        for line in [
+            r#"netbackd_domain_rogue_total{domid="9",name="web",reason="impossible_rx_index"} 1"#,
+            r#"netbackd_domain_closed_total{domid="9",name="web",reason="impossible_rx_index"} 1"#,
+            r#"netbackd_vif_tx_packets_total{devid="1",domid="9",name="web",queue="0"} 4"#,
+            r#"netbackd_vif_rogue_total{devid="1",domid="9",name="web",queue="0"} 1"#,
+            r#"netbackd_vif_state{devid="1",domid="9",name="web",queue="0"} 6"#,
+        ] {
+            assert!(text.contains(&format!("{line}\n")), "{line} in\n{text}");
+        }
+    }
 }

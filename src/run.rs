@@ -343,7 +343,12 @@ fn serve<H: Host>(cfg: &Config, host: &H, stop: &'static AtomicBool) -> anyhow::
             t0.elapsed().as_secs_f64() * 1e3
         );
         let shared = Arc::new(crate::metrics::Shared {
-            queues: Default::default(),
+            vifs: std::sync::Mutex::new(crate::ledger::Vifs::new(Duration::from_secs(u64::from(
+                cfg.metrics.closed_vif_grace_secs,
+            )))),
+            domains: std::sync::Mutex::new(crate::ledger::Domains::new(
+                cfg.metrics.remembered_domains as usize,
+            )),
             groups: group_counters,
             port: std::sync::Mutex::new(Some((name.clone(), port.clone()))),
         });
@@ -354,9 +359,15 @@ fn serve<H: Host>(cfg: &Config, host: &H, stop: &'static AtomicBool) -> anyhow::
         let mut last = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             backend.step(Duration::from_millis(100));
+            let events = backend.take_events();
+            if !events.is_empty() {
+                let mut doms = shared.domains.lock().unwrap_or_else(|e| e.into_inner());
+                for e in &events {
+                    doms.record(e);
+                }
+            }
             let now = backend.status();
             if now != last {
-                let mut views = Vec::new();
                 for s in &now {
                     tracing::info!(
                         "dom{} vif{} ({}): state {} with {} queue(s)",
@@ -366,20 +377,31 @@ fn serve<H: Host>(cfg: &Config, host: &H, stop: &'static AtomicBool) -> anyhow::
                         s.state,
                         s.queues
                     );
-                    for (q, c) in backend.counters(s.domid, s.devid).into_iter().enumerate() {
-                        views.push(crate::metrics::QueueView {
-                            domid: s.domid,
-                            devid: s.devid,
-                            queue: q as u16,
-                            name: s.name.clone(),
-                            state: s.state,
-                            counters: c,
-                        });
-                    }
                 }
-                *shared.queues.lock().unwrap_or_else(|e| e.into_inner()) = views;
-                last = now;
             }
+            // Every step, not only on a visible change: a vif closed and reconnected
+            // within one step looks the same but has new counters, and closed vifs' series
+            // expire with time.
+            let mut views = Vec::new();
+            for s in &now {
+                for (q, c) in backend.counters(s.domid, s.devid).into_iter().enumerate() {
+                    views.push(crate::metrics::QueueView {
+                        domid: s.domid,
+                        devid: s.devid,
+                        queue: q as u16,
+                        name: s.name.clone(),
+                        state: s.state,
+                        counters: c,
+                    });
+                }
+            }
+            let known = now.iter().map(|s| ((s.domid, s.devid), s.state)).collect();
+            shared
+                .vifs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .update(&events, &views, &known, Instant::now());
+            last = now;
         }
         tracing::info!("stopping");
         group_stop.store(true, Ordering::Relaxed);

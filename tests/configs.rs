@@ -33,6 +33,15 @@ fn shipped_configs_are_valid() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The examples show the metrics keys with their defaults.
+    for f in ["netbackd.toml", "netbackd-sim.toml"] {
+        let text =
+            String::from_utf8_lossy(&check(&format!("{dir}/deploy/{f}"), &[]).stdout).into_owned();
+        assert!(
+            text.contains("remembered_domains: 1024") && text.contains("closed_vif_grace_secs: 60"),
+            "{f}: {text}"
+        );
+    }
 }
 
 #[test]
@@ -87,6 +96,14 @@ fn broken_configs_name_the_key() {
         (
             "host = \"xen\"\n[[port]]\ndevargs = \"a b\"\n",
             "port[0].devargs",
+        ),
+        (
+            "host = \"xen\"\n[[port]]\ndevargs = \"net_null0\"\n[metrics]\nremembered_domains = 0\n",
+            "metrics.remembered_domains",
+        ),
+        (
+            "host = \"xen\"\n[[port]]\ndevargs = \"net_null0\"\n[metrics]\nclosed_vif_grace_secs = 100000\n",
+            "metrics.closed_vif_grace_secs",
         ),
         ("\u{0}\u{1}garbage", "invalid configuration"),
     ];

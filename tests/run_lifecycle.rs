@@ -1,11 +1,12 @@
 //! The daemon's vif lifecycle, driving the real `netbackd run` binary on the simulated host:
 //! every xenbus transition of attach and detach as seen through a xenstore watch, malformed
 //! frontend keys (only that vif closed, with an `error` node), a frontend that breaks the
-//! ring protocol (closed with an `error` node by the engine's verdict), `rate` changed live,
-//! and 200 detach/re-attach cycles with the daemon's fds and memory stable. A healthy vif
-//! keeps passing traffic through all of it.
+//! ring protocol (closed with an `error` node by the engine's verdict) and still counted
+//! in `/metrics` well after its vif is gone, `rate` changed live, and 200 detach/re-attach
+//! cycles with the daemon's fds and memory stable. A healthy vif keeps passing traffic
+//! through all of it.
 use guest::pktgen::PktGen;
-use guest::{FrontConfig, Netfront, TxMeta};
+use guest::{Netfront, TxMeta};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use xen::sim::{toolstack, SimHost};
@@ -25,23 +26,6 @@ fn gen(domid: u16, len: usize) -> PktGen {
         frame_len: len,
         seq: 0,
     }
-}
-
-fn mac(domid: u16) -> String {
-    format!("00:16:3e:00:00:{domid:02x}")
-}
-
-fn connect(host: &SimHost, domid: u16, devid: u32) -> Netfront {
-    let mut nf = Netfront::new(
-        host.layout(),
-        host.connect().unwrap(),
-        FrontConfig::new(domid, devid),
-    )
-    .unwrap();
-    nf.connect(Duration::from_secs(10)).unwrap();
-    let be = toolstack::backend_path(0, domid, devid);
-    wait_state(host.store(), &format!("{be}/state"), "4", 10);
-    nf
 }
 
 /// Sends `len`-byte frames as fast as the ring takes them for `secs`; drains RX meanwhile.
@@ -97,6 +81,7 @@ fn daemon_vif_lifecycle() {
         (22, "rogue"),
         (23, "churn"),
         (24, "rated"),
+        (25, "rogue2"),
     ] {
         host.add_domain(d, name, 4096, 8192).unwrap();
     }
@@ -207,7 +192,7 @@ fn daemon_vif_lifecycle() {
         xs.write(Tx::NONE, &format!("{fp}/state"), "4").unwrap();
         wait_state(xs, &format!("{b}/state"), "6", 3);
         let err = read(xs, &format!("{b}/error")).expect("error node");
-        assert!(err.contains(what), "case {i}: {err:?} should name {what}");
+        assert_eq!(&err, what, "case {i}");
         traffic(&mut healthy, &mut g20, 5);
     }
 
@@ -220,6 +205,23 @@ fn daemon_vif_lifecycle() {
     wait_state(xs, &format!("{be22}/state"), "6", 5);
     let err = read(xs, &format!("{be22}/error")).expect("error node");
     assert!(err.contains("impossible TX ring index"), "{err}");
+    let t_rogue = Instant::now();
+    // Another verdict: a first slot crossing its page (a TX request the parser refuses).
+    toolstack::add_vif(xs, 0, 25, 0, &mac(25), &Default::default()).unwrap();
+    let mut rogue2 = connect(&host, 25, 0);
+    let gref = rogue2.grant_data(&[0u8; 4096]).unwrap();
+    let crossing = dataplane::netif::TxRequest {
+        gref,
+        offset: 4000,
+        flags: 0,
+        id: 1,
+        size: 200,
+    };
+    rogue2.send_raw(0, &[crossing]).unwrap();
+    let be25 = toolstack::backend_path(0, 25, 0);
+    wait_state(xs, &format!("{be25}/state"), "6", 5);
+    let err = read(xs, &format!("{be25}/error")).expect("error node");
+    assert!(err.contains("FirstSlotCrossesPage"), "{err}");
     traffic(&mut healthy, &mut g20, 20);
     assert_eq!(read(xs, &format!("{be20}/state")).as_deref(), Some("4"));
 
@@ -260,7 +262,88 @@ fn daemon_vif_lifecycle() {
     );
     assert!(again > 3e6, "rate removal not applied: {again}");
 
-    // 5. 200 detach/re-attach cycles: the daemon's fds stay equal, memory stays flat.
+    // 5. The rogue guests, closed seconds ago (a scrape interval later), are still in
+    // /metrics: per domain with the verdict, and (within the closed-vif grace period, 60 s
+    // by default) their vifs' final series. So are the refused configurations, by key.
+    let age = t_rogue.elapsed();
+    if age < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_secs(5) - age);
+    }
+    let (code, body) = http_get(&maddr, "/metrics");
+    assert_eq!(code, 200);
+    eprintln!(
+        "scraped {:?} after the rogue guest was closed",
+        t_rogue.elapsed()
+    );
+    let domain = |metric: &str, domid: u16, reason: &str| {
+        sample(
+            &body,
+            metric,
+            &[
+                &format!("domid=\"{domid}\""),
+                &format!("reason=\"{reason}\""),
+            ],
+        )
+    };
+    let rogue22 = sample(
+        &body,
+        "netbackd_domain_rogue_total",
+        &[
+            "domid=\"22\"",
+            "name=\"rogue\"",
+            "reason=\"impossible_tx_index\"",
+        ],
+    );
+    assert_eq!(rogue22, Some(1.0), "{body}");
+    assert_eq!(
+        domain("netbackd_domain_closed_total", 22, "impossible_tx_index"),
+        Some(1.0)
+    );
+    assert_eq!(
+        domain("netbackd_domain_rogue_total", 25, "first_slot_crosses_page"),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        domain(
+            "netbackd_domain_closed_total",
+            25,
+            "first_slot_crosses_page"
+        ),
+        Some(1.0)
+    );
+    for (dom, state) in [(22, 6.0), (25, 6.0), (20, 4.0)] {
+        let vif = [&format!("domid=\"{dom}\"") as &str, "queue=\"0\""];
+        assert_eq!(
+            sample(&body, "netbackd_vif_state", &vif),
+            Some(state),
+            "dom{dom}"
+        );
+        let rogue = sample(&body, "netbackd_vif_rogue_total", &vif);
+        assert_eq!(rogue, Some(if dom == 20 { 0.0 } else { 1.0 }), "dom{dom}");
+    }
+    assert_eq!(
+        sample(&body, "netbackd_domain_rogue_total", &["domid=\"20\""]),
+        None,
+        "a healthy guest has no rogue series"
+    );
+    // dom21's refusals, one vif each, by the key named in its error node.
+    for (reason, n) in [
+        ("rx-ring-ref", 1.0),
+        ("tx-ring-ref", 3.0),
+        ("event-channel", 2.0),
+        ("multi-queue-num-queues", 2.0),
+        ("request-rx-copy", 1.0),
+        ("queue-1/tx-ring-ref", 1.0),
+    ] {
+        assert_eq!(
+            domain("netbackd_domain_closed_total", 21, reason),
+            Some(n),
+            "{reason}"
+        );
+    }
+
+    // 6. 200 detach/re-attach cycles: the daemon's fds stay equal, memory stays flat.
     let be23 = toolstack::backend_path(0, 23, 0);
     let mut g23 = gen(23, 300);
     let mut cycle = |k: usize| {
@@ -301,7 +384,7 @@ fn daemon_vif_lifecycle() {
     );
     traffic(&mut healthy, &mut g20, 20);
 
-    // 6. Detach of the healthy vif: Closing (toolstack) then Closed (us), seen in order.
+    // 7. Detach of the healthy vif: Closing (toolstack) then Closed (us), seen in order.
     toolstack::request_detach(xs, 0, 20, 0).unwrap();
     wait_state(xs, &format!("{be20}/state"), "6", 5);
     healthy.close().unwrap();

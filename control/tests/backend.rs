@@ -1,7 +1,7 @@
 //! The xenbus backend against the real xenstored of a sim host, with a group running and a
 //! guest netfront: the handshake, traffic through the handed-over queues, detach and
 //! re-attach, and malformed frontend keys closing only their own vif. EAL once: one test.
-use control::{state, Backend, BackendConfig};
+use control::{state, Backend, BackendConfig, Happened};
 use dataplane::engine::EngineConfig;
 use dataplane::offload::TxCaps;
 use guest::pktgen::{PktGen, Sink};
@@ -168,10 +168,7 @@ fn xenbus_backend_lifecycle() {
                 .read(Tx::NONE, &format!("{b}/error"))
                 .unwrap()
                 .expect("error node");
-            assert!(
-                err.contains(what),
-                "case {i}: error {err:?} should name {what}"
-            );
+            assert_eq!(&err, what, "case {i}");
         }
         // The healthy vif is still connected and passing traffic.
         assert_eq!(
@@ -193,7 +190,34 @@ fn xenbus_backend_lifecycle() {
         let _ = state::CLOSED;
         let _ = fep;
         stop.store(true, Ordering::Relaxed);
-        let be = backend.join().unwrap();
+        let mut be = backend.join().unwrap();
+        // Each refusal was reported once, with the key its error node names; dom61's
+        // detach ended a connection of two queues, neither disabled.
+        let events = be.take_events();
+        let closed: Vec<&str> = events
+            .iter()
+            .filter_map(|e| match &e.what {
+                Happened::Closed(why) if e.domid == 62 => Some(why.as_str()),
+                _ => None,
+            })
+            .collect();
+        let want: Vec<&str> = cases
+            .iter()
+            .map(|(what, _)| {
+                let msg = what.strip_prefix("mapping ").unwrap_or(what);
+                msg.split(' ').next().unwrap()
+            })
+            .collect();
+        assert_eq!(closed, want);
+        let ended = events
+            .iter()
+            .find_map(|e| match &e.what {
+                Happened::Disconnected(q) if e.domid == 61 => Some((q.len(), e.verdicts())),
+                _ => None,
+            })
+            .expect("dom61's first connection ended");
+        assert_eq!(ended, (2, vec![]));
+        assert!(be.take_events().is_empty());
         let status = be.status();
         assert!(
             status

@@ -236,15 +236,16 @@ impl Env {
     }
 }
 
-/// Frontend key sets that a backend must refuse, each with the text its `error` node must
-/// contain: a non-numeric or out-of-range ring ref, a missing event channel, 0 or too many
-/// queues, `request-rx-copy`=0, and a ring ref the backend cannot map.
+/// Frontend key sets that a backend must refuse, each with the exact text its `error` node
+/// must hold: a non-numeric or out-of-range ring ref, a missing or non-numeric event
+/// channel, 0 or too many queues (of at most 4), `request-rx-copy`=0, a multi-queue
+/// frontend missing a key of its second queue, and a ring ref the backend cannot map.
 pub type FrontendCase = (&'static str, Vec<(&'static str, &'static str)>);
 
 pub fn malformed_frontend_cases() -> Vec<FrontendCase> {
     vec![
         (
-            "tx-ring-ref",
+            r#"tx-ring-ref = "abc" is not a number"#,
             vec![
                 ("tx-ring-ref", "abc"),
                 ("rx-ring-ref", "9"),
@@ -253,7 +254,7 @@ pub fn malformed_frontend_cases() -> Vec<FrontendCase> {
             ],
         ),
         (
-            "event-channel",
+            "event-channel missing",
             vec![
                 ("tx-ring-ref", "8"),
                 ("rx-ring-ref", "9"),
@@ -261,15 +262,24 @@ pub fn malformed_frontend_cases() -> Vec<FrontendCase> {
             ],
         ),
         (
-            "multi-queue-num-queues",
+            r#"event-channel = "x3" is not a number"#,
+            vec![
+                ("tx-ring-ref", "8"),
+                ("rx-ring-ref", "9"),
+                ("event-channel", "x3"),
+                ("request-rx-copy", "1"),
+            ],
+        ),
+        (
+            r#"multi-queue-num-queues = "0" is out of range (min 1)"#,
             vec![("multi-queue-num-queues", "0"), ("request-rx-copy", "1")],
         ),
         (
-            "multi-queue-num-queues",
+            r#"multi-queue-num-queues = "99" is out of range (max 4)"#,
             vec![("multi-queue-num-queues", "99"), ("request-rx-copy", "1")],
         ),
         (
-            "request-rx-copy",
+            r#"request-rx-copy = "0" is not valid: only copying receive is supported"#,
             vec![
                 ("tx-ring-ref", "8"),
                 ("rx-ring-ref", "9"),
@@ -278,7 +288,7 @@ pub fn malformed_frontend_cases() -> Vec<FrontendCase> {
             ],
         ),
         (
-            "tx-ring-ref",
+            r#"tx-ring-ref = "4294967296" is out of range (max 4294967295)"#,
             vec![
                 ("tx-ring-ref", "4294967296"),
                 ("rx-ring-ref", "9"),
@@ -287,7 +297,26 @@ pub fn malformed_frontend_cases() -> Vec<FrontendCase> {
             ],
         ),
         (
-            "mapping tx-ring-ref",
+            r#"rx-ring-ref = "4294967296" is out of range (max 4294967295)"#,
+            vec![
+                ("tx-ring-ref", "8"),
+                ("rx-ring-ref", "4294967296"),
+                ("event-channel", "3"),
+                ("request-rx-copy", "1"),
+            ],
+        ),
+        (
+            "queue-1/tx-ring-ref missing",
+            vec![
+                ("multi-queue-num-queues", "2"),
+                ("queue-0/tx-ring-ref", "8"),
+                ("queue-0/rx-ring-ref", "9"),
+                ("queue-0/event-channel", "3"),
+                ("request-rx-copy", "1"),
+            ],
+        ),
+        (
+            "mapping tx-ring-ref (grant reference 77777) failed",
             vec![
                 ("tx-ring-ref", "77777"),
                 ("rx-ring-ref", "9"),

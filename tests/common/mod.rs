@@ -1,9 +1,10 @@
 //! Helpers shared by the tests that drive the real `netbackd` binary.
 #![allow(dead_code)]
 use guest::pktgen::{PktGen, Sink};
-use guest::{Netfront, TxMeta};
+use guest::{FrontConfig, Netfront, TxMeta};
 use std::process::Child;
 use std::time::{Duration, Instant};
+use xen::sim::{toolstack, SimHost};
 use xen::{Tx, XenStore};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_netbackd");
@@ -101,4 +102,55 @@ pub fn sample(body: &str, name: &str, want: &[&str]) -> Option<f64> {
         .filter(|l| l.starts_with(&format!("{name}{{")))
         .find(|l| want.iter().all(|w| l.contains(w)))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// The MAC the tests give a domain's vif.
+pub fn mac(domid: u16) -> String {
+    format!("00:16:3e:00:00:{domid:02x}")
+}
+
+/// A netfront of `domid` connected to vif `devid` (the backend Connected).
+pub fn connect(host: &SimHost, domid: u16, devid: u32) -> Netfront {
+    let mut nf = Netfront::new(
+        host.layout(),
+        host.connect().unwrap(),
+        FrontConfig::new(domid, devid),
+    )
+    .unwrap();
+    nf.connect(Duration::from_secs(10)).unwrap();
+    let be = toolstack::backend_path(0, domid, devid);
+    wait_state(host.store(), &format!("{be}/state"), "4", 10);
+    nf
+}
+
+/// A `netbackd run` config for the sim host at `root`: two lcores, no hugepages, metrics
+/// on `maddr`; `metrics_extra` is appended to its `[metrics]` section.
+pub fn sim_config(root: &str, prefix: &str, maddr: &str, metrics_extra: &str) -> String {
+    format!(
+        "host = \"sim\"\n[sim]\nroot = \"{root}\"\n[eal]\nargs = [\"-l\", \"0,1\", \"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-shconf\", \"--log-level\", \"*:error\"]\nfile_prefix = \"{prefix}\"\n[[port]]\ndevargs = \"net_ring0\"\n[metrics]\nlisten = \"{maddr}\"\n{metrics_extra}"
+    )
+}
+
+/// A free loopback address for a metrics endpoint.
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// Scrapes `/metrics` until `ok` holds of the body (the control loop publishes what it did
+/// after its step), at most `secs`; returns the last body.
+pub fn scrape_until(addr: &str, secs: u64, ok: impl Fn(&str) -> bool) -> String {
+    let t = Instant::now();
+    loop {
+        let (code, body) = http_get(addr, "/metrics");
+        assert_eq!(code, 200);
+        if ok(&body) {
+            return body;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "/metrics never as expected:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
