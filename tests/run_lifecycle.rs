@@ -221,7 +221,10 @@ fn daemon_vif_lifecycle() {
     let be25 = toolstack::backend_path(0, 25, 0);
     wait_state(xs, &format!("{be25}/state"), "6", 5);
     let err = read(xs, &format!("{be25}/error")).expect("error node");
-    assert!(err.contains("FirstSlotCrossesPage"), "{err}");
+    assert!(
+        err.contains("malformed TX request: the first slot crosses its 4 KiB page"),
+        "{err}"
+    );
     traffic(&mut healthy, &mut g20, 20);
     assert_eq!(read(xs, &format!("{be20}/state")).as_deref(), Some("4"));
 

@@ -97,6 +97,22 @@ pub enum Rogue {
     FirstSlotCrossesPage,
 }
 
+impl std::fmt::Display for Rogue {
+    /// What the frontend did, for the vif's `error` node and the log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rogue::MissingExtra => f.write_str("extra-info slot missing at the end of the ring"),
+            Rogue::BadExtraType(t) => write!(f, "extra-info type {t} is not valid"),
+            Rogue::ZeroGsoSize => f.write_str("GSO extra with size 0"),
+            Rogue::BadGsoType(t) => write!(f, "GSO type {t} is not valid"),
+            Rogue::MissingSlots => f.write_str("continuation slots missing at the end of the ring"),
+            Rogue::FatalSlotCount => write!(f, "a packet of {FATAL_SLOTS} or more slots"),
+            Rogue::SlotCrossesPage => f.write_str("a continuation slot crosses its 4 KiB page"),
+            Rogue::FirstSlotCrossesPage => f.write_str("the first slot crosses its 4 KiB page"),
+        }
+    }
+}
+
 /// Fixed-capacity list, so parsing allocates nothing; its storage is not initialised up
 /// front (a parse of a one-slot packet would otherwise write ~600 bytes of defaults).
 /// Pushing past the capacity panics: the capacities are sized by construction, so that

@@ -364,7 +364,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         if q.disabled.is_none() {
             // Once per queue: the queue is skipped from now on, so this cannot repeat.
             log::warn!(
-                "dom{} vif{} queue {}: frontend broke the netif protocol ({why:?}); queue disabled",
+                "dom{} vif{} queue {}: frontend broke the netif protocol ({why}); queue disabled",
                 q.id.domid,
                 q.id.devid,
                 q.id.queue

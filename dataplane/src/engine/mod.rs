@@ -169,7 +169,7 @@ impl std::fmt::Display for Disable {
         match self {
             Disable::ImpossibleTxIndex => f.write_str("impossible TX ring index (req_prod)"),
             Disable::ImpossibleRxIndex => f.write_str("impossible RX ring index (req_prod)"),
-            Disable::Rogue(r) => write!(f, "malformed TX request: {r:?}"),
+            Disable::Rogue(r) => write!(f, "malformed TX request: {r}"),
         }
     }
 }
