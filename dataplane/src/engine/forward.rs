@@ -85,8 +85,8 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             all => all[flow_hash(m.data()) as usize % all.len()],
         };
         match place {
-            Place::Local => {
-                if let Some(qi) = self.local_queue(to, queue) {
+            Place::Local(qi) => {
+                if qi < self.queues.len() {
                     self.deliver_to_queue(qi, m);
                 }
             }
@@ -100,9 +100,11 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
     }
 
     fn local_queue(&self, endpoint: EndpointId, queue: u16) -> Option<usize> {
-        self.queues
-            .iter()
-            .position(|q| q.endpoint == endpoint && q.id.queue == queue)
+        let routes = self.vifs.get(&endpoint)?;
+        match routes.iter().find(|r| r.0 == queue)?.1 {
+            Place::Local(qi) if qi < self.queues.len() => Some(qi),
+            _ => None,
+        }
     }
 
     /// Frames other groups handed over: each goes to the backlog of the queue it is

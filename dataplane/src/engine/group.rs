@@ -7,12 +7,10 @@ use super::tx::PendingTx;
 use super::{Adaptive, Command, Disable, EngineConfig, GroupHandle};
 use crate::credit::{Credit, Rate};
 use crate::offload::{OffloadCounters, SoftGso, TxCaps};
-use crate::switch::{EndpointId, EndpointKind, FwdCache, Mac, MacHasher, Switch, SwitchConfig};
+use crate::switch::{EndpointId, EndpointKind, FwdCache, Mac, Switch, SwitchConfig};
 use crate::txparse::Rsp;
 use pmd::{Mbuf, Mempool, Port};
-use std::collections::HashMap;
 use std::collections::VecDeque;
-use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use xen::{CopyOp, EventChannel, GrantCopy};
@@ -66,13 +64,57 @@ pub struct Group<G: GrantCopy, E: EventChannel> {
     pub(super) handoff: Option<super::fabric::Handoff>,
     /// Every vif's queues by queue number (ascending), here or in another group: the
     /// switch's endpoints are vifs, a frame for one goes to one of its queues.
-    pub(super) vifs: HashMap<EndpointId, Vec<(u16, Place)>, BuildHasherDefault<MacHasher>>,
+    pub(super) vifs: Routes,
+}
+
+/// Every vif's queues by queue number, the vifs sorted by endpoint: a binary search costs
+/// about what a scan does for a few vifs (the common case) and less than a hash for dozens.
+#[derive(Default)]
+pub(super) struct Routes(Vec<(EndpointId, Vec<(u16, Place)>)>);
+
+impl Routes {
+    pub(super) fn get(&self, e: &EndpointId) -> Option<&Vec<(u16, Place)>> {
+        let i = self.0.binary_search_by_key(e, |x| x.0).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    fn get_mut(&mut self, e: &EndpointId) -> Option<&mut Vec<(u16, Place)>> {
+        let i = self.0.binary_search_by_key(e, |x| x.0).ok()?;
+        Some(&mut self.0[i].1)
+    }
+
+    /// The routes of `e`, created empty if it has none.
+    fn entry(&mut self, e: EndpointId) -> &mut Vec<(u16, Place)> {
+        let i = match self.0.binary_search_by_key(&e, |x| x.0) {
+            Ok(i) => i,
+            Err(i) => {
+                self.0.insert(i, (e, Vec::new()));
+                i
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    fn remove(&mut self, e: &EndpointId) {
+        if let Ok(i) = self.0.binary_search_by_key(e, |x| x.0) {
+            self.0.remove(i);
+        }
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&EndpointId, &mut Vec<(u16, Place)>)> {
+        self.0.iter_mut().map(|(e, r)| (&*e, r))
+    }
+
+    fn max_endpoint(&self) -> u32 {
+        self.0.last().map_or(0, |x| x.0 .0)
+    }
 }
 
 /// Where a vif queue runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Place {
-    Local,
+    /// Here, at this index of `queues` (kept current when queues come and go).
+    Local(usize),
     /// In the group of this index (through its handoff ring).
     Remote(usize),
 }
@@ -173,7 +215,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             scratch: Scratch::default(),
             uplink_fwd: FwdCache::default(),
             handoff: None,
-            vifs: HashMap::default(),
+            vifs: Routes::default(),
         }
     }
 
@@ -255,12 +297,18 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 .find(|q| q.id.domid == s.id.domid && q.id.devid == s.id.devid);
             match same_vif {
                 Some(q) => q.endpoint,
-                None => EndpointId(1 + self.vifs.keys().map(|e| e.0).max().unwrap_or(0)),
+                None => EndpointId(1 + self.vifs.max_endpoint()),
             }
         });
         // A queue of that number already here (a re-add): replaced.
         self.remove_queue(s.id);
-        self.add_route(endpoint, s.mac, s.vlan, s.id.queue, Place::Local);
+        self.add_route(
+            endpoint,
+            s.mac,
+            s.vlan,
+            s.id.queue,
+            Place::Local(usize::MAX),
+        );
         let now = self.now();
         self.queues.push(Queue {
             id: s.id,
@@ -281,6 +329,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             endpoint,
             fwd: FwdCache::default(),
         });
+        self.reindex_routes();
         self.load.store(self.queues.len() as u64, Ordering::Relaxed);
     }
 
@@ -291,10 +340,26 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             return false;
         };
         let mut q = self.queues.remove(i);
-        self.remove_route(q.endpoint, q.id.queue, |p| p == Place::Local);
+        self.remove_route(q.endpoint, q.id.queue, |p| matches!(p, Place::Local(_)));
+        self.reindex_routes();
         q.local.flush(&q.counters);
         self.load.store(self.queues.len() as u64, Ordering::Relaxed);
         true
+    }
+
+    /// Points every local route at its queue's index in `queues` (after the list changed).
+    fn reindex_routes(&mut self) {
+        for (endpoint, routes) in self.vifs.iter_mut() {
+            for (queue, place) in routes.iter_mut() {
+                if let Place::Local(qi) = place {
+                    *qi = self
+                        .queues
+                        .iter()
+                        .position(|q| q.endpoint == *endpoint && q.id.queue == *queue)
+                        .unwrap_or(usize::MAX);
+                }
+            }
+        }
     }
 
     /// Records queue `queue` of the vif at `endpoint` (its MAC and VLAN become a switch
@@ -307,7 +372,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         queue: u16,
         at: Place,
     ) {
-        let routes = self.vifs.entry(endpoint).or_default();
+        let routes = self.vifs.entry(endpoint);
         if routes.is_empty() {
             self.switch
                 .add_endpoint(endpoint, EndpointKind::Vif { mac, vlan });
