@@ -126,6 +126,9 @@ pub struct VifSection {
     pub devid: u32,
     /// Access VLAN (1..=4094): frames of this vif are tagged toward the uplink.
     pub vlan: Option<u16>,
+    /// Runs all of this vif's queues in this group (0..engine.groups) instead of the least
+    /// loaded one per queue.
+    pub group: Option<u16>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -399,6 +402,14 @@ impl Config {
                     bail!("vif[{i}].vlan: {vlan} is not in 1..=4094");
                 }
             }
+            if let Some(g) = v.group {
+                if u32::from(g) >= self.engine.groups {
+                    bail!(
+                        "vif[{i}].group: {g} is not in 0..{} (engine.groups)",
+                        self.engine.groups
+                    );
+                }
+            }
             if !seen.insert((v.domid, v.devid)) {
                 bail!(
                     "vif[{i}]: dom{} devid {} is configured twice",
@@ -478,6 +489,8 @@ groups = 1
         assert!(err("not toml at all [").contains("t.toml"));
         assert!(err(&format!("{GOOD}[switch]\nmode = \"hub\"\n")).contains("mode"));
         assert!(err(&format!("{GOOD}[[vif]]\ndomid = 5\nvlan = 4095\n")).contains("vif[0].vlan"));
+        assert!(err(&format!("{GOOD}[[vif]]\ndomid = 5\ngroup = 1\n"))
+            .contains("vif[0].group: 1 is not in 0..1 (engine.groups)"));
         assert!(err(&format!(
             "{GOOD}[[vif]]\ndomid = 5\nvlan = 7\n[[vif]]\ndomid = 5\ndevid = 0\n"
         ))

@@ -332,6 +332,11 @@ fn serve<H: Host>(cfg: &Config, host: &H, stop: &'static AtomicBool) -> anyhow::
                 .iter()
                 .filter_map(|v| v.vlan.map(|vl| ((v.domid, v.devid), vl)))
                 .collect(),
+            pins: cfg
+                .vif
+                .iter()
+                .filter_map(|v| v.group.map(|g| ((v.domid, v.devid), usize::from(g))))
+                .collect(),
             ..Default::default()
         };
         let (gm, ev) = host.backend()?;

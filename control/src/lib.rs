@@ -370,6 +370,9 @@ pub struct BackendConfig {
     pub remove_timeout: Duration,
     /// Access VLAN per vif (domid, devid), from the daemon's configuration.
     pub vlans: HashMap<(u16, u32), u16>,
+    /// Group that runs all of a vif's queues, from the daemon's configuration (others: the
+    /// least loaded group per queue).
+    pub pins: HashMap<(u16, u32), usize>,
 }
 
 impl Default for BackendConfig {
@@ -379,6 +382,7 @@ impl Default for BackendConfig {
             max_queues: 4,
             remove_timeout: Duration::from_secs(5),
             vlans: HashMap::new(),
+            pins: HashMap::new(),
         }
     }
 }
@@ -837,12 +841,16 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             });
         }
         for s in setups {
-            let g = least_loaded(&self.groups).ok_or(FrontendError::NoGroup)?;
-            let gi = self
-                .groups
-                .iter()
-                .position(|x| std::ptr::eq(x, g))
-                .expect("from the list");
+            let gi = match self.cfg.pins.get(&key) {
+                Some(&g) if g < self.groups.len() => g,
+                _ => {
+                    let g = least_loaded(&self.groups).ok_or(FrontendError::NoGroup)?;
+                    self.groups
+                        .iter()
+                        .position(|x| std::ptr::eq(x, g))
+                        .expect("from the list")
+                }
+            };
             let id = s.id;
             let c = s.counters.clone();
             if !self.groups[gi].add_queue(s) {
