@@ -37,6 +37,9 @@ scenario() {
   log "dom0 -> eth0: $o0"
   log "dom0 -> eth1: $o1"
   log "$(nb_vif_summary 0 1 | tr '\n' ';')"
+  local h0=$(nb_metric netbackd_group_handoffs_total 'group="0"' 'result="sent"')
+  local h1=$(nb_metric netbackd_group_handoffs_total 'group="1"' 'result="sent"')
+  log "frames handed between groups: from group 0 $h0, from group 1 $h1"
   local d=$(domid)
   local t0=$(nb_metric netbackd_vif_tx_packets_total "domid=\"$d\"" 'devid="0"')
   local t1=$(nb_metric netbackd_vif_tx_packets_total "domid=\"$d\"" 'devid="1"')
@@ -47,5 +50,5 @@ scenario() {
   [ "${d0:-0}" -ge 18 ] && [ "${d1:-0}" -ge 18 ] || { fail "dom0 pings: eth0 ${d0:-0}/20, eth1 ${d1:-0}/20"; return; }
   [ "$t0" -ge 20 ] && [ "$t1" -ge 20 ] || { fail "guest TX in metrics: vif/0 $t0, vif/1 $t1"; return; }
   nb_stop || { fail "netbackd did not stop cleanly"; return; }
-  pass "both 4/4; guest eth0 $r0/20, eth1 $r1/20; dom0 -> eth0 $d0/20, -> eth1 $d1/20; guest TX vif/0 $t0, vif/1 $t1 packets"
+  pass "both 4/4; guest eth0 $r0/20, eth1 $r1/20; dom0 -> eth0 $d0/20, -> eth1 $d1/20; guest TX vif/0 $t0, vif/1 $t1 packets; handoffs g0 $h0, g1 $h1"
 }
