@@ -5,7 +5,6 @@
 //! to one group (`[[vif]] group`), they reconnect there and nothing is handed over.
 use guest::pktgen::{PktGen, Sink};
 use guest::{FrontConfig, Netfront, TxMeta};
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use xen::XenStore;
@@ -18,9 +17,8 @@ fn vifs_in_different_groups_reach_each_other() {
     let pid = std::process::id();
     let parent = std::env::temp_dir().join(format!("nbd-grp-{pid}"));
     std::fs::create_dir_all(&parent).unwrap();
-    let mut sim_child = Command::new(BIN)
-        .args([
-            "sim",
+    let (sim, root, _sim_out) = start_sim(
+        &[
             "--guest",
             "81",
             "--guest",
@@ -29,21 +27,9 @@ fn vifs_in_different_groups_reach_each_other() {
             "81:0:00:16:3e:00:08:01",
             "--vif",
             "82:0:00:16:3e:00:08:02",
-            "--parent",
-        ])
-        .arg(&parent)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(sim_child.stdout.take().unwrap()).lines();
-    let sim = Guard(Some(sim_child));
-    let root = lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .strip_prefix("sim root: ")
-        .unwrap()
-        .to_string();
+        ],
+        &parent,
+    );
     let sock = format!("{root}/xenstored/socket");
     let xs = XenStore::open_at(&sock).unwrap();
     let maddr = {

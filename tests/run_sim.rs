@@ -5,7 +5,6 @@
 //! refused with the offending key named.
 use guest::pktgen::PktGen;
 use guest::{FrontConfig, Netfront};
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use xen::{Tx, XenStore};
@@ -18,28 +17,10 @@ fn run_serves_sim_vifs() {
     let pid = std::process::id();
     let parent = std::env::temp_dir().join(format!("nbd-run-{pid}"));
     std::fs::create_dir_all(&parent).unwrap();
-    let mut sim_child = Command::new(BIN)
-        .args([
-            "sim",
-            "--guest",
-            "71",
-            "--vif",
-            "71:0:00:16:3e:00:07:01",
-            "--parent",
-        ])
-        .arg(&parent)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(sim_child.stdout.take().unwrap()).lines();
-    let sim = Guard(Some(sim_child));
-    let root = lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .strip_prefix("sim root: ")
-        .unwrap()
-        .to_string();
+    let (sim, root, _sim_out) = start_sim(
+        &["--guest", "71", "--vif", "71:0:00:16:3e:00:07:01"],
+        &parent,
+    );
     let sock = format!("{root}/xenstored/socket");
     let xs = XenStore::open_at(&sock).unwrap();
     let be = "/local/domain/0/backend/vif/71/0";

@@ -9,6 +9,33 @@ use xen::{Tx, XenStore};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_netbackd");
 
+/// The rest of a sim's stdout, kept open while the sim runs (it may still write to it).
+pub type SimOutput = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
+
+/// Starts `netbackd sim ARGS --parent PARENT`; returns its guard, the sim root it printed
+/// first, and the rest of its output.
+pub fn start_sim(args: &[&str], parent: &std::path::Path) -> (Guard, String, SimOutput) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(BIN)
+        .arg("sim")
+        .args(args)
+        .arg("--parent")
+        .arg(parent)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let guard = Guard(Some(child));
+    let root = lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .strip_prefix("sim root: ")
+        .expect("the sim names its root first")
+        .to_string();
+    (guard, root, lines)
+}
+
 pub fn wait_state(xs: &XenStore, path: &str, want: &str, secs: u64) -> Duration {
     let t = Instant::now();
     while xs.read(Tx::NONE, path).unwrap().as_deref() != Some(want) {
