@@ -44,28 +44,7 @@ macro_rules! snap {
     };
 }
 
-snap!(
-    tx_packets,
-    tx_bytes,
-    rx_packets,
-    rx_bytes,
-    tx_drop_runt,
-    tx_drop_too_many_slots,
-    tx_drop_frag_overflow,
-    tx_drop_copy_error,
-    tx_drop_no_mbuf,
-    tx_drop_offload,
-    tx_drop_switch,
-    tx_credit_throttled,
-    tx_gso_checksum_fixup,
-    rx_drop_backlog_full,
-    rx_drop_stalled,
-    rx_drop_copy_error,
-    rx_drop_too_big,
-    rx_stalls,
-    notifications,
-    rogue,
-);
+dataplane::with_queue_counters!(snap);
 
 /// Labels of a vif queue's series: domid, devid, queue, the guest's name.
 pub type VifKey = (u16, u32, u16, String);

@@ -32,41 +32,13 @@ pub struct QueueCounters {
     pub disabled: std::sync::OnceLock<Disable>,
 }
 
-/// Lcore-local counter deltas, flushed to the atomics once per iteration.
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct Local {
-    pub(super) tx_packets: u64,
-    pub(super) tx_bytes: u64,
-    pub(super) rx_packets: u64,
-    pub(super) rx_bytes: u64,
-    pub(super) tx_drop_runt: u64,
-    pub(super) tx_drop_too_many_slots: u64,
-    pub(super) tx_drop_frag_overflow: u64,
-    pub(super) tx_drop_copy_error: u64,
-    pub(super) tx_drop_no_mbuf: u64,
-    pub(super) tx_drop_offload: u64,
-    pub(super) tx_drop_switch: u64,
-    pub(super) tx_credit_throttled: u64,
-    pub(super) tx_gso_checksum_fixup: u64,
-    pub(super) rx_drop_backlog_full: u64,
-    pub(super) rx_drop_stalled: u64,
-    pub(super) rx_drop_copy_error: u64,
-    pub(super) rx_drop_too_big: u64,
-    pub(super) rx_stalls: u64,
-    pub(super) notifications: u64,
-    pub(super) rogue: u64,
-}
-
-impl Local {
-    pub(super) fn flush(&mut self, c: &QueueCounters) {
-        macro_rules! f {
-            ($($n:ident),*) => {$(
-                if self.$n != 0 {
-                    c.$n.fetch_add(self.$n, Ordering::Relaxed);
-                }
-            )*};
-        }
-        f!(
+/// Calls macro `$m` with the names of every counter of [`QueueCounters`] (all but
+/// `disabled`), so that copies of the list (the lcore-local deltas here, the metrics'
+/// snapshots) cannot drift from it.
+#[macro_export]
+macro_rules! with_queue_counters {
+    ($m:ident) => {
+        $m!(
             tx_packets,
             tx_bytes,
             rx_packets,
@@ -88,9 +60,30 @@ impl Local {
             notifications,
             rogue
         );
-        *self = Local::default();
-    }
+    };
 }
+
+macro_rules! local_deltas {
+    ($($n:ident),* $(,)?) => {
+        /// Lcore-local counter deltas, flushed to the atomics once per iteration.
+        #[derive(Clone, Copy, Debug, Default)]
+        pub(super) struct Local {
+            $(pub(super) $n: u64,)*
+        }
+
+        impl Local {
+            pub(super) fn flush(&mut self, c: &QueueCounters) {
+                $(
+                    if self.$n != 0 {
+                        c.$n.fetch_add(self.$n, Ordering::Relaxed);
+                    }
+                )*
+                *self = Local::default();
+            }
+        }
+    };
+}
+with_queue_counters!(local_deltas);
 
 /// Group-wide counters (readable while the group runs).
 #[derive(Debug, Default)]
