@@ -229,6 +229,14 @@ pub struct EngineSection {
     pub idle_sleep_us: u32,
     #[serde(default = "default_max_sleep")]
     pub max_sleep_us: u32,
+    /// Frames each group's handoff ring holds (frames for its vifs from other groups);
+    /// what does not fit is dropped and counted (`netbackd_group_handoffs_total{result="ring_full"}`).
+    #[serde(default = "default_handoff_ring")]
+    pub handoff_ring: u32,
+}
+
+fn default_handoff_ring() -> u32 {
+    dataplane::engine::HANDOFF_RING
 }
 
 fn default_max_sleep() -> u32 {
@@ -257,6 +265,7 @@ impl Default for EngineSection {
             stall_secs: 60,
             idle_sleep_us: 0,
             max_sleep_us: default_max_sleep(),
+            handoff_ring: default_handoff_ring(),
         }
     }
 }
@@ -357,6 +366,12 @@ impl Config {
             bail!(
                 "engine.backlog_kib: {} is below 64 (one 64 KiB packet must fit)",
                 self.engine.backlog_kib
+            );
+        }
+        if !(256..=1 << 20).contains(&self.engine.handoff_ring) {
+            bail!(
+                "engine.handoff_ring: {} is not in 256..=1048576",
+                self.engine.handoff_ring
             );
         }
         if !(10..=1_000_000).contains(&self.engine.max_sleep_us) {
@@ -489,6 +504,10 @@ groups = 1
         assert!(err("not toml at all [").contains("t.toml"));
         assert!(err(&format!("{GOOD}[switch]\nmode = \"hub\"\n")).contains("mode"));
         assert!(err(&format!("{GOOD}[[vif]]\ndomid = 5\nvlan = 4095\n")).contains("vif[0].vlan"));
+        assert!(
+            err(&GOOD.replace("groups = 1", "groups = 1\nhandoff_ring = 16"))
+                .contains("engine.handoff_ring: 16 is not in 256..=1048576")
+        );
         assert!(err(&format!("{GOOD}[[vif]]\ndomid = 5\ngroup = 1\n"))
             .contains("vif[0].group: 1 is not in 0..1 (engine.groups)"));
         assert!(err(&format!(

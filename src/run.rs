@@ -308,7 +308,8 @@ fn serve<H: Host>(cfg: &Config, host: &H, stop: &'static AtomicBool) -> anyhow::
             built.push(g);
         }
         // One L2 domain: every vif reachable from every group (handoff rings between them).
-        let handles = connect_groups(&mut built).context("handoff rings between the groups")?;
+        let handles = connect_groups(&mut built, cfg.engine.handoff_ring)
+            .context("handoff rings between the groups")?;
         for (gi, mut g) in built.into_iter().enumerate() {
             let s = group_stop.clone();
             match workers.get(gi) {

@@ -398,7 +398,7 @@ impl Bench {
                 SwitchConfig::default(),
             ));
         }
-        let handles = dataplane::engine::connect_groups(&mut gs)?;
+        let handles = dataplane::engine::connect_groups(&mut gs, dataplane::engine::HANDOFF_RING)?;
         let gc: Vec<_> = gs.iter().map(|g| g.counters.clone()).collect();
         // g2g pair k (vifs 2k, 2k+1) is split over two groups when k < cross_pairs;
         // otherwise both its vifs are in group k % ng. Other directions: vif i in i % ng.

@@ -108,7 +108,8 @@ fn groups_share_one_l2_domain() {
             env.group_on(0, EngineConfig::default(), TxCaps::default()),
             env.group_on(1, EngineConfig::default(), TxCaps::default()),
         ];
-        let handles: Vec<GroupHandle> = connect_groups(&mut groups).expect("handoff rings");
+        let handles: Vec<GroupHandle> =
+            connect_groups(&mut groups, dataplane::engine::HANDOFF_RING).expect("handoff rings");
         // A in group 0; B and C in group 1.
         assert!(handles[0].add_queue(sa));
         assert!(handles[1].add_queue(sb));

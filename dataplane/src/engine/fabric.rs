@@ -144,14 +144,17 @@ impl Handoff {
     }
 }
 
-/// Handoff ring size per group: a few iterations of a full budget from every other group.
+/// Default handoff ring size per group: a few iterations of a full budget from every
+/// other group.
 pub const HANDOFF_RING: u32 = 4096;
 
-/// Joins `groups` into one L2 domain: a handoff ring per group, and control-plane handles
-/// through which every queue added anywhere becomes reachable from every group. With one
-/// group it only returns that group's plain handle. Call before the groups run.
+/// Joins `groups` into one L2 domain: a handoff ring of `ring` mbufs per group, and
+/// control-plane handles through which every queue added anywhere becomes reachable from
+/// every group. With one group it only returns that group's plain handle. Call before the
+/// groups run.
 pub fn connect_groups<G: GrantCopy, E: EventChannel>(
     groups: &mut [Group<G, E>],
+    ring: u32,
 ) -> Result<Vec<GroupHandle>, pmd::PmdError> {
     let mut handles: Vec<GroupHandle> = groups.iter_mut().map(|g| g.handle()).collect();
     if groups.len() < 2 {
@@ -163,7 +166,7 @@ pub fn connect_groups<G: GrantCopy, E: EventChannel>(
     let mut producers = Vec::new();
     let mut consumers = Vec::new();
     for gi in 0..groups.len() {
-        let (p, c) = MbufRing::new(&format!("nbd-hoff{f}-{gi}"), HANDOFF_RING, -1)?;
+        let (p, c) = MbufRing::new(&format!("nbd-hoff{f}-{gi}"), ring, -1)?;
         producers.push(p);
         consumers.push(c);
     }
