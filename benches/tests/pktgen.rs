@@ -1,43 +1,11 @@
-//! Runs a tiny `pktgen` point (64 bytes, guest TX and RX, one vif, no baselines) as a
-//! subprocess and checks its JSON: packets counted, every field present, no loss.
+//! Runs tiny `pktgen` points (64 bytes; guest TX and RX with one vif, and g2g across two
+//! groups; no baselines) as a subprocess and checks their JSON: packets, fields, no loss.
 use std::process::Command;
 
 #[test]
 fn pktgen_tiny_point_json() {
-    let json = std::env::temp_dir().join(format!("pktgen-test-{}.json", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_pktgen"))
-        .args([
-            "--sizes",
-            "64",
-            "--dirs",
-            "tx,rx",
-            "--vifs",
-            "1",
-            "--warmup",
-            "0.2",
-            "--intervals",
-            "2",
-            "--interval-ms",
-            "200",
-            "--rounds",
-            "1",
-            "--no-baseline",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .expect("run pktgen");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "pktgen failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(&json).expect("json written");
-    let _ = std::fs::remove_file(&json);
-    let rows: serde_json::Value = serde_json::from_str(&text).expect("valid json");
-    let rows = rows.as_array().expect("array of points");
-    assert_eq!(rows.len(), 2, "{text}");
+    let (stdout, rows) = run_pktgen("test", &["--sizes", "64", "--dirs", "tx,rx", "--vifs", "1"]);
+    assert_eq!(rows.len(), 2, "{rows:?}");
     for (r, dir) in rows.iter().zip(["tx", "rx"]) {
         assert_eq!(r["dir"], dir);
         assert_eq!(r["frame_len"], 64);
@@ -102,44 +70,13 @@ fn out_pid(stdout: &str) -> u32 {
 /// to the other exactly once, with no loss; with no pair split, none is.
 #[test]
 fn pktgen_cross_group_points() {
-    let json = std::env::temp_dir().join(format!("pktgen-groups-{}.json", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_pktgen"))
-        .args([
-            "--sizes",
-            "64",
-            "--dirs",
-            "g2g",
-            "--vifs",
-            "2",
-            "--groups",
-            "2",
-            "--cross",
-            "0,100",
-            "--warmup",
-            "0.2",
-            "--intervals",
-            "2",
-            "--interval-ms",
-            "200",
-            "--rounds",
-            "1",
-            "--no-baseline",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .expect("run pktgen");
-    assert!(
-        out.status.success(),
-        "pktgen failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (_, rows) = run_pktgen(
+        "groups",
+        &[
+            "--sizes", "64", "--dirs", "g2g", "--vifs", "2", "--groups", "2", "--cross", "0,100",
+        ],
     );
-    let text = std::fs::read_to_string(&json).expect("json written");
-    let _ = std::fs::remove_file(&json);
-    let rows: serde_json::Value = serde_json::from_str(&text).expect("valid json");
-    let rows = rows.as_array().expect("array of points");
-    assert_eq!(rows.len(), 2, "{text}");
+    assert_eq!(rows.len(), 2, "{rows:?}");
     for (r, cross) in rows.iter().zip([0u64, 100]) {
         assert_eq!(
             (r["groups"].as_u64(), r["cross"].as_u64()),
@@ -154,4 +91,37 @@ fn pktgen_cross_group_points() {
             "cross {cross}%: {h} handoffs per packet"
         );
     }
+}
+
+/// Runs a short pktgen (`args` plus a tiny timing and no baselines) and returns its stdout
+/// and the points of its JSON.
+fn run_pktgen(tag: &str, args: &[&str]) -> (String, Vec<serde_json::Value>) {
+    let json = std::env::temp_dir().join(format!("pktgen-{tag}-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_pktgen"))
+        .args(args)
+        .args([
+            "--warmup",
+            "0.2",
+            "--intervals",
+            "2",
+            "--interval-ms",
+            "200",
+            "--rounds",
+            "1",
+            "--no-baseline",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .expect("run pktgen");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "pktgen failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&json).expect("json written");
+    let _ = std::fs::remove_file(&json);
+    let rows: serde_json::Value = serde_json::from_str(&text).expect("valid json");
+    (stdout, rows.as_array().expect("array of points").clone())
 }
