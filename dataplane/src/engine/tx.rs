@@ -134,6 +134,14 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             q.local.tx_packets += 1;
             q.local.tx_bytes += u64::from(p.len);
             let from = q.endpoint;
+            if !p.csum_blank && p.gso.is_none() {
+                // Nothing to finish (`prepare_guest_tx` would pass it on as is): straight
+                // to the switch, without the offload path's list and counter snapshot.
+                if !self.switch_frame(from, p.mbuf, now, Ingress::Queue(p.q)) {
+                    self.queues[p.q].local.tx_drop_switch += 1;
+                }
+                continue;
+            }
             let before = self.ofl;
             if prepare_guest_tx(
                 p.mbuf,
