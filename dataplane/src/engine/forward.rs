@@ -157,44 +157,34 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
 }
 
 /// A flow's hash for choosing among a vif's queues: symmetric (both directions of a flow
-/// get the same value), over the IPv4/IPv6 addresses and, for TCP and UDP, the ports; 0
-/// for anything else (one queue for all non-IP frames, so their order is kept).
+/// get the same value), over the IPv4/IPv6 addresses and, for unfragmented TCP and UDP,
+/// the ports; 0 for anything else (one queue for all non-IP frames, so their order is
+/// kept). The frame is dissected as for the control ring's hash (`toeplitz::flow_keys`);
+/// the mixing is a fold and one multiply, not a per-bit Toeplitz walk, as it runs per frame.
 fn flow_hash(f: &[u8]) -> u32 {
-    let b = |i: usize| f.get(i).copied().unwrap_or(0);
-    let be16 = |i: usize| u16::from_be_bytes([b(i), b(i + 1)]);
-    let mut l3 = 14;
-    let mut ty = be16(12);
-    if ty == 0x8100 {
-        ty = be16(16);
-        l3 = 18;
-    }
-    let fold = |at: usize, len: usize| {
-        (0..len / 4).fold(0u32, |h, k| {
-            h ^ u32::from_be_bytes([
-                b(at + 4 * k),
-                b(at + 4 * k + 1),
-                b(at + 4 * k + 2),
-                b(at + 4 * k + 3),
-            ])
+    use crate::wire::{IPPROTO_TCP, IPPROTO_UDP, L3};
+    let Some(k) = crate::toeplitz::flow_keys(f) else {
+        return 0;
+    };
+    let fold = |a: &[u8]| {
+        a.chunks_exact(4).fold(0u32, |h, w| {
+            h ^ u32::from_be_bytes([w[0], w[1], w[2], w[3]])
         })
     };
-    let (addrs, proto, l4) = match ty {
-        0x0800 if f.len() >= l3 + 20 => {
-            let ihl = usize::from(b(l3) & 0xf) * 4;
-            let first_fragment = be16(l3 + 6) & 0x1fff == 0;
-            let proto = if first_fragment { b(l3 + 9) } else { 0 };
-            (fold(l3 + 12, 4) ^ fold(l3 + 16, 4), proto, l3 + ihl)
-        }
-        0x86dd if f.len() >= l3 + 40 => (fold(l3 + 8, 16) ^ fold(l3 + 24, 16), b(l3 + 6), l3 + 40),
-        _ => return 0,
+    let addrs = match k.l3 {
+        L3::V4 { src, dst } => fold(&src) ^ fold(&dst),
+        L3::V6 { src, dst } => fold(&src) ^ fold(&dst),
     };
-    let ports = match proto {
-        6 | 17 if f.len() >= l4 + 4 => u32::from(be16(l4) ^ be16(l4 + 2)),
-        _ => 0,
+    let ports = if !k.fragment && (k.proto == IPPROTO_TCP || k.proto == IPPROTO_UDP) {
+        u32::from(
+            u16::from_be_bytes([k.ports[0], k.ports[1]])
+                ^ u16::from_be_bytes([k.ports[2], k.ports[3]]),
+        )
+    } else {
+        0
     };
-    let x = u64::from(addrs ^ ports.rotate_left(16) ^ u32::from(proto));
-    let h = x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (h >> 32) as u32
+    let x = u64::from(addrs ^ ports.rotate_left(16) ^ u32::from(k.proto));
+    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32
 }
 
 #[cfg(test)]
