@@ -181,6 +181,12 @@ fn sw_l4_checksum(m: &mut Mbuf, h: &Headers) {
     }
 }
 
+/// Whether a guest packet needs `prepare_guest_tx` at all: one without a blank checksum
+/// or GSO goes to the port as it is (the engine skips the call for those).
+pub fn needs_finishing(csum_blank: bool, gso: Option<Gso>) -> bool {
+    csum_blank || gso.is_some()
+}
+
 /// Prepares one guest packet for a port. On success the packet (or its segments) is
 /// appended to `out`; on error it is freed and the reason returned for counting.
 pub fn prepare_guest_tx(
@@ -192,7 +198,7 @@ pub fn prepare_guest_tx(
     out: &mut Vec<Mbuf>,
     ctr: &mut OffloadCounters,
 ) -> Result<(), OffloadError> {
-    if !csum_blank && gso.is_none() {
+    if !needs_finishing(csum_blank, gso) {
         out.push(m);
         return Ok(());
     }

@@ -7,7 +7,7 @@ use crate::credit::Admit;
 use crate::netif::{
     TxResponse, NETTXF_CSUM_BLANK, XEN_NETIF_RSP_ERROR, XEN_NETIF_RSP_NULL, XEN_NETIF_RSP_OKAY,
 };
-use crate::offload::prepare_guest_tx;
+use crate::offload::{needs_finishing, prepare_guest_tx};
 use crate::txparse::{parse_tx_into, Gso, Rsp, Verdict};
 use pmd::Mbuf;
 use xen::{CopyDir, CopyOp, EventChannel, GrantCopy};
@@ -134,9 +134,9 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             q.local.tx_packets += 1;
             q.local.tx_bytes += u64::from(p.len);
             let from = q.endpoint;
-            if !p.csum_blank && p.gso.is_none() {
-                // Nothing to finish (`prepare_guest_tx` would pass it on as is): straight
-                // to the switch, without the offload path's list and counter snapshot.
+            if !needs_finishing(p.csum_blank, p.gso) {
+                // Straight to the switch, without the offload path's list and counter
+                // snapshot (`prepare_guest_tx` would pass it on as is).
                 if !self.switch_frame(from, p.mbuf, now, Ingress::Queue(p.q)) {
                     self.queues[p.q].local.tx_drop_switch += 1;
                 }
