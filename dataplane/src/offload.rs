@@ -182,7 +182,9 @@ fn sw_l4_checksum(m: &mut Mbuf, h: &Headers) {
 }
 
 /// Whether a guest packet needs `prepare_guest_tx` at all: one without a blank checksum
-/// or GSO goes to the port as it is (the engine skips the call for those).
+/// or GSO goes to the port as it is (the engine skips the call for those). `#[inline]`:
+/// the generic engine is compiled in the calling crate and asks this per packet.
+#[inline]
 pub fn needs_finishing(csum_blank: bool, gso: Option<Gso>) -> bool {
     csum_blank || gso.is_some()
 }
