@@ -277,6 +277,13 @@ pub struct BackendSection {
     pub domid: u16,
     #[serde(default = "default_queues")]
     pub max_queues: u32,
+    /// Offer frontends a control ring (`feature-ctrl-ring`) for receive-side hashing.
+    #[serde(default = "yes")]
+    pub ctrl_ring: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_queues() -> u32 {
@@ -288,6 +295,7 @@ impl Default for BackendSection {
         BackendSection {
             domid: 0,
             max_queues: 4,
+            ctrl_ring: true,
         }
     }
 }

@@ -24,6 +24,8 @@ pub trait Host {
     fn group(&self) -> anyhow::Result<(Self::Copy, Self::Ev)>;
     /// Grant mapping and event channels for the control plane.
     fn backend(&self) -> anyhow::Result<(Self::Map, Self::Ev)>;
+    /// Grant copy for the control plane (control-ring keys and mapping tables).
+    fn ctrl_copy(&self) -> anyhow::Result<Box<dyn GrantCopy>>;
     /// The mbuf pool (after EAL initialisation).
     fn mempool(&self, n: u32) -> anyhow::Result<pmd::Mempool> {
         default_pool(n)
@@ -56,6 +58,10 @@ impl Host for SimBackendHost {
 
     fn backend(&self) -> anyhow::Result<(Self::Map, Self::Ev)> {
         self.group()
+    }
+
+    fn ctrl_copy(&self) -> anyhow::Result<Box<dyn GrantCopy>> {
+        Ok(Box::new(self.group()?.0))
     }
 }
 
@@ -139,6 +145,12 @@ impl Host for LinuxHost {
 
     fn backend(&self) -> anyhow::Result<(Self::Map, Self::Ev)> {
         Ok((xen::linux::LinuxGrantMap::open()?, self.ev.clone()))
+    }
+
+    /// Always gntdev: the control ring's buffers are on the heap, not in the self-granted
+    /// pages privcmd copies need.
+    fn ctrl_copy(&self) -> anyhow::Result<Box<dyn GrantCopy>> {
+        Ok(Box::new(xen::linux::LinuxGrantCopy::open()?))
     }
 
     fn mempool(&self, n: u32) -> anyhow::Result<pmd::Mempool> {
@@ -343,6 +355,9 @@ fn serve<H: Host>(cfg: &Config, host: &H, stop: &'static AtomicBool) -> anyhow::
         let (gm, ev) = host.backend()?;
         let mut backend =
             Backend::new(bcfg, xs, gm, ev, handles).context("watching the backend directory")?;
+        if cfg.backend.ctrl_ring {
+            backend.enable_ctrl_ring(host.ctrl_copy().context("grant copy for control rings")?);
+        }
         tracing::info!(
             "serving the vifs of dom{}'s backend directory (ready in {:.0} ms)",
             cfg.backend.domid,
@@ -364,7 +379,9 @@ fn serve<H: Host>(cfg: &Config, host: &H, stop: &'static AtomicBool) -> anyhow::
         }
         let mut last = Vec::new();
         while !stop.load(Ordering::Relaxed) {
-            backend.step(Duration::from_millis(100));
+            // Control rings are polled: step often while any is connected.
+            let step = if backend.has_ctrl_rings() { 10 } else { 100 };
+            backend.step(Duration::from_millis(step));
             let events = backend.take_events();
             if !events.is_empty() {
                 let mut doms = shared.domains.lock().unwrap_or_else(|e| e.into_inner());

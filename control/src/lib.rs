@@ -13,16 +13,17 @@
 //! counters, closures with their reason) is reported as [`VifEvent`]s, for metrics that
 //! must outlive the vif.
 use dataplane::credit::{parse_rate, Rate};
+use dataplane::ctrl::{HashAlgorithm, HashState};
 use dataplane::engine::{
     least_loaded, Disable, Features, GroupHandle, QueueCounters, QueueId, QueueSetup,
 };
-use dataplane::netif::{BackRing, SharedPage};
+use dataplane::netif::{BackRing, CtrlRing, SharedPage};
 use dataplane::txparse::Rogue;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use xen::{EventChannel, GrantMap, Mapping, Tx, XenStore};
+use xen::{EventChannel, GrantCopy, GrantMap, Mapping, Tx, XenStore};
 
 /// xenbus states.
 pub mod state {
@@ -214,11 +215,20 @@ impl QueueKeys {
     }
 }
 
+/// A frontend's control ring (`ctrl-ring-ref`, `event-channel-ctrl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtrlKeys {
+    pub ring_ref: u32,
+    pub evtchn: u32,
+}
+
 /// Everything a frontend wrote that the backend needs to connect it.
 #[derive(Clone, Debug)]
 pub struct FrontendKeys {
     pub queues: Vec<QueueKeys>,
     pub features: Features,
+    /// None: the frontend has no control ring (Linux's netfront never makes one).
+    pub ctrl: Option<CtrlKeys>,
 }
 
 /// Reads and validates a frontend's keys; `read(key)` returns the value of `key` relative
@@ -282,7 +292,20 @@ pub fn read_frontend(
             evtchn,
         });
     }
-    Ok(FrontendKeys { queues, features })
+    // As Linux's `connect_ctrl_ring`: no `ctrl-ring-ref`, no control ring; with one, the
+    // channel is required.
+    let ctrl = match read("ctrl-ring-ref") {
+        None => None,
+        Some(_) => Some(CtrlKeys {
+            ring_ref: number(read, "ctrl-ring-ref", 0, u32::MAX)?,
+            evtchn: number(read, "event-channel-ctrl", 0, u32::MAX)?,
+        }),
+    };
+    Ok(FrontendKeys {
+        queues,
+        features,
+        ctrl,
+    })
 }
 
 /// Parses the backend's `mac` (six hex bytes separated by `:`, as libxl writes it).
@@ -400,6 +423,20 @@ struct Vif {
     rate: Option<String>,
     /// The guest's name (`/local/domain/<domid>/name`), for logs and metrics labels.
     name: String,
+    /// The control ring, when the frontend made one (and the backend offers it).
+    ctrl: Option<CtrlConn>,
+}
+
+/// A connected control ring: served by the control thread (as Linux serves it from a
+/// threaded interrupt, never on the data path), its hash configuration published to the
+/// groups after every change.
+struct CtrlConn {
+    ring: BackRing<CtrlRing>,
+    /// Local event-channel port (also in [`Vif::ports`], which unbinds it).
+    port: u32,
+    state: HashState,
+    /// The state's generation the groups last got.
+    published: u64,
 }
 
 /// A vif the backend serves, for reporting.
@@ -423,6 +460,9 @@ pub struct Backend<M: GrantMap, E: EventChannel + Clone> {
     vifs: HashMap<(u16, u32), Vif>,
     root: String,
     events: VecDeque<VifEvent>,
+    /// Grant copy for control-ring requests (keys and mapping tables); the control ring is
+    /// offered only with one.
+    ctrl_copy: Option<Box<dyn GrantCopy>>,
 }
 
 /// A number in a xenstore path or a state (where a bad one is just ignored).
@@ -450,7 +490,14 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             vifs: HashMap::new(),
             root,
             events: VecDeque::new(),
+            ctrl_copy: None,
         })
+    }
+
+    /// Offers frontends a control ring (`feature-ctrl-ring`: receive-side hashing set by
+    /// the guest), read through `gc`. Call before the first step.
+    pub fn enable_ctrl_ring(&mut self, gc: Box<dyn GrantCopy>) {
+        self.ctrl_copy = Some(gc);
     }
 
     /// Vifs currently known.
@@ -512,6 +559,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             ev = self.xs.try_read_watch();
         }
         self.close_disabled();
+        self.serve_ctrl();
         n
     }
 
@@ -655,6 +703,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                     ports: Vec::new(),
                     rate: None,
                     name,
+                    ctrl: None,
                 },
             );
             let _ = self
@@ -768,6 +817,11 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
         ] {
             let _ = self.xs.write(Tx::NONE, &format!("{be}/{k}"), v);
         }
+        if self.ctrl_copy.is_some() {
+            let _ = self
+                .xs
+                .write(Tx::NONE, &format!("{be}/feature-ctrl-ring"), "1");
+        }
     }
 
     fn connect(&mut self, key: (u16, u32), domid: u16, devid: u32) -> Result<(), FrontendError> {
@@ -786,6 +840,9 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             .read(&format!("{be}/rate"))
             .map(|s| parse_rate(&s).unwrap_or(Rate::UNLIMITED))
             .unwrap_or(Rate::UNLIMITED);
+        if let (Some(ck), true) = (keys.ctrl, self.ctrl_copy.is_some()) {
+            self.connect_ctrl(key, domid, ck, keys.queues.len() as u32)?;
+        }
         let mut setups = Vec::new();
         for (q, qk) in keys.queues.iter().enumerate() {
             let map = |gref: u32, key: &str| -> Result<SharedPage, FrontendError> {
@@ -863,6 +920,113 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
         Ok(())
     }
 
+    /// Maps the frontend's control ring and binds its channel (as Linux's
+    /// `xenvif_connect_ctrl`); requests are served from [`Backend::step`].
+    fn connect_ctrl(
+        &mut self,
+        key: (u16, u32),
+        domid: u16,
+        ck: CtrlKeys,
+        num_queues: u32,
+    ) -> Result<(), FrontendError> {
+        let err = || FrontendError::Map {
+            key: "ctrl-ring-ref".into(),
+            gref: ck.ring_ref,
+        };
+        let m = Arc::new(
+            self.gm
+                .map(domid, &[ck.ring_ref], true)
+                .map_err(|_| err())?,
+        );
+        let p = std::ptr::NonNull::new(m.as_ptr()).ok_or_else(err)?;
+        // SAFETY: the mapping is kept alive by the SharedPage that holds its Arc.
+        let ring = BackRing::attach(unsafe { SharedPage::from_raw(p, Some(m)) });
+        let port = self
+            .ev
+            .bind_interdomain(domid, ck.evtchn)
+            .map_err(|_| FrontendError::Bind {
+                key: "event-channel-ctrl".into(),
+                port: ck.evtchn,
+            })?;
+        let v = self.vifs.get_mut(&key).expect("known vif");
+        v.ports.push(port);
+        v.ctrl = Some(CtrlConn {
+            ring,
+            port,
+            state: HashState::new(domid, num_queues),
+            published: 0,
+        });
+        Ok(())
+    }
+
+    /// Whether any connected vif has a control ring (the embedder then steps often: the
+    /// ring is polled, its requests answered within a step).
+    pub fn has_ctrl_rings(&self) -> bool {
+        self.vifs.values().any(|v| v.ctrl.is_some())
+    }
+
+    /// Answers every connected vif's control-ring requests and publishes changed hash
+    /// configurations to the groups. A frontend with an impossible producer index is
+    /// closed as one that broke the protocol.
+    fn serve_ctrl(&mut self) {
+        let Some(gc) = self.ctrl_copy.as_mut() else {
+            return;
+        };
+        let mut broken = Vec::new();
+        for (key, v) in self.vifs.iter_mut() {
+            if v.state != state::CONNECTED {
+                continue;
+            }
+            let Some(c) = v.ctrl.as_mut() else {
+                continue;
+            };
+            self.ev.take_pending(c.port);
+            match c.state.serve(&mut c.ring, &mut **gc) {
+                Err(e) => {
+                    broken.push((*key, e));
+                    continue;
+                }
+                Ok(served) => {
+                    if served.notify {
+                        let _ = self.ev.notify(c.port);
+                    }
+                    let _ = self.ev.unmask(c.port);
+                }
+            }
+            if c.state.generation() != c.published {
+                c.published = c.state.generation();
+                let s = &c.state;
+                tracing::info!(
+                    domid = key.0,
+                    devid = key.1,
+                    "receive hash set by the frontend: {:?}, types {:?}, {} mapping entries",
+                    s.algorithm(),
+                    s.flags(),
+                    s.mapping().len()
+                );
+                let state = (s.algorithm() == HashAlgorithm::Toeplitz).then(|| Arc::new(s.clone()));
+                for g in &self.groups {
+                    g.set_steering(key.0, key.1, state.clone());
+                }
+            }
+        }
+        for (key, e) in broken {
+            let Some(be) = self.vifs.get(&key).map(|v| v.be.clone()) else {
+                continue;
+            };
+            tracing::warn!(
+                domid = key.0,
+                devid = key.1,
+                "frontend broke the netif protocol on its control ring ({e}); closing"
+            );
+            let msg = format!("frontend broke the netif protocol: control ring: {e}");
+            let _ = self.xs.write(Tx::NONE, &format!("{be}/error"), &msg);
+            self.event(key, Happened::Closed("impossible_ctrl_index".into()));
+            self.disconnect(key);
+            self.write_state(key, state::CLOSED);
+        }
+    }
+
     /// For a daemon shutting down after its groups stopped: unbinds every event channel
     /// (as closing /dev/xen/evtchn does on a real host) but leaves xenstore as it is, so a
     /// restarted backend finds the vifs and reconnects them to the same frontend rings.
@@ -870,6 +1034,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
         for v in self.vifs.values_mut() {
             v.queues.clear();
             v.counters.clear();
+            v.ctrl = None;
             for p in v.ports.drain(..) {
                 let _ = self.ev.unbind(p);
             }
@@ -887,6 +1052,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
         // A connection's counters are let go here and only here (or at shutdown), so it
         // is reported exactly once, however the vif came to be closed.
         let counters = std::mem::take(&mut v.counters);
+        v.ctrl = None;
         // The groups no longer use the channels (removal acknowledged): unbind them.
         for p in v.ports.drain(..) {
             let _ = self.ev.unbind(p);
@@ -1107,6 +1273,36 @@ mod tests {
             assert_eq!(refusal_of(&with(key, None)), format!("{key} missing"));
         }
         assert_eq!(refusal(&[]), "request-rx-copy missing");
+    }
+
+    #[test]
+    fn control_ring_keys() {
+        assert_eq!(
+            frontend(&GOOD).unwrap().ctrl,
+            None,
+            "no ctrl-ring-ref, no ring"
+        );
+        let mut k = with("ctrl-ring-ref", Some("12"));
+        assert_eq!(refusal_of(&k), "event-channel-ctrl missing");
+        k.push(("event-channel-ctrl".into(), "x".into()));
+        assert_eq!(
+            refusal_of(&k),
+            r#"event-channel-ctrl = "x" is not a number"#
+        );
+        assert_eq!(
+            refusal_of(&with("ctrl-ring-ref", Some("-3"))),
+            r#"ctrl-ring-ref = "-3" is out of range (min 0)"#
+        );
+        let mut k = with("ctrl-ring-ref", Some("12"));
+        k.push(("event-channel-ctrl".into(), "7".into()));
+        let read = |key: &str| k.iter().find(|(n, _)| n == key).map(|(_, v)| v.clone());
+        assert_eq!(
+            read_frontend(&read, 4).unwrap().ctrl,
+            Some(CtrlKeys {
+                ring_ref: 12,
+                evtchn: 7
+            })
+        );
     }
 
     #[test]

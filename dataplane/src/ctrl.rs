@@ -367,6 +367,15 @@ impl HashState {
         }
     }
 
+    /// The hash to report to the frontend with `frame` (the hash extra): Some only with
+    /// Toeplitz selected and one of the enabled hash types applying to the frame.
+    pub fn frame_hash(&self, frame: &[u8]) -> Option<FrameHash> {
+        match self.alg {
+            HashAlgorithm::None => None,
+            HashAlgorithm::Toeplitz => toeplitz::hash_frame(&self.key, self.flags, frame),
+        }
+    }
+
     /// Answers the requests waiting on the vif's control ring, at most one ring's worth per
     /// call (a frontend that keeps posting cannot hold the caller), as Linux's
     /// `xenvif_ctrl_action` does: each request copied out once, answered in its slot,

@@ -3,11 +3,18 @@
 //!   software, every segment's checksum verified independently, the payload reassembled;
 //! - rings starting near u32::MAX (index wrap) with nothing lost;
 //! - fairness: a flooding vif does not starve a light one in the same group;
-//! - credit: a vif limited by `rate` sends within 10% of it over real seconds.
+//! - credit: a vif limited by `rate` sends within 10% of it over real seconds;
+//! - a TSO frame kept whole for a vif with Toeplitz hashing: GSO extra, then hash extra.
 
 use dataplane::credit::Rate;
+use dataplane::ctrl::HashState;
 use dataplane::engine::{EngineConfig, Group};
-use dataplane::netif::{XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6};
+use dataplane::netif::{
+    CtrlRequest, _XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP, XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP,
+    XEN_NETIF_CTRL_STATUS_SUCCESS, XEN_NETIF_CTRL_TYPE_SET_HASH_ALGORITHM,
+    XEN_NETIF_CTRL_TYPE_SET_HASH_FLAGS, XEN_NETIF_CTRL_TYPE_SET_HASH_KEY, XEN_NETIF_GSO_TYPE_TCPV4,
+    XEN_NETIF_GSO_TYPE_TCPV6,
+};
 use dataplane::offload::TxCaps;
 use guest::harness::attach;
 use guest::pktgen::{PktGen, Sink};
@@ -314,6 +321,65 @@ fn gso_wrap_fairness_credit() {
         assert!(cd.tx_credit_throttled.load(Ordering::Relaxed) > 0);
         assert!(cd.tx_bytes.load(Ordering::Relaxed) > start_bytes);
         eprintln!("credit: configured 10000000 B/s, measured {rate:.0} B/s over {secs:.2} s");
+        drop(g);
+
+        // --- A TSO frame kept whole (the port does TSO) toward a vif whose frontend set
+        //     Toeplitz hashing: the GSO extra (with MORE) and then the hash extra.
+        for d in [35, 36] {
+            h.add_domain(d, &format!("g{d}"), 4096, 8192).unwrap();
+        }
+        let tso = TxCaps {
+            ipv4_cksum: true,
+            tcp_cksum: true,
+            udp_cksum: true,
+            tso: true,
+            tso6: true,
+        };
+        let mut g: G = env.group(EngineConfig::default(), tso);
+        let (mut e, se, _) = attach(h, 35, 0, mac(35));
+        let (mut fh, sf, _) = attach(h, 36, 0, mac(36));
+        g.add_queue(se);
+        g.add_queue(sf);
+        let mut state = HashState::new(36, 1);
+        let mut gc = xen::sim::SimGrant::new(xen::sim::DomainTable::new(h.layout().clone()), 0);
+        let key_ref = fh.grant_data(&[0x6d; 40]).unwrap();
+        for (ty, data) in [
+            (XEN_NETIF_CTRL_TYPE_SET_HASH_ALGORITHM, [1, 0, 0]),
+            (
+                XEN_NETIF_CTRL_TYPE_SET_HASH_FLAGS,
+                [XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP, 0, 0],
+            ),
+            (XEN_NETIF_CTRL_TYPE_SET_HASH_KEY, [key_ref, 40, 0]),
+        ] {
+            let rsp = state.handle(&mut gc, CtrlRequest { id: 0, ty, data });
+            assert_eq!(rsp.status, XEN_NETIF_CTRL_STATUS_SUCCESS, "type {ty}");
+        }
+        let payload: Vec<u8> = (0..6000).map(|i| i as u8).collect();
+        let frame = tcp_frame(mac(36), mac(35), false, &payload);
+        let want = state.frame_hash(&frame).expect("a TCP/IPv4 hash");
+        g.handle()
+            .set_steering(36, 0, Some(std::sync::Arc::new(state)));
+        let meta = TxMeta {
+            csum_blank: true,
+            gso: Some((1448, XEN_NETIF_GSO_TYPE_TCPV4)),
+            slot_size: 4096,
+            ..Default::default()
+        };
+        e.send(0, &frame, meta).unwrap();
+        let mut got = Vec::new();
+        poll_until(&mut g, 10, |_| {
+            got.extend(fh.poll_rx(0).unwrap());
+            !got.is_empty()
+        });
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].data.len(), frame.len());
+        assert_eq!(got[0].gso, Some((1448, XEN_NETIF_GSO_TYPE_TCPV4)));
+        assert_eq!(
+            got[0].hash,
+            Some((_XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP, want.value))
+        );
+        // Data, GSO extra, hash extra, then the second data slot.
+        assert_eq!(got[0].slots, 4);
         drop(g);
     }
     env.finish();

@@ -90,6 +90,7 @@ pub fn attach_queues(
             devid,
             queues,
             split_evtchn: true,
+            ctrl_ring: false,
         },
     )
     .unwrap();

@@ -9,9 +9,10 @@
 //! `queue-N/...` and `multi-queue-num-queues` for several), switches to Connected and posts
 //! its RX buffers. It closes when the backend goes Closing.
 use dataplane::netif::{
-    ExtraInfo, FrontRing, RxRequest, RxResponse, RxRing, SharedPage, TxRequest, TxRing,
-    NETRXF_EXTRA_INFO, NETRXF_GSO_PREFIX, NETRXF_MORE_DATA, NETTXF_CSUM_BLANK, NETTXF_EXTRA_INFO,
-    NETTXF_MORE_DATA, RX_RING_SIZE, TX_RING_SIZE, XEN_NETIF_EXTRA_TYPE_GSO, XEN_NETIF_RSP_NULL,
+    CtrlRequest, CtrlRing, ExtraInfo, FrontRing, RxRequest, RxResponse, RxRing, SharedPage,
+    TxRequest, TxRing, NETRXF_EXTRA_INFO, NETRXF_GSO_PREFIX, NETRXF_MORE_DATA, NETTXF_CSUM_BLANK,
+    NETTXF_EXTRA_INFO, NETTXF_MORE_DATA, RX_RING_SIZE, TX_RING_SIZE, XEN_NETIF_EXTRA_TYPE_GSO,
+    XEN_NETIF_EXTRA_TYPE_HASH, XEN_NETIF_RSP_NULL,
 };
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -47,6 +48,9 @@ pub struct FrontConfig {
     pub queues: u32,
     /// Use split event channels when the backend offers them.
     pub split_evtchn: bool,
+    /// Make a control ring when the backend offers one (`feature-ctrl-ring`), as Windows
+    /// PV drivers do; Linux's netfront never does (default false).
+    pub ctrl_ring: bool,
 }
 
 impl FrontConfig {
@@ -56,6 +60,7 @@ impl FrontConfig {
             devid,
             queues: 1,
             split_evtchn: true,
+            ctrl_ring: false,
         }
     }
 }
@@ -77,6 +82,7 @@ pub struct BackendFeatures {
     pub sg: bool,
     pub gso_tcpv4: bool,
     pub gso_tcpv6: bool,
+    pub ctrl_ring: bool,
 }
 
 /// Metadata of a packet to send.
@@ -124,6 +130,8 @@ pub struct RxPacket {
     pub flags: u16,
     /// GSO extra, if the backend sent one: (size, type).
     pub gso: Option<(u16, u8)>,
+    /// Hash extra, if the backend sent one: (hash type number, value).
+    pub hash: Option<(u8, u32)>,
     /// Slots the packet used (data + extras).
     pub slots: usize,
 }
@@ -247,6 +255,16 @@ pub struct Netfront {
     pub features: BackendFeatures,
     pub queues: Vec<FrontQueue>,
     pub stats: FrontStats,
+    /// The control ring, when made.
+    ctrl: Option<FrontCtrl>,
+}
+
+/// The frontend's side of a control ring.
+struct FrontCtrl {
+    ring: FrontRing<CtrlRing>,
+    ring_ref: u32,
+    evtchn: u32,
+    next_id: u16,
 }
 
 fn ring_page(mem: &DomainMem, frame: u32) -> SharedPage {
@@ -333,6 +351,7 @@ impl Netfront {
             features: BackendFeatures::default(),
             queues: Vec::new(),
             stats: FrontStats::default(),
+            ctrl: None,
         })
     }
 
@@ -399,7 +418,21 @@ impl Netfront {
             sg: self.be_flag("feature-sg")?,
             gso_tcpv4: self.be_flag("feature-gso-tcpv4")?,
             gso_tcpv6: self.be_flag("feature-gso-tcpv6")?,
+            ctrl_ring: self.be_flag("feature-ctrl-ring")?,
         };
+        if self.cfg.ctrl_ring && self.features.ctrl_ring {
+            let be = self.backend_dom;
+            let frame = self.alloc.frame()?;
+            let ring = FrontRing::<CtrlRing>::init(ring_page(&self.alloc.mem, frame));
+            let ring_ref = self.alloc.grant(frame, be, false)?;
+            let evtchn = self.ev.alloc_unbound(be)?;
+            self.ctrl = Some(FrontCtrl {
+                ring,
+                ring_ref,
+                evtchn,
+                next_id: 0,
+            });
+        }
         let nq = self.cfg.queues.clamp(1, self.features.max_queues);
         let split = self.cfg.split_evtchn && self.features.split_evtchn;
         for _ in 0..nq {
@@ -508,6 +541,14 @@ impl Netfront {
                         &q.evtchn_tx.to_string(),
                     )?;
                 }
+            }
+            if let Some(c) = &self.ctrl {
+                xs.write(t, &format!("{fe}/ctrl-ring-ref"), &c.ring_ref.to_string())?;
+                xs.write(
+                    t,
+                    &format!("{fe}/event-channel-ctrl"),
+                    &c.evtchn.to_string(),
+                )?;
             }
             for (k, v) in [
                 ("request-rx-copy", "1"),
@@ -875,6 +916,7 @@ impl Netfront {
             let base = q.rx.rsp_cons().wrapping_sub(parts.len() as u32);
             let mut data = Vec::new();
             let mut gso = None;
+            let mut hash = None;
             let mut err = false;
             // A legacy prefix slot carries the GSO size in `offset` and no data.
             let skip = usize::from(parts[0].flags & NETRXF_GSO_PREFIX != 0);
@@ -889,6 +931,9 @@ impl Netfront {
                     if e.ty == XEN_NETIF_EXTRA_TYPE_GSO {
                         let g = e.as_gso();
                         gso = Some((g.size, g.gso_type));
+                    } else if e.ty == XEN_NETIF_EXTRA_TYPE_HASH {
+                        let h = e.as_hash();
+                        hash = Some((h.hash_type, u32::from_le_bytes(h.value)));
                     }
                     continue;
                 }
@@ -913,6 +958,7 @@ impl Netfront {
                     data,
                     flags: parts[skip].flags,
                     gso,
+                    hash,
                     slots: parts.len(),
                 });
             }
@@ -929,12 +975,115 @@ impl Netfront {
         }
     }
 
+    /// Whether the control ring was made (the backend offered it and the config asked).
+    pub fn has_ctrl_ring(&self) -> bool {
+        self.ctrl.is_some()
+    }
+
+    /// Sends one control request and waits (bounded) for its answer: (status, data).
+    /// Requests go one at a time, as Windows' xenvif controller sends them.
+    pub fn ctrl_request(
+        &mut self,
+        ty: u16,
+        data: [u32; 3],
+        timeout: Duration,
+    ) -> Result<(u32, u32), FrontError> {
+        let c = self
+            .ctrl
+            .as_mut()
+            .ok_or_else(|| FrontError::Backend("no control ring".into()))?;
+        let id = c.next_id;
+        c.next_id = c.next_id.wrapping_add(1);
+        c.ring.push_request(CtrlRequest { id, ty, data })?;
+        if c.ring.push_requests_and_check_notify() {
+            self.ev.notify(c.evtchn)?;
+        }
+        let t = Instant::now();
+        loop {
+            let c = self.ctrl.as_mut().expect("checked above");
+            if let Some(r) = c.ring.next_response()? {
+                if (r.id, r.ty) != (id, ty) {
+                    return Err(FrontError::Backend(format!(
+                        "control response {}/{} for request {id}/{ty}",
+                        r.id, r.ty
+                    )));
+                }
+                return Ok((r.status, r.data));
+            }
+            if t.elapsed() > timeout {
+                return Err(FrontError::Timeout(format!(
+                    "control response to type {ty}"
+                )));
+            }
+            self.ev.wait(Duration::from_millis(5));
+            self.ev.take_pending(c.evtchn);
+        }
+    }
+
+    /// Configures Toeplitz hashing as a Windows frontend does: algorithm, hash types,
+    /// key (granted read-only), then the mapping table (size, entries). Every request must
+    /// succeed.
+    pub fn set_toeplitz(
+        &mut self,
+        key: &[u8],
+        flags: u32,
+        mapping: &[u32],
+    ) -> Result<(), FrontError> {
+        use dataplane::netif::{
+            XEN_NETIF_CTRL_HASH_ALGORITHM_TOEPLITZ, XEN_NETIF_CTRL_STATUS_SUCCESS,
+            XEN_NETIF_CTRL_TYPE_SET_HASH_ALGORITHM, XEN_NETIF_CTRL_TYPE_SET_HASH_FLAGS,
+            XEN_NETIF_CTRL_TYPE_SET_HASH_KEY, XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING,
+            XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING_SIZE,
+        };
+        let t = Duration::from_secs(5);
+        let key_ref = self.grant_data(key)?;
+        let mut table = Vec::with_capacity(mapping.len() * 4);
+        for e in mapping {
+            table.extend_from_slice(&e.to_le_bytes());
+        }
+        let map_ref = self.grant_data(&table)?;
+        let n = mapping.len() as u32;
+        let steps: [(u16, [u32; 3]); 5] = [
+            (
+                XEN_NETIF_CTRL_TYPE_SET_HASH_ALGORITHM,
+                [XEN_NETIF_CTRL_HASH_ALGORITHM_TOEPLITZ, 0, 0],
+            ),
+            (XEN_NETIF_CTRL_TYPE_SET_HASH_FLAGS, [flags, 0, 0]),
+            (
+                XEN_NETIF_CTRL_TYPE_SET_HASH_KEY,
+                [key_ref, key.len() as u32, 0],
+            ),
+            (XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING_SIZE, [n, 0, 0]),
+            (XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING, [map_ref, n, 0]),
+        ];
+        let mut result = Ok(());
+        for (ty, data) in steps {
+            if ty == XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING && n == 0 {
+                continue;
+            }
+            let (status, _) = self.ctrl_request(ty, data, t)?;
+            if status != XEN_NETIF_CTRL_STATUS_SUCCESS {
+                result = Err(FrontError::Backend(format!(
+                    "control request type {ty} answered status {status}"
+                )));
+                break;
+            }
+        }
+        self.revoke(key_ref);
+        self.revoke(map_ref);
+        result
+    }
+
     /// Frontend side of a close (Linux `xenbus_frontend_closed`): state Closing then
     /// Closed, then rings, channels and grants are released.
     pub fn close(&mut self) -> Result<(), FrontError> {
         self.set_state(5)?;
         self.set_state(6)?;
         let mut ev = self.ev.clone();
+        if let Some(c) = self.ctrl.take() {
+            let _ = ev.unbind(c.evtchn);
+            self.alloc.end_grant(c.ring_ref);
+        }
         for q in self.queues.drain(..) {
             let _ = ev.unbind(q.evtchn_tx);
             if q.evtchn_rx != q.evtchn_tx {

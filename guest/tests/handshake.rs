@@ -78,6 +78,7 @@ fn netfront_handshake_traffic_and_close() {
                 devid: 0,
                 queues: 4,
                 split_evtchn: true,
+                ctrl_ring: false,
             },
         )
         .unwrap();

@@ -55,6 +55,7 @@ impl Fabric {
         for (g, tx) in self.senders.iter().enumerate() {
             if g != owner {
                 let _ = tx.send(Command::AddRemote {
+                    vif: (id.domid, id.devid),
                     endpoint,
                     mac,
                     vlan,

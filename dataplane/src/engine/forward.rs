@@ -5,6 +5,7 @@ use super::group::Place;
 use super::queue::enqueue_backlog;
 use super::rx::head_gso;
 use super::{Group, UPLINK};
+use crate::ctrl::HashState;
 use crate::offload::finish_in_software;
 use crate::switch::{apply_egress, Decision, EndpointId};
 use pmd::Mbuf;
@@ -80,9 +81,10 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         let Some(routes) = self.vifs.get(&to) else {
             return;
         };
-        let (queue, place) = match routes.as_slice() {
-            [only] => *only,
-            all => all[flow_hash(m.data()) as usize % all.len()],
+        let (queue, place) = match (routes.queues.as_slice(), &routes.steer) {
+            ([only], _) => *only,
+            (all, None) => all[flow_hash(m.data()) as usize % all.len()],
+            (all, Some(s)) => steered(s, all, m.data()),
         };
         match place {
             Place::Local(qi) => {
@@ -101,7 +103,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
 
     fn local_queue(&self, endpoint: EndpointId, queue: u16) -> Option<usize> {
         let routes = self.vifs.get(&endpoint)?;
-        match routes.iter().find(|r| r.0 == queue)?.1 {
+        match routes.queues.iter().find(|r| r.0 == queue)?.1 {
             Place::Local(qi) if qi < self.queues.len() => Some(qi),
             _ => None,
         }
@@ -153,6 +155,17 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             return;
         }
         enqueue_backlog(&mut self.queues[qi], m, &self.cfg);
+    }
+}
+
+/// The queue the frontend's hash configuration picks for `frame` (as Linux's
+/// `xenvif_select_queue`), among a vif's `all` queues; the default flow hash if that queue
+/// is not placed (a frontend whose mapping names a queue that is going away).
+fn steered(s: &HashState, all: &[(u16, Place)], frame: &[u8]) -> (u16, Place) {
+    let wanted = s.queue_for(frame).map(|st| st.queue);
+    match wanted.and_then(|q| all.binary_search_by_key(&q, |r| u32::from(r.0)).ok()) {
+        Some(i) => all[i],
+        None => all[flow_hash(frame) as usize % all.len()],
     }
 }
 

@@ -6,6 +6,7 @@ use super::rx::PendingRx;
 use super::tx::PendingTx;
 use super::{Adaptive, Command, Disable, EngineConfig, GroupHandle};
 use crate::credit::{Credit, Rate};
+use crate::ctrl::HashState;
 use crate::offload::{OffloadCounters, SoftGso, TxCaps};
 use crate::switch::{EndpointId, EndpointKind, FwdCache, Mac, Switch, SwitchConfig};
 use crate::txparse::Rsp;
@@ -70,25 +71,45 @@ pub struct Group<G: GrantCopy, E: EventChannel> {
 /// Every vif's queues by queue number, the vifs sorted by endpoint: a binary search costs
 /// about what a scan does for a few vifs (the common case) and less than a hash for dozens.
 #[derive(Default)]
-pub(super) struct Routes(Vec<(EndpointId, Vec<(u16, Place)>)>);
+pub(super) struct Routes(Vec<(EndpointId, VifRoutes)>);
+
+/// Where one vif's queues run, and how a frame picks one of them.
+pub(super) struct VifRoutes {
+    /// (domid, devid): steering updates name the vif so.
+    pub(super) vif: (u16, u32),
+    /// (queue number, where it runs), by queue number.
+    pub(super) queues: Vec<(u16, Place)>,
+    /// The frontend's control-ring hash configuration, if it set one.
+    pub(super) steer: Option<Arc<HashState>>,
+}
 
 impl Routes {
-    pub(super) fn get(&self, e: &EndpointId) -> Option<&Vec<(u16, Place)>> {
+    pub(super) fn get(&self, e: &EndpointId) -> Option<&VifRoutes> {
         let i = self.0.binary_search_by_key(e, |x| x.0).ok()?;
         Some(&self.0[i].1)
     }
 
-    fn get_mut(&mut self, e: &EndpointId) -> Option<&mut Vec<(u16, Place)>> {
+    fn get_mut(&mut self, e: &EndpointId) -> Option<&mut VifRoutes> {
         let i = self.0.binary_search_by_key(e, |x| x.0).ok()?;
         Some(&mut self.0[i].1)
     }
 
-    /// The routes of `e`, created empty if it has none.
-    fn entry(&mut self, e: EndpointId) -> &mut Vec<(u16, Place)> {
+    /// The routes of `e`, created empty for `vif` if it has none.
+    fn entry(&mut self, e: EndpointId, vif: (u16, u32)) -> &mut VifRoutes {
         let i = match self.0.binary_search_by_key(&e, |x| x.0) {
             Ok(i) => i,
             Err(i) => {
-                self.0.insert(i, (e, Vec::new()));
+                self.0.insert(
+                    i,
+                    (
+                        e,
+                        VifRoutes {
+                            vif,
+                            queues: Vec::new(),
+                            steer: None,
+                        },
+                    ),
+                );
                 i
             }
         };
@@ -101,7 +122,7 @@ impl Routes {
         }
     }
 
-    fn iter_mut(&mut self) -> impl Iterator<Item = (&EndpointId, &mut Vec<(u16, Place)>)> {
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&EndpointId, &mut VifRoutes)> {
         self.0.iter_mut().map(|(e, r)| (&*e, r))
     }
 
@@ -251,6 +272,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 }
                 Command::SetRate(id, r) => self.set_rate(id, r),
                 Command::AddRemote {
+                    vif,
                     endpoint,
                     mac,
                     vlan,
@@ -258,9 +280,10 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     owner,
                 } => {
                     if self.handoff.is_some() {
-                        self.add_route(endpoint, mac, vlan, queue, Place::Remote(owner));
+                        self.add_route(vif, endpoint, mac, vlan, queue, Place::Remote(owner));
                     }
                 }
+                Command::SetSteering { vif, state } => self.set_steering(vif, state),
                 Command::Learned {
                     domain,
                     mac,
@@ -303,6 +326,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         // A queue of that number already here (a re-add): replaced.
         self.remove_queue(s.id);
         self.add_route(
+            (s.id.domid, s.id.devid),
             endpoint,
             s.mac,
             s.vlan,
@@ -328,6 +352,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             disable_reported: false,
             endpoint,
             fwd: FwdCache::default(),
+            steer: self.vifs.get(&endpoint).and_then(|r| r.steer.clone()),
         });
         self.reindex_routes();
         self.load.store(self.queues.len() as u64, Ordering::Relaxed);
@@ -350,7 +375,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
     /// Points every local route at its queue's index in `queues` (after the list changed).
     fn reindex_routes(&mut self) {
         for (endpoint, routes) in self.vifs.iter_mut() {
-            for (queue, place) in routes.iter_mut() {
+            for (queue, place) in routes.queues.iter_mut() {
                 if let Place::Local(qi) = place {
                     *qi = self
                         .queues
@@ -366,13 +391,14 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
     /// endpoint with its first queue).
     fn add_route(
         &mut self,
+        vif: (u16, u32),
         endpoint: EndpointId,
         mac: Mac,
         vlan: Option<u16>,
         queue: u16,
         at: Place,
     ) {
-        let routes = self.vifs.entry(endpoint);
+        let routes = &mut self.vifs.entry(endpoint, vif).queues;
         if routes.is_empty() {
             self.switch
                 .add_endpoint(endpoint, EndpointKind::Vif { mac, vlan });
@@ -382,14 +408,30 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         routes.insert(k, (queue, at));
     }
 
+    /// Applies a vif's new hash configuration to its routes (choosing the queue) and to
+    /// its queues here (reporting the hash). A vif not (yet) known here is ignored: its
+    /// configuration is per connection and is sent again with every change.
+    fn set_steering(&mut self, vif: (u16, u32), state: Option<Arc<HashState>>) {
+        for (_, r) in self.vifs.iter_mut() {
+            if r.vif == vif {
+                r.steer = state.clone();
+            }
+        }
+        for q in &mut self.queues {
+            if (q.id.domid, q.id.devid) == vif {
+                q.steer = state.clone();
+            }
+        }
+    }
+
     /// Forgets queue `queue` of the vif at `endpoint` if `which` accepts where it was; the
     /// vif leaves the switch with its last queue.
     fn remove_route(&mut self, endpoint: EndpointId, queue: u16, which: impl Fn(Place) -> bool) {
         let Some(routes) = self.vifs.get_mut(&endpoint) else {
             return;
         };
-        routes.retain(|r| r.0 != queue || !which(r.1));
-        if routes.is_empty() {
+        routes.queues.retain(|r| r.0 != queue || !which(r.1));
+        if routes.queues.is_empty() {
             self.vifs.remove(&endpoint);
             self.switch.remove_endpoint(endpoint);
         }

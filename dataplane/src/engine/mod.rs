@@ -75,6 +75,8 @@ pub enum Command {
     SetRate(QueueId, Rate),
     /// Another group's queue: reachable through that group's handoff ring.
     AddRemote {
+        /// The vif's (domid, devid), to which steering updates are addressed.
+        vif: (u16, u32),
         endpoint: crate::switch::EndpointId,
         mac: crate::switch::Mac,
         vlan: Option<u16>,
@@ -84,6 +86,13 @@ pub enum Command {
     RemoveRemote {
         endpoint: crate::switch::EndpointId,
         queue: u16,
+    },
+    /// The receive-side hash a vif's frontend configured over its control ring (None: the
+    /// default symmetric flow hash, no hash extra): which of its queues a frame for it
+    /// goes to, in every group, and the hash its queues report to the guest.
+    SetSteering {
+        vif: (u16, u32),
+        state: Option<Arc<crate::ctrl::HashState>>,
     },
     /// Another group learned `mac` behind `endpoint` (the port: `EndpointId(0)` in
     /// every group).
@@ -139,6 +148,22 @@ impl GroupHandle {
 
     pub fn set_rate(&self, id: QueueId, rate: Rate) -> bool {
         self.tx.send(Command::SetRate(id, rate)).is_ok()
+    }
+
+    /// Publishes a vif's control-ring hash configuration to this group (send it to every
+    /// group that may deliver to the vif: with groups connected, all of them).
+    pub fn set_steering(
+        &self,
+        domid: u16,
+        devid: u32,
+        state: Option<Arc<crate::ctrl::HashState>>,
+    ) -> bool {
+        self.tx
+            .send(Command::SetSteering {
+                vif: (domid, devid),
+                state,
+            })
+            .is_ok()
     }
 }
 

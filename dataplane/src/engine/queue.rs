@@ -65,6 +65,9 @@ pub(super) struct Queue {
     pub(super) endpoint: EndpointId,
     /// The switch's last decision for this queue's guest TX frames.
     pub(super) fwd: FwdCache,
+    /// The vif's control-ring hash configuration: with Toeplitz selected, each frame to
+    /// the guest carries its hash in a hash extra.
+    pub(super) steer: Option<Arc<crate::ctrl::HashState>>,
 }
 
 pub(super) fn enqueue_backlog(q: &mut Queue, m: Mbuf, cfg: &EngineConfig) {

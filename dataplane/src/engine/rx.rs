@@ -10,6 +10,7 @@ use crate::netif::{
 };
 use crate::offload::guest_rx_csum_flags;
 use crate::rxplan;
+use crate::toeplitz::FrameHash;
 use pmd::Mbuf;
 use xen::{CopyDir, CopyOp, EventChannel, GrantCopy};
 
@@ -23,6 +24,8 @@ pub(super) struct PendingRx {
     gso: Option<(u16, u8, u16)>,
     /// GSO as a prefix slot before the data (legacy frontends) instead of an extra.
     prefix: bool,
+    /// The hash extra (the frontend configured Toeplitz hashing over its control ring).
+    hash: Option<FrameHash>,
     flags: u16,
 }
 
@@ -72,6 +75,10 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     break;
                 };
                 let gso = head_gso(head, &q.features);
+                let hash = match &q.steer {
+                    None => None,
+                    Some(s) => s.frame_hash(head.data()),
+                };
                 // Most packets are one segment that fits one buffer: no walk needed.
                 let single = if head.nb_segs() == 1 {
                     rxplan::single(u32::from(head.data_len()))
@@ -87,7 +94,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                         rxplan::buffers_needed(segs.iter().copied())
                     }
                 };
-                let needed = buffers + u32::from(gso.is_some());
+                let needed = buffers + u32::from(gso.is_some()) + u32::from(hash.is_some());
                 // A frontend without scatter-gather takes one buffer per packet.
                 if (!q.features.sg && buffers > 1) || needed as usize > crate::netif::RX_RING_SIZE {
                     let m = q.backlog.pop_front().expect("head");
@@ -120,14 +127,12 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 for _ in 0..needed {
                     reqs.push(q.rx.next_batch_request().expect("counted above"));
                 }
-                // Slot order: first data buffer, the GSO extra, then the other buffers; in the
-                // legacy prefix mode the GSO slot comes first.
+                // Slot order: first data buffer, the extras (GSO, then hash), then the other
+                // buffers; in the legacy prefix mode the GSO slot comes before all.
                 let prefix = gso.is_some() && q.features.gso_prefix;
-                let data_req = |k: usize| match (gso.is_some(), prefix) {
-                    (false, _) => k,
-                    (true, true) => k + 1,
-                    (true, false) => k + usize::from(k > 0),
-                };
+                let first = usize::from(prefix);
+                let extras = usize::from(gso.is_some() && !prefix) + usize::from(hash.is_some());
+                let data_req = |k: usize| first + k + if k > 0 { extras } else { 0 };
                 let all_bufs = &mut self.scratch.rx_bufs;
                 let b0 = all_bufs.len();
                 all_bufs.extend((0..buffers as usize).map(|k| (reqs[data_req(k)].id, 0..0, 0u16)));
@@ -169,6 +174,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     bufs: b0..self.scratch.rx_bufs.len(),
                     gso: gso_slot,
                     prefix,
+                    hash,
                     flags,
                 });
                 n += 1;
@@ -195,9 +201,10 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             }
             for (k, (id, _, bytes)) in bufs.iter().enumerate() {
                 let mut flags = if k + 1 < n { NETRXF_MORE_DATA } else { 0 };
+                let gso_extra = p.gso.filter(|_| !p.prefix);
                 if k == 0 {
                     flags |= p.flags;
-                    if p.gso.is_some() && !p.prefix {
+                    if gso_extra.is_some() || p.hash.is_some() {
                         flags |= NETRXF_EXTRA_INFO;
                     }
                 }
@@ -212,9 +219,13 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     flags,
                     status,
                 });
-                if k == 0 && !p.prefix {
-                    if let Some((size, ty, _id)) = p.gso {
-                        q.rx.push_response(ExtraInfo::gso(size, ty, false).to_rx_slot());
+                if k == 0 {
+                    if let Some((size, ty, _id)) = gso_extra {
+                        let more = p.hash.is_some();
+                        q.rx.push_response(ExtraInfo::gso(size, ty, more).to_rx_slot());
+                    }
+                    if let Some(h) = p.hash {
+                        q.rx.push_response(h.to_extra().to_rx_slot());
                     }
                 }
             }

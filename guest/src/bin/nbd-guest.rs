@@ -107,6 +107,7 @@ fn run(cli: Cli) -> Result<(), String> {
             devid: cli.devid,
             queues: cli.queues,
             split_evtchn: true,
+            ctrl_ring: false,
         },
     )
     .map_err(|e| e.to_string())?;
