@@ -12,7 +12,7 @@
 //! closes that vif only. What happened to vifs (connections ended with their final
 //! counters, closures with their reason) is reported as [`VifEvent`]s, for metrics that
 //! must outlive the vif.
-use dataplane::credit::{parse_rate, Rate};
+use dataplane::credit::{parse_rate, Rate, VifCredit};
 use dataplane::ctrl::{HashAlgorithm, HashState};
 use dataplane::engine::{
     least_loaded, Disable, Features, GroupHandle, QueueCounters, QueueId, QueueSetup,
@@ -421,6 +421,8 @@ struct Vif {
     /// Local event-channel ports bound for this vif (unbound after the queues are gone).
     ports: Vec<u32>,
     rate: Option<String>,
+    /// The connection's credit, shared by its queues in whatever groups they run.
+    credit: Option<Arc<VifCredit>>,
     /// The guest's name (`/local/domain/<domid>/name`), for logs and metrics labels.
     name: String,
     /// The control ring, when the frontend made one (and the backend offers it).
@@ -702,6 +704,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                     counters: Vec::new(),
                     ports: Vec::new(),
                     rate: None,
+                    credit: None,
                     name,
                     ctrl: None,
                 },
@@ -795,8 +798,8 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             tracing::info!(domid, devid, "rate set to {rate:?}");
             if let Some(v) = self.vifs.get_mut(&key) {
                 v.rate = rate;
-                for (id, g) in &v.queues {
-                    self.groups[*g].set_rate(*id, r);
+                if let Some(c) = &v.credit {
+                    c.set_rate(r);
                 }
             }
         }
@@ -843,6 +846,8 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
         if let (Some(ck), true) = (keys.ctrl, self.ctrl_copy.is_some()) {
             self.connect_ctrl(key, domid, ck, keys.queues.len() as u32)?;
         }
+        let credit = VifCredit::new(rate);
+        self.vifs.get_mut(&key).expect("known vif").credit = Some(credit.clone());
         let mut setups = Vec::new();
         for (q, qk) in keys.queues.iter().enumerate() {
             let map = |gref: u32, key: &str| -> Result<SharedPage, FrontendError> {
@@ -893,7 +898,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                 mac,
                 vlan: self.cfg.vlans.get(&key).copied(),
                 features,
-                rate,
+                credit: credit.clone(),
                 counters: Arc::new(QueueCounters::default()),
             });
         }
@@ -1053,6 +1058,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
         // is reported exactly once, however the vif came to be closed.
         let counters = std::mem::take(&mut v.counters);
         v.ctrl = None;
+        v.credit = None;
         // The groups no longer use the channels (removal acknowledged): unbind them.
         for p in v.ports.drain(..) {
             let _ = self.ev.unbind(p);

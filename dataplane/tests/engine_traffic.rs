@@ -321,6 +321,80 @@ fn gso_wrap_fairness_credit() {
         assert!(cd.tx_credit_throttled.load(Ordering::Relaxed) > 0);
         assert!(cd.tx_bytes.load(Ordering::Relaxed) > start_bytes);
         eprintln!("credit: configured 10000000 B/s, measured {rate:.0} B/s over {secs:.2} s");
+
+        // --- A two-queue vif limited to 10 MB/s, both queues flooding: together they send
+        //     10 MB/s (one credit for the vif), not 20.
+        h.add_domain(37, "g37", 4096, 8192).unwrap();
+        let features = dataplane::engine::Features {
+            sg: true,
+            ..Default::default()
+        };
+        let (mut m, sm, cm) = guest::harness::attach_queues(h, 37, 0, mac(37), features, 2);
+        let mq = dataplane::engine::QueueId {
+            domid: 37,
+            devid: 0,
+            queue: 0,
+        };
+        for s in sm {
+            g.add_queue(s);
+        }
+        g.set_rate(
+            mq,
+            Rate {
+                bytes: 1_000_000,
+                usec: 100_000,
+            },
+        );
+        let mut gens: Vec<PktGen> = (0..2u16)
+            .map(|i| PktGen {
+                src_mac: mac(37),
+                sport: 100 + i,
+                frame_len: 1000,
+                ..gen.clone()
+            })
+            .collect();
+        let sent_bytes = |cm: &[std::sync::Arc<dataplane::engine::QueueCounters>]| {
+            cm.iter()
+                .map(|c| c.tx_bytes.load(Ordering::Relaxed))
+                .collect::<Vec<_>>()
+        };
+        let t = Instant::now();
+        let mut t_warm = None;
+        let mut warm = Vec::new();
+        while t.elapsed() < Duration::from_millis(2600) {
+            for (qi, gen) in gens.iter_mut().enumerate() {
+                gen.next_frame(&mut lf);
+                while m.send(qi, &lf, TxMeta::default()).is_ok() {
+                    gen.next_frame(&mut lf);
+                }
+                let _ = m.reap_tx(qi);
+                let _ = m.poll_rx(qi);
+            }
+            g.poll();
+            for nf in [&mut a, &mut b, &mut c, &mut d] {
+                let _ = nf.poll_rx(0);
+            }
+            if t_warm.is_none() && t.elapsed() >= Duration::from_millis(500) {
+                t_warm = Some(Instant::now());
+                warm = sent_bytes(&cm);
+            }
+        }
+        let secs = t_warm.unwrap().elapsed().as_secs_f64();
+        let per_queue: Vec<u64> = sent_bytes(&cm)
+            .iter()
+            .zip(&warm)
+            .map(|(n, w)| n - w)
+            .collect();
+        let rate = per_queue.iter().sum::<u64>() as f64 / secs;
+        assert!(
+            (rate - 10e6).abs() / 10e6 < 0.10,
+            "two queues measured {rate:.0} B/s together ({per_queue:?}) for 10 MB/s"
+        );
+        assert!(
+            per_queue.iter().all(|&b| b > 0),
+            "both queues sent: {per_queue:?}"
+        );
+        eprintln!("shared credit: 10000000 B/s, two queues {per_queue:?} = {rate:.0} B/s");
         drop(g);
 
         // --- A TSO frame kept whole (the port does TSO) toward a vif whose frontend set

@@ -3,7 +3,7 @@
 //! rings mapped, event channels bound, Connected), without the watches and validation of
 //! the real control plane. Panics on any failure: it is for tests, never for production.
 use crate::{FrontConfig, Netfront};
-use dataplane::credit::Rate;
+use dataplane::credit::{Rate, VifCredit};
 use dataplane::engine::{Features, QueueCounters, QueueId, QueueSetup};
 use dataplane::netif::{BackRing, SharedPage};
 use std::sync::Arc;
@@ -98,6 +98,8 @@ pub fn attach_queues(
     let mut ev = h.evtchn(0).unwrap();
     let mut setups = Vec::new();
     let mut all = Vec::new();
+    // One credit for the vif, shared by its queues.
+    let credit = VifCredit::new(Rate::UNLIMITED);
     for q in 0..queues {
         let dir = if queues > 1 {
             format!("{fe}/queue-{q}")
@@ -125,7 +127,7 @@ pub fn attach_queues(
             evtchn_rx: ev.bind_interdomain(domid, r("event-channel-rx")).unwrap(),
             mac,
             features,
-            rate: Rate::UNLIMITED,
+            credit: credit.clone(),
             counters: counters.clone(),
         });
         all.push(counters);

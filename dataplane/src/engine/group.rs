@@ -5,7 +5,7 @@ use super::queue::{Queue, QueueId, QueueSetup};
 use super::rx::PendingRx;
 use super::tx::PendingTx;
 use super::{Adaptive, Command, Disable, EngineConfig, GroupHandle};
-use crate::credit::{Credit, Rate};
+use crate::credit::Rate;
 use crate::ctrl::HashState;
 use crate::offload::{OffloadCounters, SoftGso, TxCaps};
 use crate::switch::{EndpointId, EndpointKind, FwdCache, Mac, Switch, SwitchConfig};
@@ -333,7 +333,6 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             s.id.queue,
             Place::Local(usize::MAX),
         );
-        let now = self.now();
         self.queues.push(Queue {
             id: s.id,
             tx: s.tx,
@@ -341,7 +340,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             evtchn_tx: s.evtchn_tx,
             evtchn_rx: s.evtchn_rx,
             features: s.features,
-            credit: Credit::new(s.rate, now),
+            credit: s.credit,
             counters: s.counters,
             local: Local::default(),
             backlog: VecDeque::new(),
@@ -437,11 +436,10 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         }
     }
 
-    /// Applies a new rate to a queue, live.
+    /// Applies a new rate to a queue's vif (all its queues share the credit), live.
     pub fn set_rate(&mut self, id: QueueId, rate: Rate) {
-        let now = self.now();
         if let Some(q) = self.queues.iter_mut().find(|q| q.id == id) {
-            q.credit.set_rate(rate, now);
+            q.credit.set_rate(rate);
         }
     }
 

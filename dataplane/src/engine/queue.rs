@@ -2,7 +2,7 @@
 //! guest-RX backlog.
 use super::counters::{Local, QueueCounters};
 use super::{Disable, EngineConfig};
-use crate::credit::{Credit, Rate};
+use crate::credit::VifCredit;
 use crate::netif::{BackRing, RxRing, TxRing};
 use crate::switch::{EndpointId, FwdCache};
 use pmd::Mbuf;
@@ -39,7 +39,8 @@ pub struct QueueSetup {
     /// Access VLAN: the vif's frames are tagged with it toward the uplink (None: untagged).
     pub vlan: Option<u16>,
     pub features: Features,
-    pub rate: Rate,
+    /// The vif's credit (`rate`), the same for all its queues.
+    pub credit: Arc<VifCredit>,
     pub counters: Arc<QueueCounters>,
 }
 
@@ -50,7 +51,7 @@ pub(super) struct Queue {
     pub(super) evtchn_tx: u32,
     pub(super) evtchn_rx: u32,
     pub(super) features: Features,
-    pub(super) credit: Credit,
+    pub(super) credit: Arc<VifCredit>,
     pub(super) counters: Arc<QueueCounters>,
     pub(super) local: Local,
     pub(super) backlog: VecDeque<Mbuf>,

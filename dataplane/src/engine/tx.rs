@@ -42,7 +42,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 let Some(first) = q.tx.batch_request(0) else {
                     break;
                 };
-                if let Admit::Throttled { .. } = q.credit.admit(u32::from(first.size), now) {
+                if let Admit::Throttled { .. } = q.credit.admit(u32::from(first.size)) {
                     q.local.tx_credit_throttled += 1;
                     break;
                 }
