@@ -67,17 +67,23 @@ pub fn parse_rate(s: &str) -> Result<Rate, RateParseError> {
 pub struct VifCredit {
     unlimited: AtomicBool,
     bucket: Mutex<Credit>,
-    /// One time base for every lcore that admits (each group's clock has its own epoch).
-    clock: pmd::tsc::Clock,
+}
+
+/// One time base for every thread that admits (each group's TSC clock has its own epoch);
+/// the monotonic clock, read only for rate-limited vifs.
+fn now_ns() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
 }
 
 impl VifCredit {
     pub fn new(rate: Rate) -> std::sync::Arc<VifCredit> {
-        let clock = pmd::tsc::Clock::start();
         std::sync::Arc::new(VifCredit {
             unlimited: AtomicBool::new(rate.is_unlimited()),
-            bucket: Mutex::new(Credit::new(rate, clock.now_ns())),
-            clock,
+            bucket: Mutex::new(Credit::new(rate, now_ns())),
         })
     }
 
@@ -85,7 +91,7 @@ impl VifCredit {
     /// plane, not for lcores.
     pub fn set_rate(&self, rate: Rate) {
         let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        b.set_rate(rate, self.clock.now_ns());
+        b.set_rate(rate, now_ns());
         self.unlimited.store(rate.is_unlimited(), Ordering::Relaxed);
     }
 
@@ -103,7 +109,7 @@ impl VifCredit {
     }
 
     fn admit_limited(&self, size: u32) -> Admit {
-        let now = self.clock.now_ns();
+        let now = now_ns();
         match self.bucket.try_lock() {
             Ok(mut b) => b.admit(size, now),
             Err(TryLockError::Poisoned(e)) => e.into_inner().admit(size, now),
