@@ -3,10 +3,12 @@
 //! same number): vifs in different groups reach each other through the handoff rings and
 //! never through the uplink; a broadcast reaches every vif once per flood; a frame arriving
 //! on either port queue reaches its vif once, whichever group owns it; a MAC one group
-//! learned is not flooded to by the other; a removed queue is forgotten by the other group. EAL once per process: one test function.
+//! learned is not flooded to by the other; a removed queue is forgotten by the other group;
+//! queues moved between running groups under load lose no frame. EAL once per process: one
+//! test function.
 
 use dataplane::engine::Features;
-use dataplane::engine::{connect_groups, EngineConfig, Group, GroupHandle, QueueId};
+use dataplane::engine::{connect_groups, move_queue, EngineConfig, Group, GroupHandle, QueueId};
 use dataplane::offload::TxCaps;
 use guest::harness::{attach, attach_queues};
 use guest::pktgen::{PktGen, Sink};
@@ -87,6 +89,24 @@ fn send_and_settle(
         rx.drain(nfs);
     }
     assert_eq!(sent, n, "every frame queued");
+}
+
+/// The groups polling on their own threads until the flag is set (join to get them back).
+fn run_on_threads(groups: Vec<G>) -> (Arc<AtomicBool>, Vec<std::thread::JoinHandle<G>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let runners = groups
+        .into_iter()
+        .map(|mut g| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    g.poll();
+                }
+                g
+            })
+        })
+        .collect();
+    (stop, runners)
 }
 
 fn port_out(env: &guest::harness::Env) -> u64 {
@@ -366,6 +386,97 @@ fn groups_share_one_l2_domain() {
         }
         // B: 500 unicast and two broadcasts twice each (direct and from the wire).
         assert_eq!(cb.rx_packets.load(Ordering::Relaxed), 504);
+
+        // 8. Queues moved between the running groups under load: A -> C and C -> A stream
+        //    20000 sequence-checked frames each while C's queue moves to group 0 and back
+        //    and A's to group 1 and back (their backlogs and rings go along). None lost,
+        //    none reordered.
+        let counts = [groups[0].queue_count(), groups[1].queue_count()];
+        let (stop, runners) = run_on_threads(groups);
+        let qa = QueueId {
+            domid: 5,
+            devid: 0,
+            queue: 0,
+        };
+        let qc = QueueId { domid: 7, ..qa };
+        // (queue, from, to) after 2000, 4000, ... frames each way.
+        let mut moves = vec![(qc, 1, 0), (qa, 0, 1), (qc, 0, 1), (qa, 1, 0)].into_iter();
+        let n = 20_000u64;
+        let mut gens = [gen(MA, MC), gen(MC, MA)];
+        let mut sinks = [Sink::default(), Sink::default()];
+        let (mut sent, mut moved, mut f) = ([0u64; 2], Vec::new(), Vec::new());
+        let t = Instant::now();
+        while (sinks[0].stats.packets < n || sinks[1].stats.packets < n)
+            && t.elapsed() < Duration::from_secs(30)
+        {
+            for (i, nf) in [0usize, 2].into_iter().enumerate() {
+                let cap = if moved.len() < 4 {
+                    2000 * (moved.len() as u64 + 1)
+                } else {
+                    n
+                };
+                while sent[i] < cap {
+                    gens[i].next_frame(&mut f);
+                    if nfs[nf].send(0, &f, TxMeta::default()).is_err() {
+                        gens[i].seq -= 1;
+                        break;
+                    }
+                    sent[i] += 1;
+                }
+                // A's frames arrive at C and C's at A.
+                for p in nfs[2 - nf].poll_rx(0).expect("poll_rx") {
+                    sinks[i].accept(&p.data);
+                }
+            }
+            if moved.len() < 4 && sent.iter().all(|&s| s >= 2000 * (moved.len() as u64 + 1)) {
+                if let Some((q, from, to)) = moves.next() {
+                    moved.push(move_queue(&handles, q, from, to, Duration::from_secs(5)));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        for (i, nf) in [0usize, 2].into_iter().enumerate() {
+            for p in nfs[2 - nf].poll_rx(0).expect("poll_rx") {
+                sinks[i].accept(&p.data);
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let groups: Vec<G> = runners.into_iter().map(|r| r.join().unwrap()).collect();
+        assert_eq!(moved, [true; 4], "every move acknowledged");
+
+        for s in &sinks {
+            let st = &s.stats;
+            assert_eq!(
+                (st.packets, st.lost, st.bad, st.reordered),
+                (n, 0, 0, 0),
+                "{st:?}"
+            );
+        }
+        eprintln!(
+            "moves under load: reordered {} and {}, forwarded {} and {}",
+            sinks[0].stats.reordered,
+            sinks[1].stats.reordered,
+            groups[0].counters.handoff_forwarded.load(Ordering::Relaxed),
+            groups[1].counters.handoff_forwarded.load(Ordering::Relaxed)
+        );
+        for (g, (out, inn)) in groups.iter().zip([(2, 2), (2, 2)]) {
+            let c = &g.counters;
+            assert_eq!(c.queues_moved_out.load(Ordering::Relaxed), out);
+            assert_eq!(c.queues_moved_in.load(Ordering::Relaxed), inn);
+            assert_eq!(c.handoff_stale.load(Ordering::Relaxed), 0);
+            assert_eq!(c.handoff_ring_full.load(Ordering::Relaxed), 0);
+        }
+        // Back where they started: A in group 0, C in group 1.
+        assert_eq!([groups[0].queue_count(), groups[1].queue_count()], counts);
+        // A queue is moved only from the group that has it, to another group.
+        let (stop, runners) = run_on_threads(groups);
+        let t = Duration::from_secs(1);
+        assert!(!move_queue(&handles, qa, 1, 0, t), "not in group 1");
+        assert!(!move_queue(&handles, qa, 0, 0, t), "to where it is");
+        assert!(!move_queue(&handles, qa, 0, 2, t), "no group 2");
+        stop.store(true, Ordering::Relaxed);
+        let groups: Vec<G> = runners.into_iter().map(|r| r.join().unwrap()).collect();
+        assert_eq!([groups[0].queue_count(), groups[1].queue_count()], counts);
         drop(groups);
     }
     env.finish();

@@ -107,6 +107,13 @@ pub struct GroupCounters {
     pub handoffs: AtomicU64,
     pub handoff_ring_full: AtomicU64,
     pub handoff_stale: AtomicU64,
+    /// Handed-over frames passed on to the group a queue had just moved to.
+    pub handoff_forwarded: AtomicU64,
+    /// Queues moved to another group, and received from one (rebalancing).
+    pub queues_moved_out: AtomicU64,
+    pub queues_moved_in: AtomicU64,
+    /// Frames dropped while their queue was being moved (more held than a backlog).
+    pub move_held_dropped: AtomicU64,
 }
 
 /// Adds to a counter only its group writes (a plain load and store: no locked

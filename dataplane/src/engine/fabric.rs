@@ -67,6 +67,12 @@ impl Fabric {
         endpoint
     }
 
+    /// The switch endpoint of queue `id`'s vif, while it has queues placed.
+    pub(super) fn endpoint_of(&self, id: QueueId) -> Option<EndpointId> {
+        let vifs = self.vifs.lock().unwrap_or_else(|e| e.into_inner());
+        vifs.get(&(id.domid, id.devid)).map(|e| e.0)
+    }
+
     /// Forgets a removed queue in the other groups (its vif's endpoint with its last).
     pub(super) fn unplace(&self, owner: usize, id: QueueId) {
         let endpoint = {
@@ -111,6 +117,21 @@ pub(super) struct Handoff {
 }
 
 impl Handoff {
+    /// This group's index.
+    pub(super) fn gi(&self) -> usize {
+        self.gi
+    }
+
+    /// Groups in the L2 domain.
+    pub(super) fn groups(&self) -> usize {
+        self.cmds.len()
+    }
+
+    /// Sends a command to group `g`; false if it is gone.
+    pub(super) fn send_to(&self, g: usize, c: Command) -> bool {
+        self.cmds.get(g).is_some_and(|tx| tx.send(c).is_ok())
+    }
+
     /// Tells the other groups what `switch` learned since the last call (new or moved
     /// MACs, and live ones again every half ageing time), so a MAC learned on one group's
     /// port queue or vif is not flooded to by the others.
@@ -143,6 +164,63 @@ impl Handoff {
         }
         (sent, full)
     }
+}
+
+/// Moves queue `id` from group `from` to group `to` of one L2 domain while they run,
+/// without losing or reordering a frame of any flow: the other groups first hold the
+/// queue's frames (each has then put every earlier one in `from`'s ring); `from` takes its
+/// ring, hands the queue with its backlog to `to` and sends its own later frames there;
+/// then the holders release what they held to the new place. Each step is acknowledged
+/// within `timeout`; a move that fails before the hand-over leaves the queue where it was.
+/// Returns whether the queue moved. For the control thread (it blocks on the steps).
+pub fn move_queue(
+    handles: &[GroupHandle],
+    id: QueueId,
+    from: usize,
+    to: usize,
+    timeout: std::time::Duration,
+) -> bool {
+    let Some(fabric) = handles.get(from).and_then(|h| h.fabric.as_ref()) else {
+        return false;
+    };
+    if from == to || to >= handles.len() {
+        return false;
+    }
+    let Some(endpoint) = fabric.0.endpoint_of(id) else {
+        return false;
+    };
+    let queue = id.queue;
+    let others: Vec<usize> = (0..handles.len()).filter(|&g| g != from).collect();
+    let ask = |g: usize, make: &dyn Fn(Sender<bool>) -> Command| {
+        let (ack, done) = std::sync::mpsc::channel();
+        handles[g].tx.send(make(ack)).is_ok() && done.recv_timeout(timeout).unwrap_or(false)
+    };
+    let release = |owner: usize| {
+        for &g in &others {
+            let _ = handles[g].tx.send(Command::Release {
+                endpoint,
+                queue,
+                owner,
+            });
+        }
+    };
+    let held = others.iter().all(|&g| {
+        ask(g, &|ack| Command::Hold {
+            endpoint,
+            queue,
+            ack,
+        })
+    });
+    if !held {
+        release(from);
+        return false;
+    }
+    if !ask(from, &|ack| Command::MoveOut { id, to, ack }) {
+        release(from);
+        return false;
+    }
+    release(to);
+    true
 }
 
 /// Default handoff ring size per group: a few iterations of a full budget from every

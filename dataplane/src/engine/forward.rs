@@ -72,7 +72,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
     /// Hands a packet to the uplink, or to one queue of the destination vif (chosen by a
     /// flow hash when it has several): its backlog here, or the ring of the group it runs
     /// in (tagged with the vif's endpoint and the queue, sent at the end of the iteration).
-    pub(super) fn deliver(&mut self, to: EndpointId, mut m: Mbuf) {
+    pub(super) fn deliver(&mut self, to: EndpointId, m: Mbuf) {
         if to == UPLINK {
             self.to_port.push(m);
             return;
@@ -86,6 +86,12 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             (all, None) => all[flow_hash(m.data()) as usize % all.len()],
             (all, Some(s)) => steered(s, all, m.data()),
         };
+        self.send_to_place(to, queue, place, m);
+    }
+
+    /// Hands a packet to queue `queue` of the vif at `to`, which runs at `place`.
+    #[inline]
+    fn send_to_place(&mut self, to: EndpointId, queue: u16, place: Place, mut m: Mbuf) {
         match place {
             Place::Local(qi) => {
                 if qi < self.queues.len() {
@@ -98,6 +104,26 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     h.outbox[owner].push(m);
                 }
             }
+            Place::Held => {
+                if self.held.len() < self.cfg.backlog_packets {
+                    self.held.push((to, queue, m));
+                } else {
+                    bump(&self.counters.move_held_dropped, 1);
+                }
+            }
+        }
+    }
+
+    /// Hands a held packet to queue `queue` of the vif at `to`, wherever it runs now.
+    pub(super) fn deliver_to(&mut self, to: EndpointId, queue: u16, m: Mbuf) {
+        let place = self
+            .vifs
+            .get(&to)
+            .and_then(|r| r.queues.iter().find(|r| r.0 == queue))
+            .map(|r| r.1);
+        match place {
+            Some(p) => self.send_to_place(to, queue, p, m),
+            None => bump(&self.counters.handoff_stale, 1),
         }
     }
 
@@ -105,12 +131,21 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         let routes = self.vifs.get(&endpoint)?;
         match routes.queues.iter().find(|r| r.0 == queue)?.1 {
             Place::Local(qi) if qi < self.queues.len() => Some(qi),
+            // Moved in, its release pending: frames the old owner passes on go to it.
+            Place::Held => self
+                .queues
+                .iter()
+                .position(|q| q.endpoint == endpoint && q.id.queue == queue),
             _ => None,
         }
     }
 
     /// Frames other groups handed over: each goes to the backlog of the queue it is
-    /// tagged for, without switching it again (the sender did). Returns how many arrived.
+    /// tagged for, without switching it again (the sender did). A frame for a queue that
+    /// is not here: if the queue is moving here, its command may lag the frames that
+    /// follow it, so pending commands are applied once and the frame looked up again; if
+    /// it moved away, the frame is passed on once to its new group; else it is stale.
+    /// Returns how many arrived.
     pub(super) fn take_handoffs(&mut self) -> usize {
         let limit = (self.cfg.budget * self.queues.len().max(1)) as u32;
         let Some(h) = self.handoff.as_mut() else {
@@ -118,13 +153,35 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         };
         let mut arrived = std::mem::take(&mut h.arrived);
         let n = h.inbox.dequeue(&mut arrived, limit);
-        let mut stale = 0;
-        for m in arrived.drain(..) {
+        let (mut stale, mut forwarded, mut caught_up) = (0, 0, false);
+        for mut m in arrived.drain(..) {
             let tag = m.user_tag();
             let (to, queue) = (EndpointId((tag >> 16) as u32), tag as u16);
-            match self.local_queue(to, queue) {
-                Some(qi) => self.deliver_to_queue(qi, m),
-                None => stale += 1,
+            let mut here = self.local_queue(to, queue);
+            if here.is_none() && !caught_up {
+                caught_up = true;
+                self.in_handoffs = true;
+                self.apply_commands();
+                self.in_handoffs = false;
+                here = self.local_queue(to, queue);
+            }
+            if let Some(qi) = here {
+                self.deliver_to_queue(qi, m);
+                continue;
+            }
+            let moved_to = self.vifs.get(&to).and_then(|r| {
+                r.queues.iter().find_map(|&(n, p)| match p {
+                    Place::Remote(g) if n == queue => Some(g),
+                    _ => None,
+                })
+            });
+            match (moved_to, self.handoff.as_mut()) {
+                (Some(g), Some(h)) if tag & FORWARDED == 0 => {
+                    m.set_user_tag(tag | FORWARDED);
+                    h.outbox[g].push(m);
+                    forwarded += 1;
+                }
+                _ => stale += 1,
             }
         }
         if let Some(h) = self.handoff.as_mut() {
@@ -132,6 +189,9 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         }
         if stale > 0 {
             bump(&self.counters.handoff_stale, stale);
+        }
+        if forwarded > 0 {
+            bump(&self.counters.handoff_forwarded, forwarded);
         }
         n
     }
@@ -157,6 +217,10 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         enqueue_backlog(&mut self.queues[qi], m, &self.cfg);
     }
 }
+
+/// Tag bit of a handed-over frame already passed on once (after a queue moved): it is
+/// not passed on again.
+const FORWARDED: u64 = 1 << 63;
 
 /// The queue the frontend's hash configuration picks for `frame` (as Linux's
 /// `xenvif_select_queue`), among a vif's `all` queues; the default flow hash if that queue

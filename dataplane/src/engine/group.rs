@@ -66,6 +66,11 @@ pub struct Group<G: GrantCopy, E: EventChannel> {
     /// Every vif's queues by queue number (ascending), here or in another group: the
     /// switch's endpoints are vifs, a frame for one goes to one of its queues.
     pub(super) vifs: Routes,
+    /// Set while `take_handoffs` runs (it may apply commands): a queue moved out then does
+    /// not take handed-over frames itself, which would put later frames before earlier ones.
+    pub(super) in_handoffs: bool,
+    /// Frames for queues being moved (`Place::Held`), in arrival order, until released.
+    pub(super) held: Vec<(EndpointId, u16, Mbuf)>,
 }
 
 /// Every vif's queues by queue number, the vifs sorted by endpoint: a binary search costs
@@ -138,6 +143,8 @@ pub(super) enum Place {
     Local(usize),
     /// In the group of this index (through its handoff ring).
     Remote(usize),
+    /// Being moved between groups: frames wait in the group's `held` list.
+    Held,
 }
 
 /// Mbufs taken from the pool `BURST` at a time (one `rte_pktmbuf_alloc_bulk`) and handed
@@ -237,6 +244,8 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             uplink_fwd: FwdCache::default(),
             handoff: None,
             vifs: Routes::default(),
+            in_handoffs: false,
+            held: Vec::new(),
         }
     }
 
@@ -255,11 +264,12 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         GroupHandle {
             tx,
             load: self.load.clone(),
+            counters: self.counters.clone(),
             fabric: None,
         }
     }
 
-    fn apply_commands(&mut self) {
+    pub(super) fn apply_commands(&mut self) {
         let Some(rx) = self.commands.take() else {
             return;
         };
@@ -271,6 +281,23 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     let _ = ack.send(removed);
                 }
                 Command::SetRate(id, r) => self.set_rate(id, r),
+                Command::Hold {
+                    endpoint,
+                    queue,
+                    ack,
+                } => {
+                    let _ = ack.send(self.hold(endpoint, queue));
+                }
+                Command::MoveOut { id, to, ack } => {
+                    let moved = self.move_out(id, to);
+                    let _ = ack.send(moved);
+                }
+                Command::MoveIn(super::MovedQueue(q)) => self.move_in(*q),
+                Command::Release {
+                    endpoint,
+                    queue,
+                    owner,
+                } => self.release(endpoint, queue, owner),
                 Command::AddRemote {
                     vif,
                     endpoint,
@@ -350,6 +377,8 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             disabled: None,
             disable_reported: false,
             endpoint,
+            mac: s.mac,
+            vlan: s.vlan,
             fwd: FwdCache::default(),
             steer: self.vifs.get(&endpoint).and_then(|r| r.steer.clone()),
         });
@@ -369,6 +398,128 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         q.local.flush(&q.counters);
         self.load.store(self.queues.len() as u64, Ordering::Relaxed);
         true
+    }
+
+    /// Hands queue `id` to group `to` (see [`Command::MoveOut`]). Every frame handed to
+    /// this group so far is taken first (into the backlog that moves along: the other
+    /// groups hold the queue's frames meanwhile); from now on this group's frames for the
+    /// queue go to `to`'s ring.
+    fn move_out(&mut self, id: QueueId, to: usize) -> bool {
+        let Some(h) = self.handoff.as_ref() else {
+            return false;
+        };
+        let (gi, n) = (h.gi(), h.groups());
+        if to == gi || to >= n || !self.queues.iter().any(|q| q.id == id) {
+            return false;
+        }
+        if !self.in_handoffs {
+            self.take_all_handoffs();
+        }
+        let Some(i) = self.queues.iter().position(|q| q.id == id) else {
+            return false;
+        };
+        let mut q = self.queues.remove(i);
+        q.local.flush(&q.counters);
+        q.fwd = FwdCache::default();
+        let (endpoint, queue) = (q.endpoint, q.id.queue);
+        if let Some(r) = self.vifs.get_mut(&endpoint) {
+            for (k, place) in r.queues.iter_mut() {
+                if *k == queue {
+                    *place = Place::Remote(to);
+                }
+            }
+        }
+        self.reindex_routes();
+        self.load.store(self.queues.len() as u64, Ordering::Relaxed);
+        let h = self.handoff.as_ref().expect("checked above");
+        // Sent before any frame of ours for the queue reaches `to`'s ring.
+        if !h.send_to(to, Command::MoveIn(super::MovedQueue(Box::new(q)))) {
+            return false;
+        }
+        bump(&self.counters.queues_moved_out, 1);
+        true
+    }
+
+    /// Everything in this group's handoff ring now, not only a budget's worth.
+    fn take_all_handoffs(&mut self) {
+        while self.handoff.as_ref().is_some_and(|h| !h.inbox.is_empty()) {
+            if self.take_handoffs() == 0 {
+                break;
+            }
+        }
+    }
+
+    /// Holds the frames for a queue about to move (see [`Command::Hold`]).
+    fn hold(&mut self, endpoint: EndpointId, queue: u16) -> bool {
+        let Some(r) = self.vifs.get_mut(&endpoint) else {
+            return false;
+        };
+        let mut found = false;
+        for (k, place) in r.queues.iter_mut() {
+            if *k == queue {
+                *place = Place::Held;
+                found = true;
+            }
+        }
+        self.reindex_routes();
+        found
+    }
+
+    /// Ends a hold: the queue runs in group `owner` (here, if it moved in); the frames
+    /// held for it go there first, in order.
+    fn release(&mut self, endpoint: EndpointId, queue: u16, owner: usize) {
+        let here = self.handoff.as_ref().is_some_and(|h| h.gi() == owner);
+        if let Some(r) = self.vifs.get_mut(&endpoint) {
+            for (k, place) in r.queues.iter_mut() {
+                if *k == queue && *place == Place::Held {
+                    *place = if here {
+                        Place::Local(usize::MAX)
+                    } else {
+                        Place::Remote(owner)
+                    };
+                }
+            }
+        }
+        self.reindex_routes();
+        let held = std::mem::take(&mut self.held);
+        for (e, q, m) in held {
+            if (e, q) == (endpoint, queue) {
+                self.deliver_to(e, q, m);
+            } else {
+                self.held.push((e, q, m));
+            }
+        }
+    }
+
+    /// Takes in a queue another group handed over: it runs here from this iteration on,
+    /// its backlog first.
+    fn move_in(&mut self, mut q: Queue) {
+        self.remove_queue(q.id);
+        let vif = (q.id.domid, q.id.devid);
+        // Still held (the release follows): this group's own frames for the queue wait
+        // until those it sent the old owner before the hold are through.
+        let held = self.vifs.get(&q.endpoint).is_some_and(|r| {
+            r.queues
+                .iter()
+                .any(|&(k, p)| k == q.id.queue && p == Place::Held)
+        });
+        let at = if held {
+            Place::Held
+        } else {
+            Place::Local(usize::MAX)
+        };
+        self.add_route(vif, q.endpoint, q.mac, q.vlan, q.id.queue, at);
+        q.steer = self.vifs.get(&q.endpoint).and_then(|r| r.steer.clone());
+        self.queues.push(q);
+        self.reindex_routes();
+        self.load.store(self.queues.len() as u64, Ordering::Relaxed);
+        bump(&self.counters.queues_moved_in, 1);
+        // What the old group sent here before it let go is all in the ring by now: the
+        // frames its guest sent to queues here go before any it sends from here (its TX
+        // runs later in this iteration), and those for the queue itself after its backlog.
+        if !self.in_handoffs {
+            self.take_all_handoffs();
+        }
     }
 
     /// Points every local route at its queue's index in `queues` (after the list changed).

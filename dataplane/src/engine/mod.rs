@@ -23,7 +23,7 @@ mod rx;
 mod tx;
 
 pub use counters::{GroupCounters, QueueCounters};
-pub use fabric::{connect_groups, HANDOFF_RING};
+pub use fabric::{connect_groups, move_queue, HANDOFF_RING};
 pub use group::{Group, GroupIo};
 pub use queue::{Features, QueueId, QueueSetup};
 pub use tx::TxBatchBuilder;
@@ -72,6 +72,31 @@ pub enum Command {
     /// A queue to run, with its endpoint id when groups share one L2 domain.
     AddQueue(Box<QueueSetup>, Option<crate::switch::EndpointId>),
     RemoveQueue(QueueId, std::sync::mpsc::Sender<bool>),
+    /// Moving a queue, step 1 (to every group but its owner): frames for queue `queue` of
+    /// the vif at `endpoint` are held here from now on, in order, until `Release`; every
+    /// frame this group decided before is already in the owner's ring.
+    Hold {
+        endpoint: crate::switch::EndpointId,
+        queue: u16,
+        ack: std::sync::mpsc::Sender<bool>,
+    },
+    /// Step 2 (to the owner): hands the queue over to group `to` with everything it holds
+    /// (rings, guest-RX backlog with every frame already handed to this group, credit,
+    /// counters), between two iterations; acknowledged (true) once it is on its way.
+    MoveOut {
+        id: QueueId,
+        to: usize,
+        ack: std::sync::mpsc::Sender<bool>,
+    },
+    /// A queue another group handed over.
+    MoveIn(MovedQueue),
+    /// Step 3 (to every group but the old owner): the queue runs in group `owner`; the
+    /// frames held for it go there first, then new ones.
+    Release {
+        endpoint: crate::switch::EndpointId,
+        queue: u16,
+        owner: usize,
+    },
     SetRate(QueueId, Rate),
     /// Another group's queue: reachable through that group's handoff ring.
     AddRemote {
@@ -103,11 +128,16 @@ pub enum Command {
     },
 }
 
+/// A queue on its way between groups (see [`Command::MoveOut`]).
+pub struct MovedQueue(Box<queue::Queue>);
+
 /// The control plane's handle on a group running elsewhere.
 #[derive(Clone)]
 pub struct GroupHandle {
     tx: std::sync::mpsc::Sender<Command>,
     load: Arc<AtomicU64>,
+    /// The group's counters (busy and idle cycles, for rebalancing).
+    pub counters: Arc<GroupCounters>,
     /// The shared L2 domain and this group's index in it (`connect_groups`).
     fabric: Option<(Arc<fabric::Fabric>, usize)>,
 }

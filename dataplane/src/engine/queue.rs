@@ -64,6 +64,9 @@ pub(super) struct Queue {
     /// `counters.disabled` instead, so nothing accumulates when nobody asks).
     pub(super) disable_reported: bool,
     pub(super) endpoint: EndpointId,
+    /// The vif's MAC and access VLAN (its switch endpoint, wherever the queue moves).
+    pub(super) mac: [u8; 6],
+    pub(super) vlan: Option<u16>,
     /// The switch's last decision for this queue's guest TX frames.
     pub(super) fwd: FwdCache,
     /// The vif's control-ring hash configuration: with Toeplitz selected, each frame to
