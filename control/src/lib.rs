@@ -373,6 +373,9 @@ pub struct BackendConfig {
     /// Group that runs all of a vif's queues, from the daemon's configuration (others: the
     /// least loaded group per queue).
     pub pins: HashMap<(u16, u32), usize>,
+    /// Rates the operator set per vif (daemon configuration or `netbackd ctl set rate`):
+    /// they win over the toolstack's `rate` key while set.
+    pub rates: HashMap<(u16, u32), Rate>,
 }
 
 impl Default for BackendConfig {
@@ -383,6 +386,7 @@ impl Default for BackendConfig {
             remove_timeout: Duration::from_secs(5),
             vlans: HashMap::new(),
             pins: HashMap::new(),
+            rates: HashMap::new(),
         }
     }
 }
@@ -476,6 +480,73 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             .get(&(domid, devid))
             .map(|v| v.counters.clone())
             .unwrap_or_default()
+    }
+
+    /// Each queue of a vif with the index of the group that runs it.
+    pub fn placement(&self, domid: u16, devid: u32) -> Vec<(QueueId, usize)> {
+        self.vifs
+            .get(&(domid, devid))
+            .map(|v| v.queues.clone())
+            .unwrap_or_default()
+    }
+
+    /// Sets (`Some`) or removes (`None`) the operator's rate of a vif, applied live to its
+    /// queues through their groups; without one the toolstack's `rate` key applies again
+    /// (unlimited without it). Applies to a vif that connects later too.
+    pub fn set_operator_rate(&mut self, domid: u16, devid: u32, rate: Option<Rate>) {
+        let key = (domid, devid);
+        match rate {
+            Some(r) => self.cfg.rates.insert(key, r),
+            None => self.cfg.rates.remove(&key),
+        };
+        let Some(v) = self.vifs.get(&key) else {
+            return;
+        };
+        let r = rate.unwrap_or_else(|| {
+            v.rate
+                .as_deref()
+                .and_then(|s| parse_rate(s).ok())
+                .unwrap_or(Rate::UNLIMITED)
+        });
+        tracing::info!(domid, devid, "operator rate {rate:?}: queues now at {r:?}");
+        for (id, g) in &v.queues {
+            self.groups[*g].set_rate(*id, r);
+        }
+    }
+
+    /// Changes a vif's access VLAN. A connected vif is plugged again at once (its queues
+    /// taken back from their groups and handed over anew with the new VLAN, on the same
+    /// rings: the frontend sees nothing but the packets of its backlog dropped); a vif
+    /// connecting later gets it too. Returns true if a connected vif was plugged again.
+    pub fn set_vlan(&mut self, domid: u16, devid: u32, vlan: Option<u16>) -> bool {
+        let key = (domid, devid);
+        if self.cfg.vlans.get(&key).copied() == vlan {
+            return false;
+        }
+        match vlan {
+            Some(v) => self.cfg.vlans.insert(key, v),
+            None => self.cfg.vlans.remove(&key),
+        };
+        if self.vifs.get(&key).map(|v| v.state) != Some(state::CONNECTED) {
+            return false;
+        }
+        tracing::info!(
+            domid,
+            devid,
+            "access VLAN now {vlan:?}: plugging the vif again"
+        );
+        self.disconnect(key);
+        if let Err(e) = self.connect(key, domid, devid) {
+            tracing::warn!(domid, devid, "plugging the vif again failed: {e}");
+            let be = self.vifs[&key].be.clone();
+            let _ = self
+                .xs
+                .write(Tx::NONE, &format!("{be}/error"), &e.to_string());
+            self.event(key, Happened::Closed(e.key().into()));
+            self.disconnect(key);
+            self.write_state(key, state::CLOSED);
+        }
+        true
     }
 
     /// What happened to vifs since the last call, oldest first: connections ended (with
@@ -744,10 +815,11 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                 }
             };
             tracing::info!(domid, devid, "rate set to {rate:?}");
+            let operator = self.cfg.rates.get(&key).copied();
             if let Some(v) = self.vifs.get_mut(&key) {
                 v.rate = rate;
                 for (id, g) in &v.queues {
-                    self.groups[*g].set_rate(*id, r);
+                    self.groups[*g].set_rate(*id, operator.unwrap_or(r));
                 }
             }
         }
@@ -786,6 +858,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             .read(&format!("{be}/rate"))
             .map(|s| parse_rate(&s).unwrap_or(Rate::UNLIMITED))
             .unwrap_or(Rate::UNLIMITED);
+        let rate = self.cfg.rates.get(&key).copied().unwrap_or(rate);
         let mut setups = Vec::new();
         for (q, qk) in keys.queues.iter().enumerate() {
             let map = |gref: u32, key: &str| -> Result<SharedPage, FrontendError> {
