@@ -326,6 +326,7 @@ fn top_screen(
     vifs: &[VifInfo],
     groups: &GroupsInfo,
     prev: Option<&Sample>,
+    prev_groups: Option<&[crate::ctl::GroupSample]>,
     now: Instant,
 ) -> String {
     let mut s = format!(
@@ -334,12 +335,21 @@ fn top_screen(
         vifs.len(),
         groups.groups.len()
     );
-    for g in &groups.groups {
+    for (i, g) in groups.groups.iter().enumerate() {
+        // Over the last sample when there is one, else since the interval began.
+        let busy = match prev_groups.and_then(|p| p.get(i)) {
+            Some(p) => {
+                let d = g.counts.since(p);
+                (d.busy_cycles + d.idle_cycles > 0)
+                    .then(|| d.busy_cycles as f64 * 100.0 / (d.busy_cycles + d.idle_cycles) as f64)
+            }
+            None => g.busy_pct,
+        };
         let _ = write!(
             s,
             "group {} busy {}%  ",
             g.group,
-            g.busy_pct.map_or_else(|| "-".into(), |b| format!("{b:.0}"))
+            busy.map_or_else(|| "-".into(), |b| format!("{b:.0}"))
         );
     }
     s.push('\n');
@@ -410,6 +420,7 @@ pub fn top(
     use std::io::IsTerminal;
     let tty = std::io::stdout().is_terminal();
     let mut prev: Option<Sample> = None;
+    let mut prev_groups: Option<Vec<crate::ctl::GroupSample>> = None;
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) && count.is_none_or(|c| n < c) {
         let vifs: Vec<VifInfo> =
@@ -419,7 +430,15 @@ pub fn top(
             serde_json::from_value(ask(path, &Request::ShowGroups { clear: false })?)
                 .context("show groups")?;
         let now = Instant::now();
-        let screen = top_screen(path, &vifs, &groups, prev.as_ref(), now);
+        let screen = top_screen(
+            path,
+            &vifs,
+            &groups,
+            prev.as_ref(),
+            prev_groups.as_deref(),
+            now,
+        );
+        prev_groups = Some(groups.groups.iter().map(|g| g.counts).collect::<Vec<_>>());
         let mut out = std::io::stdout().lock();
         if tty {
             // Home and clear: the table stays in place.

@@ -139,11 +139,8 @@ fn ctl_and_top_against_the_daemon() {
     // count below is exact.
     std::fs::write(
         &cfg,
-        sim_config(&root, &format!("nbd-ctl-{pid}"), &maddr, "")
-            + &format!(
-                "[engine]\ngroups = 2\n[ctl]\nsocket = \"{}\"\n[[vif]]\ndomid = 30\ngroup = 0\n[[vif]]\ndomid = 31\ngroup = 1\nvlan = 100\n",
-                sock.display()
-            ),
+        ctl_socket(&sim_config(&root, &format!("nbd-ctl-{pid}"), &maddr, ""), &sock)
+            + "[engine]\ngroups = 2\n[[vif]]\ndomid = 30\ngroup = 0\n[[vif]]\ndomid = 31\ngroup = 1\nvlan = 100\n",
     )
     .unwrap();
     let log = dir.join("netbackd.log");

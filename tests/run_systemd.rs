@@ -63,8 +63,10 @@ fn systemd_notify_watchdog_and_sighup() {
     let sock = dir.join("ctl.sock");
     let maddr = free_addr();
     let cfg = dir.join("netbackd.toml");
-    let base = sim_config(&root, &format!("nbd-sysd-{pid}"), &maddr, "")
-        + &format!("[ctl]\nsocket = \"{}\"\n", sock.display());
+    let base = ctl_socket(
+        &sim_config(&root, &format!("nbd-sysd-{pid}"), &maddr, ""),
+        &sock,
+    );
     std::fs::write(&cfg, base.clone()).unwrap();
 
     // The test's systemd: a datagram socket; every message with when it came.
