@@ -164,7 +164,7 @@ fn systemd_notify_watchdog_and_sighup() {
     };
     let before = pings(Instant::now() - Duration::from_millis(2000), Instant::now());
     assert!(
-        (3..=5).contains(&before.len()),
+        (2..=6).contains(&before.len()),
         "pings in 2 s: {}",
         before.len()
     );
