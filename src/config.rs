@@ -1,11 +1,11 @@
 //! `netbackd run` configuration (TOML). Unknown keys are errors, so a typo is reported with
 //! its name instead of being silently ignored.
 use anyhow::{bail, Context};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Which hypervisor interface to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HostKind {
     /// A real Xen dom0 (/dev/xen).
@@ -14,7 +14,7 @@ pub enum HostKind {
     Sim,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub host: HostKind,
@@ -38,10 +38,44 @@ pub struct Config {
     /// Per-vif settings.
     #[serde(default)]
     pub vif: Vec<VifSection>,
+    #[serde(default)]
+    pub ctl: CtlSection,
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// The operator's control socket (`netbackd ctl`, `netbackd top`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CtlSection {
+    /// Path of the unix socket (mode 0600); "" disables it.
+    #[serde(default = "default_ctl_socket")]
+    pub socket: String,
+}
+
+fn default_ctl_socket() -> String {
+    crate::ctl::DEFAULT_SOCKET.into()
+}
+
+impl Default for CtlSection {
+    fn default() -> Self {
+        CtlSection {
+            socket: default_ctl_socket(),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// `tracing` filter (`info`, `warn,control=debug`, ...). At start NETBACKD_LOG or
+    /// RUST_LOG win over it; a SIGHUP applies it.
+    pub filter: Option<String>,
 }
 
 /// How guest packet data is copied on a real dom0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CopyPath {
     /// `/dev/xen/gntdev` grant copy: works with any memory, on any dom0.
@@ -52,7 +86,7 @@ pub enum CopyPath {
 }
 
 /// Settings of the real dom0 host (`host = "xen"`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct XenSection {
     #[serde(default = "default_copy")]
@@ -75,7 +109,7 @@ impl Default for XenSection {
 }
 
 /// How frames are forwarded between vifs and the uplink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SwitchMode {
     /// MAC learning bridge (vif MACs static, uplink MACs learned).
@@ -84,7 +118,7 @@ pub enum SwitchMode {
     CrossConnect,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchSection {
     #[serde(default = "default_mode")]
@@ -118,7 +152,7 @@ impl Default for SwitchSection {
 }
 
 /// One vif's settings, by (domid, devid).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VifSection {
     pub domid: u16,
@@ -129,9 +163,12 @@ pub struct VifSection {
     /// Runs all of this vif's queues in this group (0..engine.groups) instead of the least
     /// loaded one per queue.
     pub group: Option<u16>,
+    /// Guest TX rate limit, "BYTES,USECS" as the toolstack's `rate` key (which it wins
+    /// over).
+    pub rate: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {
     /// Address of the Prometheus endpoint (`GET /metrics`); "" disables it.
@@ -167,14 +204,14 @@ impl Default for MetricsSection {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimSection {
     /// The sim root printed by `netbackd sim` (required with host = "sim").
     pub root: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EalSection {
     /// EAL arguments passed through as given (e.g. "-l", "0-3", "--no-huge", "-m", "1024").
@@ -205,13 +242,13 @@ impl Default for EalSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortSection {
     pub devargs: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineSection {
     /// Groups (poll loops); each runs on an EAL worker lcore when there are enough.
@@ -270,7 +307,7 @@ impl Default for EngineSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendSection {
     #[serde(default)]
@@ -301,7 +338,7 @@ impl Default for BackendSection {
 }
 
 /// Command-line flags that override the file (they win over it).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub sim_root: Option<String>,
     pub metrics_listen: Option<String>,
@@ -433,6 +470,9 @@ impl Config {
                     );
                 }
             }
+            if let Some(r) = &v.rate {
+                dataplane::credit::parse_rate(r).with_context(|| format!("vif[{i}].rate"))?;
+            }
             if !seen.insert((v.domid, v.devid)) {
                 bail!(
                     "vif[{i}]: dom{} devid {} is configured twice",
@@ -440,6 +480,13 @@ impl Config {
                     v.devid
                 );
             }
+        }
+        if let Some(f) = &self.log.filter {
+            f.parse::<tracing_subscriber::filter::Targets>()
+                .map_err(|e| anyhow::anyhow!("log.filter: {f:?} is not a filter ({e})"))?;
+        }
+        if self.ctl.socket.contains('\0') {
+            bail!("ctl.socket: {:?} is not a path", self.ctl.socket);
         }
         if self.eal.mbufs < 1023 {
             bail!("eal.mbufs: {} is below 1023", self.eal.mbufs);
@@ -451,6 +498,96 @@ impl Config {
             );
         }
         Ok(())
+    }
+}
+
+/// The keys whose values differ between `old` and `new` and cannot change while the
+/// daemon runs (everything but the per-vif VLANs and rates, the switch's ageing time and
+/// the log filter), named as in the file (`eal.args`, `port[0].devargs`, `vif[1].group`).
+pub fn restart_keys(old: &Config, new: &Config) -> Vec<String> {
+    fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        use serde_json::Value::Object;
+        match (a, b) {
+            (Object(x), Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    let null = serde_json::Value::Null;
+                    diff(
+                        &p,
+                        x.get(k).unwrap_or(&null),
+                        y.get(k).unwrap_or(&null),
+                        out,
+                    );
+                }
+            }
+            (serde_json::Value::Array(x), serde_json::Value::Array(y))
+                if x.len() == y.len() && x.iter().all(|v| v.is_object()) =>
+            {
+                for (i, (v, w)) in x.iter().zip(y).enumerate() {
+                    diff(&format!("{path}[{i}]"), v, w, out);
+                }
+            }
+            _ if a != b => out.push(path.to_string()),
+            _ => {}
+        }
+    }
+    let strip = |c: &Config| {
+        let mut v = serde_json::to_value(c).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("vif");
+            o.remove("log");
+            if let Some(s) = o.get_mut("switch").and_then(|s| s.as_object_mut()) {
+                s.remove("ageing_secs");
+            }
+        }
+        v
+    };
+    let mut out = Vec::new();
+    diff("", &strip(old), &strip(new), &mut out);
+    // Group pins apply when a vif connects: a change would leave running vifs where they are.
+    let pins = |c: &Config| -> std::collections::HashMap<(u16, u32), Option<u16>> {
+        c.vif
+            .iter()
+            .map(|v| ((v.domid, v.devid), v.group))
+            .collect()
+    };
+    let (a, b) = (pins(old), pins(new));
+    for (cfg, other) in [(new, &a), (old, &b)] {
+        for (i, v) in cfg.vif.iter().enumerate() {
+            let here = v.group;
+            let there = other.get(&(v.domid, v.devid)).copied().flatten();
+            let key = format!("vif[{i}].group");
+            if here != there && !out.contains(&key) && (std::ptr::eq(cfg, new) || here.is_some()) {
+                out.push(key);
+            }
+        }
+    }
+    out
+}
+
+impl Config {
+    /// Access VLANs by vif.
+    pub fn vlans(&self) -> std::collections::HashMap<(u16, u32), u16> {
+        self.vif
+            .iter()
+            .filter_map(|v| v.vlan.map(|vl| ((v.domid, v.devid), vl)))
+            .collect()
+    }
+
+    /// Rates by vif (validated at load).
+    pub fn rates(&self) -> std::collections::HashMap<(u16, u32), dataplane::credit::Rate> {
+        self.vif
+            .iter()
+            .filter_map(|v| {
+                let r = dataplane::credit::parse_rate(v.rate.as_deref()?).ok()?;
+                Some(((v.domid, v.devid), r))
+            })
+            .collect()
     }
 }
 
@@ -555,5 +692,43 @@ groups = 1
         .unwrap();
         assert_eq!(c.switch.mode, SwitchMode::CrossConnect);
         assert_eq!(c.vif[0].vlan, Some(100));
+    }
+
+    #[test]
+    fn restart_keys_name_what_needs_a_restart() {
+        let old = Config::parse(&format!("{GOOD}[[vif]]\ndomid = 5\nvlan = 7\n"), "t").unwrap();
+        // Live keys: VLANs, rates, ageing, log filter, new vifs without a pin.
+        let live = Config::parse(
+            &format!(
+                "{GOOD}[switch]\nageing_secs = 20\n[log]\nfilter = \"debug\"\n[[vif]]\ndomid = 5\nvlan = 9\nrate = \"1000,1000\"\n[[vif]]\ndomid = 6\nrate = \"5,5\"\n"
+            ),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(restart_keys(&old, &live), Vec::<String>::new());
+        let dead = Config::parse(
+            &(GOOD
+                .replace("groups = 1", "groups = 2")
+                .replace("\"512\"", "\"256\"")
+                .replace("nbtap0", "nbtap1")
+                + "[switch]\nmode = \"cross-connect\"\n[ctl]\nsocket = \"/tmp/x\"\n[[vif]]\ndomid = 5\ngroup = 1\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            restart_keys(&old, &dead),
+            [
+                "ctl.socket",
+                "eal.args",
+                "engine.groups",
+                "port[0].devargs",
+                "switch.mode",
+                "vif[0].group"
+            ]
+        );
+        assert!(
+            err(&format!("{GOOD}[[vif]]\ndomid = 5\nrate = \"fast\"\n")).contains("vif[0].rate")
+        );
+        assert!(err(&format!("{GOOD}[log]\nfilter = \"x=loud\"\n")).contains("log.filter"));
     }
 }

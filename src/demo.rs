@@ -341,13 +341,17 @@ pub fn demo(opts: DemoOptions, stop: &'static AtomicBool) -> anyhow::Result<()> 
         Some(a) => a.to_string(),
     };
     let cfg_path = dir.join("netbackd.toml");
+    // A socket of its own: the demo must not take (or be refused) the system daemon's.
+    let ctl_sock = dir.join("ctl.sock");
     std::fs::write(
         &cfg_path,
         format!(
             "# Written by `netbackd demo`.\nhost = \"sim\"\n[sim]\nroot = \"{root}\"\n\
              [eal]\nargs = [\"-l\", \"{lcores}\", \"--no-huge\", \"-m\", \"512\", \"--no-pci\", \
              \"--no-shconf\", \"--log-level\", \"*:error\"]\nfile_prefix = \"netbackd-demo-{pid}\"\n\
-             [[port]]\ndevargs = \"{devargs}\"\n[engine]\ngroups = 1\n[metrics]\nlisten = \"{metrics}\"\n"
+             [[port]]\ndevargs = \"{devargs}\"\n[engine]\ngroups = 1\n[ctl]\nsocket = \"{}\"\n\
+             [metrics]\nlisten = \"{metrics}\"\n",
+            ctl_sock.display()
         ),
     )?;
     let log_path = dir.join("netbackd.log");
@@ -467,6 +471,11 @@ pub fn demo(opts: DemoOptions, stop: &'static AtomicBool) -> anyhow::Result<()> 
 
     // 5. The live table, from the daemon's metrics, once a second.
     println!("demo: metrics at http://{metrics}/metrics (guest TX = what the guest sent)");
+    println!(
+        "demo: ask the daemon: netbackd ctl --socket {0} show vifs | show groups | ...; \
+         netbackd top --socket {0}",
+        ctl_sock.display()
+    );
     let until = opts
         .duration
         .map(|d| Instant::now() + Duration::from_secs(d));

@@ -1,15 +1,19 @@
 //! netbackd: a userspace, poll-mode Xen network backend for dom0, on DPDK.
 //!
-//! `netbackd --version` reports the DPDK it runs with; `netbackd sim` runs the simulated
-//! Xen host the tests and the demo use. The daemon (`netbackd run`) and the demo arrive
-//! with the control-plane issue.
+//! `netbackd run` is the daemon; `netbackd ctl` and `netbackd top` ask a running one
+//! through its control socket; `netbackd demo` shows it at work on a simulated Xen host
+//! (`netbackd sim`, which the tests use too); `netbackd --version` reports the DPDK it
+//! runs with.
 use anyhow::Context;
 
 mod config;
+mod ctl;
+mod ctlcli;
 mod demo;
 mod ledger;
 mod metrics;
 mod run;
+mod sdnotify;
 use clap::{Parser, Subcommand};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -67,6 +71,33 @@ enum Cmd {
         #[arg(long, value_name = "ADDR:PORT")]
         metrics_listen: Option<String>,
     },
+    /// Ask the running daemon, through its control socket (root only): `show vifs`,
+    /// `show groups [--clear]`, `show ports`, `show switch`, `set rate`, `clear rate`,
+    /// `detach`, `log level`.
+    Ctl {
+        /// The daemon's control socket (default: $NETBACKD_CTL_SOCKET, else
+        /// /run/netbackd/ctl.sock).
+        #[arg(long, value_name = "PATH", global = true)]
+        socket: Option<std::path::PathBuf>,
+        /// Print the daemon's answer as JSON (for scripts) instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        cmd: CtlCmd,
+    },
+    /// A live per-vif table (packets, rates, drops, backlog) of the running daemon, redrawn
+    /// every --interval seconds, until Ctrl-C.
+    Top {
+        /// The daemon's control socket (as for `ctl`).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<std::path::PathBuf>,
+        /// Seconds between two samples.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many samples.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Run a simulated Xen host (real xenstored, shared-memory guest RAM, grant tables and
     /// event channels) that netbackd and simulated guests attach to. Runs until Ctrl-C,
     /// SIGTERM or --duration, then removes everything it created.
@@ -89,10 +120,132 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum CtlCmd {
+    /// Show vifs, groups, ports or the switch.
+    Show {
+        #[command(subcommand)]
+        what: ShowCmd,
+    },
+    /// Set a vif's rate.
+    Set {
+        #[command(subcommand)]
+        what: SetCmd,
+    },
+    /// Remove what `set` set.
+    Clear {
+        #[command(subcommand)]
+        what: ClearCmd,
+    },
+    /// Close a vif the way the toolstack does (online = 0, state Closing), and wait until
+    /// the backend is Closed.
+    Detach {
+        /// DOMID.DEVID
+        vif: String,
+    },
+    /// Logging.
+    Log {
+        #[command(subcommand)]
+        what: LogCmd,
+    },
+    /// Fault injection for tests (refused unless the daemon runs with
+    /// NETBACKD_FAULT_INJECTION=1).
+    #[command(hide = true)]
+    Debug {
+        #[command(subcommand)]
+        what: DebugCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ShowCmd {
+    /// Vifs: guest, state, queues and their groups, ring indices, backlog, credit, drops.
+    Vifs {
+        /// DOMID or DOMID.DEVID (default: every vif).
+        vif: Option<String>,
+    },
+    /// Groups: lcore, queues, busy/idle cycles, cycles per packet, batches, grant copies,
+    /// notifications and handoffs, since the last --clear.
+    Groups {
+        /// Start a new interval after this answer (as pmd-stats-clear).
+        #[arg(long)]
+        clear: bool,
+    },
+    /// The port: link, speed, queues, offloads, stats and xstats.
+    Ports,
+    /// The MAC table: static and learned entries, their age and VLAN.
+    Switch,
+}
+
+#[derive(Subcommand, Debug)]
+enum SetCmd {
+    /// Limit a vif's guest TX to BYTES per USECS microseconds (wins over xenstore's rate).
+    Rate {
+        /// DOMID.DEVID
+        vif: String,
+        bytes: u64,
+        usecs: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClearCmd {
+    /// Remove the operator's rate of a vif (the toolstack's `rate` key applies again).
+    Rate {
+        /// DOMID.DEVID
+        vif: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LogCmd {
+    /// Replace the log filter (e.g. `debug`, `warn,control=debug`).
+    Level { filter: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum DebugCmd {
+    /// Make group GROUP sleep MS milliseconds between two iterations.
+    Stall { group: usize, ms: u64 },
+}
+
+impl CtlCmd {
+    fn request(self) -> ctl::Request {
+        use ctl::Request as R;
+        match self {
+            CtlCmd::Show { what } => match what {
+                ShowCmd::Vifs { vif } => R::ShowVifs { vif },
+                ShowCmd::Groups { clear } => R::ShowGroups { clear },
+                ShowCmd::Ports => R::ShowPorts {},
+                ShowCmd::Switch => R::ShowSwitch {},
+            },
+            CtlCmd::Set {
+                what: SetCmd::Rate { vif, bytes, usecs },
+            } => R::SetRate { vif, bytes, usecs },
+            CtlCmd::Clear {
+                what: ClearCmd::Rate { vif },
+            } => R::ClearRate { vif },
+            CtlCmd::Detach { vif } => R::Detach { vif },
+            CtlCmd::Log {
+                what: LogCmd::Level { filter },
+            } => R::LogLevel { filter },
+            CtlCmd::Debug {
+                what: DebugCmd::Stall { group, ms },
+            } => R::DebugStall { group, ms },
+        }
+    }
+}
+
 static STOP: AtomicBool = AtomicBool::new(false);
+/// Set by SIGHUP: the daemon re-reads its configuration.
+static RELOAD: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
+}
+
+extern "C" fn on_hup(_: libc::c_int) {
+    RELOAD.store(true, Ordering::SeqCst);
 }
 
 fn install_signal_handlers() {
@@ -100,6 +253,34 @@ fn install_signal_handlers() {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
+}
+
+fn install_reload_handler() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe { libc::signal(libc::SIGHUP, on_hup as *const () as libc::sighandler_t) };
+}
+
+type LogHandle = tracing_subscriber::reload::Handle<
+    tracing_subscriber::filter::Targets,
+    tracing_subscriber::Registry,
+>;
+/// The log filter's reload handle (`ctl log level`, SIGHUP).
+static LOG: std::sync::OnceLock<LogHandle> = std::sync::OnceLock::new();
+/// Whether NETBACKD_LOG or RUST_LOG chose the filter at start (then it wins over
+/// log.filter of the configuration at start).
+static LOG_FROM_ENV: AtomicBool = AtomicBool::new(false);
+
+/// Replaces the log filter live.
+pub fn set_log_filter(spec: &str) -> Result<(), String> {
+    let t: tracing_subscriber::filter::Targets = spec
+        .parse()
+        .map_err(|e| format!("log filter {spec:?}: {e}"))?;
+    LOG.get()
+        .ok_or("logging is not reloadable")?
+        .reload(t)
+        .map_err(|e| format!("log filter {spec:?}: {e}"))?;
+    tracing::info!("log filter now {spec:?}");
+    Ok(())
 }
 
 fn version_line() -> String {
@@ -174,9 +355,9 @@ fn sim(
 fn init_logging() {
     use std::io::IsTerminal;
     use tracing_subscriber::{filter::Targets, fmt, prelude::*};
-    let spec = std::env::var("NETBACKD_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".into());
+    let env = std::env::var("NETBACKD_LOG").or_else(|_| std::env::var("RUST_LOG"));
+    LOG_FROM_ENV.store(env.is_ok(), Ordering::Relaxed);
+    let spec = env.unwrap_or_else(|_| "info".into());
     let filter: Targets = spec.parse().unwrap_or_else(|e| {
         eprintln!("netbackd: log filter {spec:?} ignored ({e}); using info");
         Targets::new().with_default(tracing::Level::INFO)
@@ -187,6 +368,8 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .with_target(false);
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let _ = LOG.set(handle);
     let registry = tracing_subscriber::registry().with(filter);
     if journald {
         registry.with(layer.without_time()).init();
@@ -230,8 +413,40 @@ fn real_main() -> anyhow::Result<()> {
                 println!("{}: valid\n{cfg:#?}", config.display());
                 return Ok(());
             }
+            if let (Some(f), false) = (&cfg.log.filter, LOG_FROM_ENV.load(Ordering::Relaxed)) {
+                set_log_filter(f).map_err(anyhow::Error::msg)?;
+            }
             install_signal_handlers();
-            run::run(cfg, &STOP)
+            install_reload_handler();
+            run::run(
+                cfg,
+                run::Reload {
+                    path: config,
+                    overrides,
+                    flag: &RELOAD,
+                },
+                &STOP,
+            )
+        }
+        Some(Cmd::Ctl { socket, json, cmd }) => {
+            ctlcli::ctl(&ctlcli::socket_path(socket), json, cmd.request())
+        }
+        Some(Cmd::Top {
+            socket,
+            interval,
+            count,
+        }) => {
+            anyhow::ensure!(
+                interval.is_finite() && (0.05..=3600.0).contains(&interval),
+                "--interval: {interval} is not in 0.05..=3600 seconds"
+            );
+            install_signal_handlers();
+            ctlcli::top(
+                &ctlcli::socket_path(socket),
+                Duration::from_secs_f64(interval),
+                count,
+                &STOP,
+            )
         }
         Some(Cmd::Demo {
             duration,
@@ -258,10 +473,9 @@ fn real_main() -> anyhow::Result<()> {
             duration,
         }) => sim(parent, guests, vifs, guest_mem_mb, duration),
         None => {
-            // No daemon yet: say so instead of pretending to run one.
             use clap::CommandFactory;
             Cli::command().print_help()?;
-            anyhow::bail!("no command given (`netbackd demo` is not implemented yet)");
+            anyhow::bail!("no command given");
         }
     }
 }

@@ -244,6 +244,22 @@ pub fn render(s: &Shared) -> prometheus::Result<String> {
         "TSC cycles in poll iterations that moved packets (busy) and that did not (idle).",
         &["group", "state"],
     )?;
+    let dir_cycles = r.counter(
+        "netbackd_group_direction_cycles_total",
+        "TSC cycles of the guest-TX (tx) and guest-RX (rx) parts of iterations that moved \
+         packets that way (cycles per packet = this / netbackd_group_direction_packets_total).",
+        &["group", "direction"],
+    )?;
+    let dir_packets = r.counter(
+        "netbackd_group_direction_packets_total",
+        "Packets moved by guest TX (tx) and guest RX (rx).",
+        &["group", "direction"],
+    )?;
+    let gnotes = r.counter(
+        "netbackd_group_notifications_total",
+        "Event-channel notifications the group sent to its guests.",
+        &gl,
+    )?;
     let handoffs = r.counter(
         "netbackd_group_handoffs_total",
         "Frames for a vif of another group, by outcome: sent through that group's ring, \
@@ -263,6 +279,18 @@ pub fn render(s: &Shared) -> prometheus::Result<String> {
         for (state, a) in [("busy", &c.busy_cycles), ("idle", &c.idle_cycles)] {
             cycles.with_label_values(&[i.as_str(), state]).inc_by(g(a));
         }
+        for (dir, cy, pk) in [
+            ("tx", &c.tx_cycles, &c.tx_packets),
+            ("rx", &c.rx_cycles, &c.rx_packets),
+        ] {
+            dir_cycles
+                .with_label_values(&[i.as_str(), dir])
+                .inc_by(g(cy));
+            dir_packets
+                .with_label_values(&[i.as_str(), dir])
+                .inc_by(g(pk));
+        }
+        gnotes.with_label_values(&l).inc_by(g(&c.notifications));
         for (result, a) in [
             ("sent", &c.handoffs),
             ("ring_full", &c.handoff_ring_full),

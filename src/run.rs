@@ -206,8 +206,15 @@ fn default_pool(n: u32) -> anyhow::Result<pmd::Mempool> {
     pmd::Mempool::new("netbackd", n, 256, 2176, -1).context("mbuf pool")
 }
 
+/// Where the configuration came from, to read it again on SIGHUP (`flag`).
+pub struct Reload {
+    pub path: std::path::PathBuf,
+    pub overrides: crate::config::Overrides,
+    pub flag: &'static AtomicBool,
+}
+
 /// Runs until `stop` is set (by a signal handler).
-pub fn run(cfg: Config, stop: &'static AtomicBool) -> anyhow::Result<()> {
+pub fn run(cfg: Config, reload: Reload, stop: &'static AtomicBool) -> anyhow::Result<()> {
     match cfg.host {
         HostKind::Xen => {
             let probe = xen::linux::probe().context(
@@ -230,7 +237,7 @@ pub fn run(cfg: Config, stop: &'static AtomicBool) -> anyhow::Result<()> {
                 domid: cfg.backend.domid,
                 regions: Default::default(),
             };
-            serve(&cfg, &host, stop)
+            serve(&cfg, &reload, &host, stop)
         }
         HostKind::Sim => {
             let root = cfg.sim.root.clone().expect("validated");
@@ -246,13 +253,18 @@ pub fn run(cfg: Config, stop: &'static AtomicBool) -> anyhow::Result<()> {
                 layout,
                 domid: cfg.backend.domid,
             };
-            serve(&cfg, &host, stop)
+            serve(&cfg, &reload, &host, stop)
         }
     }
 }
 
 /// EAL, the port, the groups on their lcores, the control loop and metrics, until `stop`.
-fn serve<H: Host>(cfg: &Config, host: &H, stop: &'static AtomicBool) -> anyhow::Result<()> {
+fn serve<H: Host>(
+    cfg: &Config,
+    reload: &Reload,
+    host: &H,
+    stop: &'static AtomicBool,
+) -> anyhow::Result<()> {
     let devargs = cfg.port[0].devargs.clone();
     let name = devargs.split(',').next().unwrap_or(&devargs).to_string();
     let mut args = cfg.eal.args.clone();
@@ -322,6 +334,10 @@ fn serve<H: Host>(cfg: &Config, host: &H, stop: &'static AtomicBool) -> anyhow::
         // One L2 domain: every vif reachable from every group (handoff rings between them).
         let handles = connect_groups(&mut built, cfg.engine.handoff_ring)
             .context("handoff rings between the groups")?;
+        let ctl_handles = handles.clone();
+        let group_lcores: Vec<Option<u32>> = (0..built.len())
+            .map(|gi| workers.get(gi).copied())
+            .collect();
         for (gi, mut g) in built.into_iter().enumerate() {
             let s = group_stop.clone();
             match workers.get(gi) {
@@ -340,11 +356,8 @@ fn serve<H: Host>(cfg: &Config, host: &H, stop: &'static AtomicBool) -> anyhow::
         let bcfg = BackendConfig {
             backend_dom: cfg.backend.domid,
             max_queues: cfg.backend.max_queues,
-            vlans: cfg
-                .vif
-                .iter()
-                .filter_map(|v| v.vlan.map(|vl| ((v.domid, v.devid), vl)))
-                .collect(),
+            vlans: cfg.vlans(),
+            rates: cfg.rates(),
             pins: cfg
                 .vif
                 .iter()
@@ -377,11 +390,77 @@ fn serve<H: Host>(cfg: &Config, host: &H, stop: &'static AtomicBool) -> anyhow::
             let addr = crate::metrics::serve(&cfg.metrics.listen, shared.clone())?;
             tracing::info!("metrics on http://{addr}/metrics");
         }
+        let (ops_tx, ops) = std::sync::mpsc::channel();
+        let ctl = Arc::new(crate::ctl::Ctl::new(
+            shared.clone(),
+            ctl_handles.clone(),
+            group_lcores,
+            ops_tx,
+            crate::ctl::PortStatic {
+                driver: info.driver.clone(),
+                rx_queues: groups,
+                tx_queues: groups,
+                max_rx_queues: info.max_rx_queues,
+                max_tx_queues: info.max_tx_queues,
+                offloads: offload_names(&caps, true),
+                software: offload_names(&caps, false),
+            },
+            format!("{:?}", cfg.switch.mode).to_lowercase(),
+            std::env::var("NETBACKD_FAULT_INJECTION").as_deref() == Ok("1"),
+        ));
+        let _ctl_server = if cfg.ctl.socket.is_empty() {
+            None
+        } else {
+            let p = std::path::Path::new(&cfg.ctl.socket);
+            let server = crate::ctl::serve(p, ctl.clone())?;
+            tracing::info!("control socket {}", p.display());
+            Some(server)
+        };
+        // The toolstack's side of a detach, written by the daemon on the operator's behalf.
+        let toolstack_xs = host.xenstore()?;
+        let notify = crate::sdnotify::Notifier::from_env();
+        let mut watchdog = crate::sdnotify::watchdog_interval().map(|every| {
+            tracing::info!("systemd watchdog: a ping every {every:?} while every group polls");
+            crate::sdnotify::Watchdog::new(every, iterations(&shared))
+        });
+        let step = watchdog.as_ref().map_or(Duration::from_millis(100), |w| {
+            (w.every() / 2).clamp(Duration::from_millis(5), Duration::from_millis(100))
+        });
+        // The port is up, the groups poll, the backend watches xenstore, metrics and the
+        // control socket answer: ready.
+        if let Some(n) = &notify {
+            n.send(&format!("READY=1\nSTATUS={}", status_line(&[], groups)));
+        }
+        let mut running = cfg.clone();
+        let mut last_status = String::new();
         let mut last = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             // Control rings are polled: step often while any is connected.
-            let step = if backend.has_ctrl_rings() { 10 } else { 100 };
-            backend.step(Duration::from_millis(step));
+            let ctrl = Duration::from_millis(10);
+            backend.step(if backend.has_ctrl_rings() {
+                step.min(ctrl)
+            } else {
+                step
+            });
+            while let Ok(op) = ops.try_recv() {
+                match op {
+                    crate::ctl::Op::SetRate(d, n, rate, reply) => {
+                        backend.set_operator_rate(d, n, rate);
+                        let _ = reply.send(Ok(match rate {
+                            Some(r) => {
+                                format!("vif{d}.{n}: rate {} bytes per {} us", r.bytes, r.usec)
+                            }
+                            None => format!("vif{d}.{n}: operator rate removed"),
+                        }));
+                    }
+                    crate::ctl::Op::Detach(d, n, reply) => {
+                        let _ = reply.send(detach(&toolstack_xs, cfg.backend.domid, d, n));
+                    }
+                }
+            }
+            if reload.flag.swap(false, Ordering::Relaxed) {
+                reread(reload, &mut running, &mut backend, &ctl_handles);
+            }
             let events = backend.take_events();
             if !events.is_empty() {
                 let mut doms = shared.domains.lock().unwrap_or_else(|e| e.into_inner());
@@ -424,7 +503,44 @@ fn serve<H: Host>(cfg: &Config, host: &H, stop: &'static AtomicBool) -> anyhow::
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .update(&events, &views, &known, Instant::now());
+            let vlans = running.vlans();
+            let ctl_view = now
+                .iter()
+                .map(|s| {
+                    let counters = backend.counters(s.domid, s.devid);
+                    crate::ctl::VifView {
+                        domid: s.domid,
+                        devid: s.devid,
+                        name: s.name.clone(),
+                        state: s.state,
+                        vlan: vlans.get(&(s.domid, s.devid)).copied(),
+                        queues: backend
+                            .placement(s.domid, s.devid)
+                            .into_iter()
+                            .zip(counters)
+                            .map(|((id, g), c)| (id.queue, g, c))
+                            .collect(),
+                    }
+                })
+                .collect();
+            *ctl.vifs.lock().unwrap_or_else(|e| e.into_inner()) = ctl_view;
+            if let Some(n) = &notify {
+                let st = status_line(&now, groups);
+                if st != last_status {
+                    n.send(&format!("STATUS={st}"));
+                    last_status = st;
+                }
+                if watchdog
+                    .as_mut()
+                    .is_some_and(|w| w.due(iterations(&shared)))
+                {
+                    n.send("WATCHDOG=1");
+                }
+            }
             last = now;
+        }
+        if let Some(n) = &notify {
+            n.send("STOPPING=1\nSTATUS=stopping");
         }
         tracing::info!("stopping");
         group_stop.store(true, Ordering::Relaxed);
@@ -441,4 +557,137 @@ fn serve<H: Host>(cfg: &Config, host: &H, stop: &'static AtomicBool) -> anyhow::
     drop(eal);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every group's iteration counter now.
+fn iterations(shared: &crate::metrics::Shared) -> Vec<u64> {
+    shared
+        .groups
+        .iter()
+        .map(|g| g.iterations.load(Ordering::Relaxed))
+        .collect()
+}
+
+/// systemd's STATUS= line.
+fn status_line(vifs: &[control::VifStatus], groups: u16) -> String {
+    let connected = vifs
+        .iter()
+        .filter(|v| v.state == control::state::CONNECTED)
+        .count();
+    format!(
+        "{} vif(s), {connected} connected, {} queue(s) in {groups} group(s)",
+        vifs.len(),
+        vifs.iter().map(|v| v.queues).sum::<usize>()
+    )
+}
+
+/// Names of the TX offloads the port does for netbackd (`by_port`), or of those netbackd
+/// does in software because the port cannot.
+fn offload_names(caps: &TxCaps, by_port: bool) -> Vec<String> {
+    [
+        ("ipv4_cksum", caps.ipv4_cksum),
+        ("tcp_cksum", caps.tcp_cksum),
+        ("udp_cksum", caps.udp_cksum),
+        ("tcp_tso", caps.tso),
+        ("tcp6_tso", caps.tso6),
+    ]
+    .into_iter()
+    .filter(|(_, on)| *on == by_port)
+    .map(|(n, _)| n.to_string())
+    .collect()
+}
+
+/// What the toolstack does to detach a vif (libxl: `online` = 0 and the backend's state to
+/// Closing); the backend's watch sees it and closes the vif.
+fn detach(xs: &XenStore, backend_dom: u16, domid: u16, devid: u32) -> Result<String, String> {
+    let be = format!("/local/domain/{backend_dom}/backend/vif/{domid}/{devid}");
+    let w = |k: &str, v: &str| {
+        xs.write(xen::Tx::NONE, &format!("{be}/{k}"), v)
+            .map_err(|e| format!("vif{domid}.{devid}: writing {be}/{k}: {e}"))
+    };
+    w("online", "0")?;
+    w("state", &control::state::CLOSING.to_string())?;
+    tracing::info!(
+        domid,
+        devid,
+        "detach requested by the operator (netbackd ctl)"
+    );
+    Ok(format!("vif{domid}.{devid}: detach requested"))
+}
+
+/// SIGHUP: reads the configuration again; applies the per-vif VLANs and rates, the
+/// switch's ageing time and the log filter live, or, if anything else changed (or the file
+/// is invalid), refuses all of it with a message naming the keys and keeps `running`.
+fn reread<M: GrantMap, E: EventChannel + Clone>(
+    reload: &Reload,
+    running: &mut Config,
+    backend: &mut Backend<M, E>,
+    groups: &[dataplane::engine::GroupHandle],
+) {
+    let origin = reload.path.display();
+    let new = match Config::load_with(&reload.path, &reload.overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("SIGHUP: {e:#}; keeping the running configuration");
+            return;
+        }
+    };
+    let keys = crate::config::restart_keys(running, &new);
+    if !keys.is_empty() {
+        tracing::error!(
+            "SIGHUP: {origin}: {} cannot change while netbackd runs (restart it for that); \
+             keeping the running configuration, nothing applied",
+            keys.join(", ")
+        );
+        return;
+    }
+    let mut applied = Vec::new();
+    let (old_vlans, new_vlans) = (running.vlans(), new.vlans());
+    let mut vifs: Vec<(u16, u32)> = old_vlans.keys().chain(new_vlans.keys()).copied().collect();
+    vifs.sort();
+    vifs.dedup();
+    for (d, n) in vifs {
+        let v = new_vlans.get(&(d, n)).copied();
+        if old_vlans.get(&(d, n)).copied() != v {
+            backend.set_vlan(d, n, v);
+            applied.push(format!("vif{d}.{n} vlan {v:?}"));
+        }
+    }
+    let (old_rates, new_rates) = (running.rates(), new.rates());
+    let mut vifs: Vec<(u16, u32)> = old_rates.keys().chain(new_rates.keys()).copied().collect();
+    vifs.sort();
+    vifs.dedup();
+    for (d, n) in vifs {
+        let r = new_rates.get(&(d, n)).copied();
+        if old_rates.get(&(d, n)).copied() != r {
+            backend.set_operator_rate(d, n, r);
+            applied.push(format!(
+                "vif{d}.{n} rate {}",
+                r.map_or("none".into(), |r| format!("{},{}", r.bytes, r.usec))
+            ));
+        }
+    }
+    if new.switch.ageing_secs != running.switch.ageing_secs {
+        for g in groups {
+            g.set_ageing(u64::from(new.switch.ageing_secs) * 1_000_000_000);
+        }
+        applied.push(format!("switch.ageing_secs {}", new.switch.ageing_secs));
+    }
+    if new.log.filter != running.log.filter {
+        if let Some(f) = &new.log.filter {
+            match crate::set_log_filter(f) {
+                Ok(()) => applied.push(format!("log.filter {f:?}")),
+                Err(e) => tracing::error!("SIGHUP: {e}"),
+            }
+        }
+    }
+    *running = new;
+    tracing::info!(
+        "SIGHUP: {origin} reloaded; {}",
+        if applied.is_empty() {
+            "nothing changed".to_string()
+        } else {
+            format!("applied: {}", applied.join(", "))
+        }
+    );
 }

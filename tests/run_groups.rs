@@ -41,7 +41,7 @@ fn vifs_in_different_groups_reach_each_other() {
         std::fs::write(
             &cfg,
             format!(
-                "host = \"sim\"\n[sim]\nroot = \"{root}\"\n[eal]\nargs = [\"-l\", \"0,1\", \"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-shconf\", \"--log-level\", \"*:error\"]\nfile_prefix = \"nbd-rgrp-{pid}-{run}\"\n[[port]]\ndevargs = \"net_ring0\"\n[engine]\ngroups = 2\nidle_sleep_us = 0\n[metrics]\nlisten = \"{maddr}\"\n{pins}"
+                "host = \"sim\"\n[sim]\nroot = \"{root}\"\n[eal]\nargs = [\"-l\", \"0,1\", \"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-shconf\", \"--log-level\", \"*:error\"]\nfile_prefix = \"nbd-rgrp-{pid}-{run}\"\n[[port]]\ndevargs = \"net_ring0\"\n[ctl]\nsocket = \"\"\n[engine]\ngroups = 2\nidle_sleep_us = 0\n[metrics]\nlisten = \"{maddr}\"\n{pins}"
             ),
         )
         .unwrap();

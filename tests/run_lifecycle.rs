@@ -97,7 +97,7 @@ fn daemon_vif_lifecycle() {
     std::fs::write(
         &cfg,
         format!(
-            "host = \"sim\"\n[sim]\nroot = \"{root}\"\n[eal]\nargs = [\"-l\", \"0,1\", \"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-shconf\", \"--log-level\", \"*:error\"]\nfile_prefix = \"nbd-life-{pid}\"\n[[port]]\ndevargs = \"net_ring0\"\n[metrics]\nlisten = \"{maddr}\"\n"
+            "host = \"sim\"\n[sim]\nroot = \"{root}\"\n[eal]\nargs = [\"-l\", \"0,1\", \"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-shconf\", \"--log-level\", \"*:error\"]\nfile_prefix = \"nbd-life-{pid}\"\n[[port]]\ndevargs = \"net_ring0\"\n[ctl]\nsocket = \"\"\n[metrics]\nlisten = \"{maddr}\"\n"
         ),
     )
     .unwrap();

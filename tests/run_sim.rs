@@ -27,7 +27,7 @@ fn run_serves_sim_vifs() {
 
     // A malformed configuration: refused, the key named, exit code 2.
     let bad = parent.join("bad.toml");
-    std::fs::write(&bad, format!("host = \"sim\"\n[sim]\nroot = \"{root}\"\n[[port]]\ndevargs = \"net_ring0\"\n[engine]\ngroups = 0\n")).unwrap();
+    std::fs::write(&bad, format!("host = \"sim\"\n[sim]\nroot = \"{root}\"\n[[port]]\ndevargs = \"net_ring0\"\n[ctl]\nsocket = \"\"\n[engine]\ngroups = 0\n")).unwrap();
     let out = Command::new(BIN)
         .args(["run", "--config"])
         .arg(&bad)
@@ -47,7 +47,7 @@ fn run_serves_sim_vifs() {
         std::fs::write(
             &cfg,
             format!(
-                "host = \"sim\"\n[sim]\nroot = \"{root}\"\n[eal]\nargs = [\"-l\", \"0,1\", \"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-shconf\", \"--log-level\", \"*:error\"]\nfile_prefix = \"{prefix}\"\n[[port]]\ndevargs = \"net_ring0\"\n[metrics]\nlisten = \"{maddr}\"\n"
+                "host = \"sim\"\n[sim]\nroot = \"{root}\"\n[eal]\nargs = [\"-l\", \"0,1\", \"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-shconf\", \"--log-level\", \"*:error\"]\nfile_prefix = \"{prefix}\"\n[[port]]\ndevargs = \"net_ring0\"\n[ctl]\nsocket = \"\"\n[metrics]\nlisten = \"{maddr}\"\n"
             ),
         )
         .unwrap();

@@ -396,6 +396,9 @@ pub struct BackendConfig {
     /// Group that runs all of a vif's queues, from the daemon's configuration (others: the
     /// least loaded group per queue).
     pub pins: HashMap<(u16, u32), usize>,
+    /// Rates the operator set per vif (daemon configuration or `netbackd ctl set rate`):
+    /// they win over the toolstack's `rate` key while set.
+    pub rates: HashMap<(u16, u32), Rate>,
 }
 
 impl Default for BackendConfig {
@@ -406,6 +409,7 @@ impl Default for BackendConfig {
             remove_timeout: Duration::from_secs(5),
             vlans: HashMap::new(),
             pins: HashMap::new(),
+            rates: HashMap::new(),
         }
     }
 }
@@ -525,6 +529,87 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             .get(&(domid, devid))
             .map(|v| v.counters.clone())
             .unwrap_or_default()
+    }
+
+    /// Each queue of a vif with the index of the group that runs it.
+    pub fn placement(&self, domid: u16, devid: u32) -> Vec<(QueueId, usize)> {
+        self.vifs
+            .get(&(domid, devid))
+            .map(|v| v.queues.clone())
+            .unwrap_or_default()
+    }
+
+    /// Sets (`Some`) or removes (`None`) the operator's rate of a vif, applied live to its
+    /// queues through their groups; without one the toolstack's `rate` key applies again
+    /// (unlimited without it). Applies to a vif that connects later too.
+    pub fn set_operator_rate(&mut self, domid: u16, devid: u32, rate: Option<Rate>) {
+        let key = (domid, devid);
+        match rate {
+            Some(r) => self.cfg.rates.insert(key, r),
+            None => self.cfg.rates.remove(&key),
+        };
+        let Some(v) = self.vifs.get(&key) else {
+            return;
+        };
+        let r = rate.unwrap_or_else(|| {
+            v.rate
+                .as_deref()
+                .and_then(|s| parse_rate(s).ok())
+                .unwrap_or(Rate::UNLIMITED)
+        });
+        tracing::info!(domid, devid, "operator rate {rate:?}: the vif now at {r:?}");
+        if let Some(c) = &v.credit {
+            c.set_rate(r);
+        }
+    }
+
+    /// Changes a vif's access VLAN. A connected vif is plugged again at once (its queues
+    /// taken back from their groups and handed over anew with the new VLAN, on the same
+    /// rings: the frontend sees nothing but the packets of its backlog dropped); a vif
+    /// connecting later gets it too. Returns true if a connected vif was plugged again.
+    pub fn set_vlan(&mut self, domid: u16, devid: u32, vlan: Option<u16>) -> bool {
+        let key = (domid, devid);
+        if self.cfg.vlans.get(&key).copied() == vlan {
+            return false;
+        }
+        match vlan {
+            Some(v) => self.cfg.vlans.insert(key, v),
+            None => self.cfg.vlans.remove(&key),
+        };
+        if self.vifs.get(&key).map(|v| v.state) != Some(state::CONNECTED) {
+            return false;
+        }
+        tracing::info!(
+            domid,
+            devid,
+            "access VLAN now {vlan:?}: plugging the vif again"
+        );
+        // The frontend configured its control ring's hashing once: it stays.
+        let hash = self
+            .vifs
+            .get(&key)
+            .and_then(|v| v.ctrl.as_ref())
+            .map(|c| c.state.clone());
+        self.disconnect(key);
+        let plugged = self.connect(key, domid, devid);
+        if let (Ok(()), Some(h)) = (&plugged, hash) {
+            if let Some(c) = self.vifs.get_mut(&key).and_then(|v| v.ctrl.as_mut()) {
+                c.state = h;
+                // Published to the new queues at the next step.
+                c.published = c.state.generation().wrapping_add(1);
+            }
+        }
+        if let Err(e) = plugged {
+            tracing::warn!(domid, devid, "plugging the vif again failed: {e}");
+            let be = self.vifs[&key].be.clone();
+            let _ = self
+                .xs
+                .write(Tx::NONE, &format!("{be}/error"), &e.to_string());
+            self.event(key, Happened::Closed(e.key().into()));
+            self.disconnect(key);
+            self.write_state(key, state::CLOSED);
+        }
+        true
     }
 
     /// What happened to vifs since the last call, oldest first: connections ended (with
@@ -796,10 +881,11 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                 }
             };
             tracing::info!(domid, devid, "rate set to {rate:?}");
+            let operator = self.cfg.rates.get(&key).copied();
             if let Some(v) = self.vifs.get_mut(&key) {
                 v.rate = rate;
                 if let Some(c) = &v.credit {
-                    c.set_rate(r);
+                    c.set_rate(operator.unwrap_or(r));
                 }
             }
         }
@@ -843,6 +929,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             .read(&format!("{be}/rate"))
             .map(|s| parse_rate(&s).unwrap_or(Rate::UNLIMITED))
             .unwrap_or(Rate::UNLIMITED);
+        let rate = self.cfg.rates.get(&key).copied().unwrap_or(rate);
         if let (Some(ck), true) = (keys.ctrl, self.ctrl_copy.is_some()) {
             self.connect_ctrl(key, domid, ck, keys.queues.len() as u32)?;
         }

@@ -99,6 +99,15 @@ impl VifCredit {
         self.bucket.lock().unwrap_or_else(|e| e.into_inner()).rate()
     }
 
+    /// Credit left in the current window (for inspection; waits for the lock, which
+    /// admitting lcores hold for a few instructions).
+    pub fn remaining(&self) -> u64 {
+        self.bucket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remaining()
+    }
+
     /// Asks for `size` bytes for a queue's head packet (see [`Credit::admit`]).
     #[inline]
     pub fn admit(&self, size: u32) -> Admit {

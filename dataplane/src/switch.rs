@@ -116,6 +116,18 @@ struct Learned {
     announced_ns: u64,
 }
 
+/// One MAC table entry as [`Switch::entries`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableEntry {
+    pub domain: Domain,
+    pub mac: Mac,
+    pub endpoint: EndpointId,
+    /// A vif's own MAC (never aged), else learned.
+    pub is_static: bool,
+    /// Time since a learned entry was last seen.
+    pub age_ns: Option<u64>,
+}
+
 /// A learned entry to tell the other groups' switches about: (domain, MAC, endpoint).
 pub type Announce = (Domain, Mac, EndpointId);
 
@@ -377,6 +389,41 @@ impl Switch {
         }
         self.peers.insert(a, b);
         self.peers.insert(b, a);
+    }
+
+    /// Changes the ageing time live (learned entries then age by the new time; cached
+    /// decisions are void).
+    pub fn set_ageing(&mut self, ageing_ns: u64) {
+        self.cfg.ageing_ns = ageing_ns;
+        self.generation += 1;
+    }
+
+    /// The MAC table for inspection (slow path: walks the whole table): static entries and
+    /// learned ones not aged out at `now_ns`, with their age.
+    pub fn entries(&self, now_ns: u64) -> Vec<TableEntry> {
+        let mut v: Vec<TableEntry> = self
+            .table
+            .iter()
+            .filter_map(|(k, l)| {
+                let b = k.0.to_le_bytes();
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(&b[..6]);
+                let d = u16::from_le_bytes([b[6], b[7]]);
+                let age_ns = now_ns.saturating_sub(l.last_seen_ns);
+                if !l.is_static && age_ns >= self.cfg.ageing_ns {
+                    return None;
+                }
+                Some(TableEntry {
+                    domain: (d != 0xFFFF).then_some(d),
+                    mac,
+                    endpoint: l.endpoint,
+                    is_static: l.is_static,
+                    age_ns: (!l.is_static).then_some(age_ns),
+                })
+            })
+            .collect();
+        v.sort_by_key(|e| (e.domain, e.mac));
+        v
     }
 
     /// Number of learned (non-static) entries, aged ones included until evicted.
@@ -1133,5 +1180,32 @@ mod tests {
             s.forward(V2, &frame(MAC_V1, MAC_V2, None), 0),
             Decision::Flood { domain: None }
         );
+    }
+
+    #[test]
+    fn entries_list_static_and_learned_with_age_and_follow_the_ageing_time() {
+        let mut s = basic();
+        s.forward(P0, &frame(MAC_V1, HOST_A, Some(7)), SEC);
+        let e = s.entries(3 * SEC);
+        assert_eq!(e.len(), 3, "{e:?}");
+        let learned: Vec<_> = e.iter().filter(|x| !x.is_static).collect();
+        assert_eq!(learned.len(), 1);
+        assert_eq!(
+            (learned[0].mac, learned[0].domain, learned[0].endpoint),
+            (HOST_A, Some(7), P0)
+        );
+        assert_eq!(learned[0].age_ns, Some(2 * SEC));
+        let v1 = e.iter().find(|x| x.mac == MAC_V1).unwrap();
+        assert_eq!(
+            (v1.is_static, v1.endpoint, v1.age_ns, v1.domain),
+            (true, V1, None, None)
+        );
+        // A shorter ageing time applies at once: the learned entry is aged out.
+        s.set_ageing(SEC);
+        assert_eq!(
+            s.entries(3 * SEC).iter().filter(|x| !x.is_static).count(),
+            0
+        );
+        assert_eq!(s.config().ageing_ns, SEC);
     }
 }

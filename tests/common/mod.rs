@@ -151,10 +151,11 @@ pub fn connect(host: &SimHost, domid: u16, devid: u32) -> Netfront {
 }
 
 /// A `netbackd run` config for the sim host at `root`: two lcores, no hugepages, metrics
-/// on `maddr`; `metrics_extra` is appended to its `[metrics]` section.
+/// on `maddr`, no control socket (`ctl_socket` puts one in); `metrics_extra` is appended to
+/// its `[metrics]` section.
 pub fn sim_config(root: &str, prefix: &str, maddr: &str, metrics_extra: &str) -> String {
     format!(
-        "host = \"sim\"\n[sim]\nroot = \"{root}\"\n[eal]\nargs = [\"-l\", \"0,1\", \"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-shconf\", \"--log-level\", \"*:error\"]\nfile_prefix = \"{prefix}\"\n[[port]]\ndevargs = \"net_ring0\"\n[metrics]\nlisten = \"{maddr}\"\n{metrics_extra}"
+        "host = \"sim\"\n[sim]\nroot = \"{root}\"\n[eal]\nargs = [\"-l\", \"0,1\", \"--no-huge\", \"-m\", \"512\", \"--no-pci\", \"--no-shconf\", \"--log-level\", \"*:error\"]\nfile_prefix = \"{prefix}\"\n[[port]]\ndevargs = \"net_ring0\"\n[ctl]\nsocket = \"\"\n[metrics]\nlisten = \"{maddr}\"\n{metrics_extra}"
     )
 }
 
@@ -180,4 +181,12 @@ pub fn scrape_until(addr: &str, secs: u64, ok: impl Fn(&str) -> bool) -> String 
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `config` (from [`sim_config`]) with its control socket at `path`.
+pub fn ctl_socket(config: &str, path: &std::path::Path) -> String {
+    config.replace(
+        "[ctl]\nsocket = \"\"\n",
+        &format!("[ctl]\nsocket = \"{}\"\n", path.display()),
+    )
 }

@@ -114,6 +114,15 @@ pub struct GroupCounters {
     pub queues_moved_in: AtomicU64,
     /// Frames dropped while their queue was being moved (more held than a backlog).
     pub move_held_dropped: AtomicU64,
+    /// Per direction: TSC cycles of the guest-TX part of iterations that moved guest TX
+    /// packets, and those packets; the same for the guest-RX part (port and handoff
+    /// bursts, copies to guests). Cycles per packet each way = cycles / packets.
+    pub tx_cycles: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub rx_cycles: AtomicU64,
+    pub rx_packets: AtomicU64,
+    /// Event-channel notifications sent to the group's guests (both directions).
+    pub notifications: AtomicU64,
 }
 
 /// Adds to a counter only its group writes (a plain load and store: no locked

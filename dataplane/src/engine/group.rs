@@ -322,6 +322,14 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 Command::RemoveRemote { endpoint, queue } => {
                     self.remove_route(endpoint, queue, |p| matches!(p, Place::Remote(_)));
                 }
+                Command::Inspect(reply) => {
+                    let _ = reply.send(self.snapshot());
+                }
+                Command::SetAgeing(ns) => self.switch.set_ageing(ns),
+                Command::Stall(d) => {
+                    log::warn!("fault injection: group stalls for {d:?}");
+                    std::thread::sleep(d);
+                }
             }
         }
         self.commands = Some(rx);
@@ -695,7 +703,9 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
     pub fn poll(&mut self) -> usize {
         let t0 = pmd::tsc::cycles();
         self.apply_commands();
-        let mut work = self.guest_tx();
+        let tx_work = self.guest_tx();
+        let t_tx = pmd::tsc::cycles();
+        let mut work = tx_work;
         work += self.take_handoffs();
         work += self.guest_rx();
         if let Some(h) = self.handoff.as_mut() {
@@ -708,11 +718,16 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             }
             h.announce(&mut self.switch);
         }
+        let mut notes = 0;
         for q in &mut self.queues {
+            notes += q.local.notifications;
             q.local.flush(&q.counters);
         }
         let c = &self.counters;
         bump(&c.iterations, 1);
+        if notes > 0 {
+            bump(&c.notifications, notes);
+        }
         if self.copy_calls > 0 {
             bump(&c.grant_copy_calls, self.copy_calls);
             bump(&c.grant_copy_ops, self.copy_ops);
@@ -723,7 +738,16 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             bump(&c.port_tx_full, self.port_full);
             self.port_full = 0;
         }
-        let spent = pmd::tsc::cycles().wrapping_sub(t0);
+        let t_end = pmd::tsc::cycles();
+        let spent = t_end.wrapping_sub(t0);
+        if tx_work > 0 {
+            bump(&c.tx_cycles, t_tx.wrapping_sub(t0));
+            bump(&c.tx_packets, tx_work as u64);
+        }
+        if work > tx_work {
+            bump(&c.rx_cycles, t_end.wrapping_sub(t_tx));
+            bump(&c.rx_packets, (work - tx_work) as u64);
+        }
         if work > 0 {
             bump(&c.busy_iterations, 1);
             bump(&c.batched_packets, work as u64);

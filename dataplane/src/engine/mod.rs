@@ -18,6 +18,7 @@ mod counters;
 mod fabric;
 mod forward;
 mod group;
+mod inspect;
 mod queue;
 mod rx;
 mod tx;
@@ -25,6 +26,7 @@ mod tx;
 pub use counters::{GroupCounters, QueueCounters};
 pub use fabric::{connect_groups, move_queue, HANDOFF_RING};
 pub use group::{Group, GroupIo};
+pub use inspect::{GroupSnapshot, QueueSnapshot, RingIndices};
 pub use queue::{Features, QueueId, QueueSetup};
 pub use tx::TxBatchBuilder;
 
@@ -126,6 +128,14 @@ pub enum Command {
         mac: crate::switch::Mac,
         endpoint: crate::switch::EndpointId,
     },
+    /// A copy of what only the group knows (ring indices, backlogs, credit, the MAC
+    /// table), taken between two iterations, for the operator's `show` commands.
+    Inspect(std::sync::mpsc::Sender<GroupSnapshot>),
+    /// A new switch ageing time (ns), live.
+    SetAgeing(u64),
+    /// Fault injection (tests of the daemon's watchdog only): the group sleeps this long
+    /// between two iterations, as a stuck lcore would.
+    Stall(std::time::Duration),
 }
 
 /// A queue on its way between groups (see [`Command::MoveOut`]).
@@ -194,6 +204,25 @@ impl GroupHandle {
                 state,
             })
             .is_ok()
+    }
+
+    /// What the group alone knows, copied between two iterations; None if the group does
+    /// not answer within `timeout` (stopped, or stuck). The group is never stopped for it.
+    pub fn inspect(&self, timeout: std::time::Duration) -> Option<GroupSnapshot> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.tx.send(Command::Inspect(tx)).ok()?;
+        rx.recv_timeout(timeout).ok()
+    }
+
+    /// Changes the switch's ageing time live.
+    pub fn set_ageing(&self, ageing_ns: u64) -> bool {
+        self.tx.send(Command::SetAgeing(ageing_ns)).is_ok()
+    }
+
+    /// Fault injection: makes the group sleep `d` between two iterations (see
+    /// [`Command::Stall`]).
+    pub fn stall(&self, d: std::time::Duration) -> bool {
+        self.tx.send(Command::Stall(d)).is_ok()
     }
 }
 
