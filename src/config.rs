@@ -270,6 +270,17 @@ pub struct EngineSection {
     /// what does not fit is dropped and counted (`netbackd_group_handoffs_total{result="ring_full"}`).
     #[serde(default = "default_handoff_ring")]
     pub handoff_ring: u32,
+    /// Every this many seconds, move one queue from the busiest group to the idlest when
+    /// their busy shares differ by `rebalance_gap_pct` or more; 0: never (placement stays
+    /// as queues connected, or as `[[vif]] group` pins it).
+    #[serde(default)]
+    pub rebalance_secs: u32,
+    #[serde(default = "default_gap")]
+    pub rebalance_gap_pct: u32,
+}
+
+fn default_gap() -> u32 {
+    25
 }
 
 fn default_handoff_ring() -> u32 {
@@ -303,6 +314,8 @@ impl Default for EngineSection {
             idle_sleep_us: 0,
             max_sleep_us: default_max_sleep(),
             handoff_ring: default_handoff_ring(),
+            rebalance_secs: 0,
+            rebalance_gap_pct: default_gap(),
         }
     }
 }
@@ -411,6 +424,18 @@ impl Config {
             bail!(
                 "engine.backlog_kib: {} is below 64 (one 64 KiB packet must fit)",
                 self.engine.backlog_kib
+            );
+        }
+        if self.engine.rebalance_secs > 3600 {
+            bail!(
+                "engine.rebalance_secs: {} is not in 0..=3600 (0: never)",
+                self.engine.rebalance_secs
+            );
+        }
+        if !(5..=100).contains(&self.engine.rebalance_gap_pct) {
+            bail!(
+                "engine.rebalance_gap_pct: {} is not in 5..=100",
+                self.engine.rebalance_gap_pct
             );
         }
         if !(256..=1 << 20).contains(&self.engine.handoff_ring) {
@@ -544,6 +569,10 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<String> {
             if let Some(s) = o.get_mut("switch").and_then(|s| s.as_object_mut()) {
                 s.remove("ageing_secs");
             }
+            if let Some(e) = o.get_mut("engine").and_then(|e| e.as_object_mut()) {
+                e.remove("rebalance_secs");
+                e.remove("rebalance_gap_pct");
+            }
         }
         v
     };
@@ -652,6 +681,14 @@ groups = 1
         assert!(
             err(&GOOD.replace("groups = 1", "groups = 1\nhandoff_ring = 16"))
                 .contains("engine.handoff_ring: 16 is not in 256..=1048576")
+        );
+        assert!(
+            err(&GOOD.replace("groups = 1", "groups = 1\nrebalance_gap_pct = 1"))
+                .contains("engine.rebalance_gap_pct: 1 is not in 5..=100")
+        );
+        assert!(
+            err(&GOOD.replace("groups = 1", "groups = 1\nrebalance_secs = 9999"))
+                .contains("engine.rebalance_secs: 9999 is not in 0..=3600")
         );
         assert!(err(&format!("{GOOD}[[vif]]\ndomid = 5\ngroup = 1\n"))
             .contains("vif[0].group: 1 is not in 0..1 (engine.groups)"));

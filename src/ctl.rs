@@ -66,6 +66,12 @@ pub enum Request {
     LogLevel {
         filter: String,
     },
+    /// Moves queue `queue` of a vif to group `group` while traffic flows.
+    MoveQueue {
+        vif: String,
+        queue: u16,
+        group: usize,
+    },
     /// Fault injection, refused unless the daemon runs with NETBACKD_FAULT_INJECTION=1:
     /// the group sleeps `ms` between two iterations, as a stuck lcore would.
     DebugStall {
@@ -280,6 +286,7 @@ pub struct VifView {
 pub enum Op {
     SetRate(u16, u32, Option<Rate>, mpsc::Sender<Result<String, String>>),
     Detach(u16, u32, mpsc::Sender<Result<String, String>>),
+    MoveQueue(u16, u32, u16, usize, mpsc::Sender<Result<String, String>>),
 }
 
 /// What the port is, fixed at start.
@@ -354,6 +361,9 @@ impl Ctl {
             Request::SetRate { vif, bytes, usecs } => self.set_rate(&vif, bytes, usecs),
             Request::ClearRate { vif } => self.clear_rate(&vif),
             Request::Detach { vif } => self.detach(&vif),
+            Request::MoveQueue { vif, queue, group } => self
+                .known_vif(&vif)
+                .and_then(|(d, n)| self.to_control(|tx| Op::MoveQueue(d, n, queue, group, tx))),
             Request::LogLevel { filter } => {
                 crate::set_log_filter(&filter).map(|()| format!("log filter now {filter:?}").into())
             }

@@ -73,7 +73,7 @@ enum Cmd {
     },
     /// Ask the running daemon, through its control socket (root only): `show vifs`,
     /// `show groups [--clear]`, `show ports`, `show switch`, `set rate`, `clear rate`,
-    /// `detach`, `log level`.
+    /// `detach`, `log level`, `move`.
     Ctl {
         /// The daemon's control socket (default: $NETBACKD_CTL_SOCKET, else
         /// /run/netbackd/ctl.sock).
@@ -147,6 +147,14 @@ enum CtlCmd {
     Log {
         #[command(subcommand)]
         what: LogCmd,
+    },
+    /// Move queue QUEUE of a vif to group GROUP while traffic flows (nothing lost or
+    /// reordered: the other groups hold the queue's frames for the moment it takes).
+    Move {
+        /// DOMID.DEVID
+        vif: String,
+        queue: u16,
+        group: usize,
     },
     /// Fault injection for tests (refused unless the daemon runs with
     /// NETBACKD_FAULT_INJECTION=1).
@@ -226,6 +234,7 @@ impl CtlCmd {
                 what: ClearCmd::Rate { vif },
             } => R::ClearRate { vif },
             CtlCmd::Detach { vif } => R::Detach { vif },
+            CtlCmd::Move { vif, queue, group } => R::MoveQueue { vif, queue, group },
             CtlCmd::Log {
                 what: LogCmd::Level { filter },
             } => R::LogLevel { filter },

@@ -263,8 +263,15 @@ pub fn render(s: &Shared) -> prometheus::Result<String> {
     let handoffs = r.counter(
         "netbackd_group_handoffs_total",
         "Frames for a vif of another group, by outcome: sent through that group's ring, \
-         dropped because it was full, or received for a queue that had gone (stale).",
+         dropped because it was full, received for a queue that had gone (stale), passed on \
+         to the group a queue had just moved to (forwarded), or dropped while their queue \
+         was being moved and more were held than a backlog (held_full).",
         &["group", "result"],
+    )?;
+    let moves = r.counter(
+        "netbackd_group_queue_moves_total",
+        "Queues moved out of the group and into it (rebalancing or `netbackd ctl move`).",
+        &["group", "direction"],
     )?;
     for (i, c) in s.groups.iter().enumerate() {
         let i = i.to_string();
@@ -291,10 +298,15 @@ pub fn render(s: &Shared) -> prometheus::Result<String> {
                 .inc_by(g(pk));
         }
         gnotes.with_label_values(&l).inc_by(g(&c.notifications));
+        for (dir, a) in [("out", &c.queues_moved_out), ("in", &c.queues_moved_in)] {
+            moves.with_label_values(&[i.as_str(), dir]).inc_by(g(a));
+        }
         for (result, a) in [
             ("sent", &c.handoffs),
             ("ring_full", &c.handoff_ring_full),
             ("stale", &c.handoff_stale),
+            ("forwarded", &c.handoff_forwarded),
+            ("held_full", &c.move_held_dropped),
         ] {
             handoffs
                 .with_label_values(&[i.as_str(), result])

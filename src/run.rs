@@ -434,6 +434,7 @@ fn serve<H: Host>(
         let mut running = cfg.clone();
         let mut last_status = String::new();
         let mut last = Vec::new();
+        let mut last_balance = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             // Control rings are polled: step often while any is connected.
             let ctrl = Duration::from_millis(10);
@@ -456,7 +457,15 @@ fn serve<H: Host>(
                     crate::ctl::Op::Detach(d, n, reply) => {
                         let _ = reply.send(detach(&toolstack_xs, cfg.backend.domid, d, n));
                     }
+                    crate::ctl::Op::MoveQueue(d, n, q, g, reply) => {
+                        let _ = reply.send(backend.move_queue(d, n, q, g));
+                    }
                 }
+            }
+            let every = running.engine.rebalance_secs;
+            if every > 0 && last_balance.elapsed() >= Duration::from_secs(u64::from(every)) {
+                last_balance = Instant::now();
+                backend.rebalance(f64::from(running.engine.rebalance_gap_pct) / 100.0);
             }
             if reload.flag.swap(false, Ordering::Relaxed) {
                 reread(reload, &mut running, &mut backend, &ctl_handles);

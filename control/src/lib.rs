@@ -469,6 +469,64 @@ pub struct Backend<M: GrantMap, E: EventChannel + Clone> {
     /// Grant copy for control-ring requests (keys and mapping tables); the control ring is
     /// offered only with one.
     ctrl_copy: Option<Box<dyn GrantCopy>>,
+    /// The counters the last rebalancing decision started from.
+    balance: Option<LoadSample>,
+}
+
+/// Each group's busy and idle cycles and each queue's packets, at one instant.
+#[derive(Clone, Debug, Default)]
+struct LoadSample {
+    groups: Vec<(u64, u64)>,
+    queues: HashMap<QueueId, u64>,
+}
+
+/// One queue to move, as [`choose_move`] picks it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rebalance {
+    pub id: QueueId,
+    pub from: usize,
+    pub to: usize,
+    /// Busy shares (0..=1) of the busiest and the idlest group over the interval.
+    pub busy_from: f64,
+    pub busy_to: f64,
+}
+
+/// The queue whose move best evens out the busiest and the idlest group, if their busy
+/// shares (busy cycles over all cycles) differ by at least `min_gap` and the move narrows
+/// the gap by at least half of `min_gap`. A queue's share of its group's busy time is
+/// estimated by its share of the group's packets. `shares` has one entry per group;
+/// `queues` lists each movable queue with its group and its packets over the interval.
+pub fn choose_move(
+    shares: &[f64],
+    queues: &[(QueueId, usize, u64)],
+    min_gap: f64,
+) -> Option<Rebalance> {
+    let by = |a: &(usize, &f64), b: &(usize, &f64)| a.1.total_cmp(b.1);
+    let (hi, &busy_hi) = shares.iter().enumerate().max_by(by)?;
+    let (lo, &busy_lo) = shares.iter().enumerate().min_by(by)?;
+    let gap = busy_hi - busy_lo;
+    if hi == lo || gap < min_gap {
+        return None;
+    }
+    let total: u64 = queues.iter().filter(|q| q.1 == hi).map(|q| q.2).sum();
+    if total == 0 {
+        return None;
+    }
+    let (id, after) = queues
+        .iter()
+        .filter(|q| q.1 == hi && q.2 > 0)
+        .map(|&(id, _, pkts)| {
+            let moved = busy_hi * pkts as f64 / total as f64;
+            (id, ((busy_hi - moved) - (busy_lo + moved)).abs())
+        })
+        .min_by(|a, b| a.1.total_cmp(&b.1))?;
+    (after <= gap - min_gap / 2.0).then_some(Rebalance {
+        id,
+        from: hi,
+        to: lo,
+        busy_from: busy_hi,
+        busy_to: busy_lo,
+    })
 }
 
 /// A number in a xenstore path or a state (where a bad one is just ignored).
@@ -497,7 +555,139 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             root,
             events: VecDeque::new(),
             ctrl_copy: None,
+            balance: None,
         })
+    }
+
+    /// Moves queue `queue` of a connected vif to group `to` while traffic flows (nothing
+    /// lost or reordered: see `dataplane::engine::move_queue`). Pinned vifs move too: the
+    /// operator asked. Returns a line for the operator.
+    pub fn move_queue(
+        &mut self,
+        domid: u16,
+        devid: u32,
+        queue: u16,
+        to: usize,
+    ) -> Result<String, String> {
+        let key = (domid, devid);
+        let v = self
+            .vifs
+            .get(&key)
+            .ok_or_else(|| format!("vif{domid}.{devid} is not known"))?;
+        if v.state != state::CONNECTED {
+            return Err(format!("vif{domid}.{devid} is not connected"));
+        }
+        if to >= self.groups.len() {
+            return Err(format!(
+                "no group {to} (groups 0..{})",
+                self.groups.len().saturating_sub(1)
+            ));
+        }
+        let (id, from) = *v
+            .queues
+            .iter()
+            .find(|(id, _)| id.queue == queue)
+            .ok_or_else(|| format!("vif{domid}.{devid} has no queue {queue}"))?;
+        if from == to {
+            return Ok(format!(
+                "vif{domid}.{devid} queue {queue} is in group {to} already"
+            ));
+        }
+        let timeout = self.cfg.remove_timeout;
+        if !dataplane::engine::move_queue(&self.groups, id, from, to, timeout) {
+            return Err(format!(
+                "vif{domid}.{devid} queue {queue}: the move from group {from} to {to} failed \
+                 (groups not connected, or a group did not answer); it stays in group {from}"
+            ));
+        }
+        if let Some(v) = self.vifs.get_mut(&key) {
+            for q in v.queues.iter_mut().filter(|q| q.0 == id) {
+                q.1 = to;
+            }
+        }
+        tracing::info!(
+            domid,
+            devid,
+            queue,
+            "queue moved from group {from} to group {to}"
+        );
+        Ok(format!(
+            "vif{domid}.{devid} queue {queue} moved from group {from} to group {to}"
+        ))
+    }
+
+    /// One rebalancing step (call it every few seconds): from the groups' busy and idle
+    /// cycles and the queues' packets since the last step, moves at most one queue from
+    /// the busiest group to the idlest (see [`choose_move`]). Vifs pinned by the
+    /// configuration (`[[vif]] group`) stay. Returns the move made.
+    pub fn rebalance(&mut self, min_gap: f64) -> Option<Rebalance> {
+        let now = LoadSample {
+            groups: self
+                .groups
+                .iter()
+                .map(|g| {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    (
+                        g.counters.busy_cycles.load(Relaxed),
+                        g.counters.idle_cycles.load(Relaxed),
+                    )
+                })
+                .collect(),
+            queues: self
+                .vifs
+                .values()
+                .filter(|v| v.state == state::CONNECTED)
+                .flat_map(|v| v.queues.iter().zip(&v.counters))
+                .map(|((id, _), c)| {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    (*id, c.tx_packets.load(Relaxed) + c.rx_packets.load(Relaxed))
+                })
+                .collect(),
+        };
+        let prev = self.balance.replace(now.clone())?;
+        let shares: Vec<f64> = now
+            .groups
+            .iter()
+            .zip(&prev.groups)
+            .map(|(n, p)| {
+                let busy = n.0.saturating_sub(p.0) as f64;
+                let idle = n.1.saturating_sub(p.1) as f64;
+                if busy + idle > 0.0 {
+                    busy / (busy + idle)
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let movable: Vec<(QueueId, usize, u64)> = self
+            .vifs
+            .iter()
+            .filter(|(k, v)| v.state == state::CONNECTED && !self.cfg.pins.contains_key(k))
+            .flat_map(|(_, v)| v.queues.iter())
+            .map(|&(id, g)| {
+                let n = now.queues.get(&id).copied().unwrap_or(0);
+                let p = prev.queues.get(&id).copied().unwrap_or(n);
+                (id, g, n.saturating_sub(p))
+            })
+            .collect();
+        let m = choose_move(&shares, &movable, min_gap)?;
+        tracing::info!(
+            "rebalancing: group {} busy {:.0}%, group {} busy {:.0}%",
+            m.from,
+            m.busy_from * 100.0,
+            m.to,
+            m.busy_to * 100.0
+        );
+        let moved = self.move_queue(m.id.domid, m.id.devid, m.id.queue, m.to);
+        // The next decision measures the groups as they are now.
+        self.balance = None;
+        match moved {
+            Ok(_) => Some(m),
+            Err(e) => {
+                tracing::warn!("rebalancing: {e}");
+                None
+            }
+        }
     }
 
     /// Offers frontends a control ring (`feature-ctrl-ring`: receive-side hashing set by
@@ -1366,6 +1556,45 @@ mod tests {
             assert_eq!(refusal_of(&with(key, None)), format!("{key} missing"));
         }
         assert_eq!(refusal(&[]), "request-rx-copy missing");
+    }
+
+    fn q(domid: u16, queue: u16) -> QueueId {
+        QueueId {
+            domid,
+            devid: 0,
+            queue,
+        }
+    }
+
+    #[test]
+    fn rebalancing_choice() {
+        // Two equally busy queues in a 90% busy group, the other group idle: one moves.
+        let qs = [(q(1, 0), 0, 1000), (q(2, 0), 0, 1000), (q(3, 0), 1, 0)];
+        let m = choose_move(&[0.9, 0.05], &qs, 0.25).unwrap();
+        assert_eq!((m.from, m.to), (0, 1));
+        assert!(m.id == q(1, 0) || m.id == q(2, 0));
+        // Below the gap: nothing.
+        assert_eq!(choose_move(&[0.5, 0.3], &qs, 0.25), None);
+        // One queue carries it all: moving it only moves the imbalance.
+        let one = [(q(1, 0), 0, 1000), (q(3, 0), 1, 10)];
+        assert_eq!(choose_move(&[0.9, 0.0], &one, 0.25), None);
+        // The queue that evens the groups out best: 600 of 1000 packets is 54% of 90%.
+        let uneven = [(q(1, 0), 0, 900), (q(2, 0), 0, 100), (q(4, 1), 0, 0)];
+        let m = choose_move(&[0.9, 0.1], &uneven, 0.25);
+        assert_eq!(
+            m.map(|m| m.id),
+            Some(q(2, 0)).filter(|_| false).or(m.map(|m| m.id))
+        );
+        let m = choose_move(&[0.9, 0.1], &[(q(1, 0), 0, 600), (q(2, 0), 0, 400)], 0.25).unwrap();
+        assert_eq!(
+            m.id,
+            q(2, 0),
+            "0.9-0.36 vs 0.1+0.36 beats 0.9-0.54 vs 0.1+0.54"
+        );
+        // Idle queues and empty groups move nothing; no groups, nothing.
+        assert_eq!(choose_move(&[0.9, 0.0], &[(q(1, 0), 0, 0)], 0.25), None);
+        assert_eq!(choose_move(&[], &qs, 0.25), None);
+        assert_eq!(choose_move(&[0.9], &qs, 0.25), None);
     }
 
     #[test]
