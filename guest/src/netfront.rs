@@ -1102,8 +1102,9 @@ impl Netfront {
     }
 }
 
-/// A netfront queue as a [`crate::stack::FrameLink`]: frames go out as single- or
-/// multi-slot packets without offloads; received packets come back whole.
+/// A netfront as a [`crate::stack::FrameLink`]: frames go out on queue `queue` as single-
+/// or multi-slot packets without offloads; received packets come back whole from every
+/// queue (the backend picks a multi-queue vif's queue by flow).
 pub struct NetfrontLink {
     pub nf: Netfront,
     pub queue: usize,
@@ -1123,8 +1124,11 @@ impl NetfrontLink {
 impl crate::stack::FrameLink for NetfrontLink {
     fn recv(&mut self) -> Option<Vec<u8>> {
         if self.rx.is_empty() {
-            if let Ok(pkts) = self.nf.poll_rx(self.queue) {
-                self.rx.extend(pkts.into_iter().map(|p| p.data));
+            let n = self.nf.queues.len();
+            for k in 0..n {
+                if let Ok(pkts) = self.nf.poll_rx((self.queue + k) % n) {
+                    self.rx.extend(pkts.into_iter().map(|p| p.data));
+                }
             }
         }
         self.rx.pop_front()
