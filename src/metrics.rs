@@ -33,6 +33,8 @@ pub struct Shared {
     /// The uplink port and its name, for link state and DPDK xstats; taken away on shutdown
     /// so the port closes (and returns its mbufs) before the pool goes.
     pub port: Mutex<Option<(String, Arc<pmd::Port>)>>,
+    /// How vifs' frames from the wire reach their groups (NIC flow rule or software).
+    pub steering: Arc<control::SteeringCounters>,
 }
 
 /// The registry of one scrape, and every family declared in it: the registry leaves out a
@@ -340,6 +342,21 @@ pub fn render(s: &Shared) -> prometheus::Result<String> {
         for (stat, v) in port.xstats().unwrap_or_default() {
             xs.with_label_values(&[name.as_str(), stat.as_str()])
                 .set(v as i64);
+        }
+        let steer = r.counter(
+            "netbackd_port_steering_total",
+            "With several groups: flow rules installed in the port to deliver a vif's frames to \
+             its group's queue (installed), and vif connections left to software handoff \
+             because the port cannot steer (software).",
+            &["port", "result"],
+        )?;
+        for (result, a) in [
+            ("installed", &s.steering.installed),
+            ("software", &s.steering.software),
+        ] {
+            steer
+                .with_label_values(&[name.as_str(), result])
+                .inc_by(a.load(Ordering::Relaxed));
         }
     }
     f.encode()

@@ -371,6 +371,7 @@ fn serve<H: Host>(
         if cfg.backend.ctrl_ring {
             backend.enable_ctrl_ring(host.ctrl_copy().context("grant copy for control rings")?);
         }
+        let steering = backend.enable_nic_steering(port.clone());
         tracing::info!(
             "serving the vifs of dom{}'s backend directory (ready in {:.0} ms)",
             cfg.backend.domid,
@@ -385,6 +386,7 @@ fn serve<H: Host>(
             )),
             groups: group_counters,
             port: std::sync::Mutex::new(Some((name.clone(), port.clone()))),
+            steering,
         });
         if !cfg.metrics.listen.is_empty() {
             let addr = crate::metrics::serve(&cfg.metrics.listen, shared.clone())?;

@@ -264,9 +264,24 @@ fn four_groups_one_l2_domain() {
         "{out} frames left through the uplink during vif-to-vif transfers"
     );
 
-    // 4. Every group handed frames to the others.
+    // 4. Every group handed frames to the others; each vif was given a flow rule in the port
+    //    or (net_tap here cannot steer by MAC) left to software handoff.
     let (code, body) = http_get(&maddr, "/metrics");
     assert_eq!(code, 200);
+    let steer = |r: &str| {
+        sample(
+            &body,
+            "netbackd_port_steering_total",
+            &[&format!("result=\"{r}\"")],
+        )
+        .unwrap_or(0.0)
+    };
+    eprintln!(
+        "steering: installed {}, software {}",
+        steer("installed"),
+        steer("software")
+    );
+    assert_eq!(steer("installed") + steer("software"), 8.0, "{body}");
     for gi in 0..4 {
         let g = format!("group=\"{gi}\"");
         let sent = sample(

@@ -431,6 +431,28 @@ struct Vif {
     name: String,
     /// The control ring, when the frontend made one (and the backend offers it).
     ctrl: Option<CtrlConn>,
+    /// The port's rule delivering the vif's frames to its first queue's group.
+    nic_rule: Option<pmd::FlowRule>,
+}
+
+/// Steering in the NIC: a flow rule per vif MAC (+ VLAN) delivering its frames to the port
+/// queue of the group that runs its first queue, so the groups hand over less. Where the
+/// port refuses (most virtual devices), frames land wherever RSS puts them and the groups
+/// hand them over in software.
+struct NicSteering {
+    port: Arc<pmd::Port>,
+    /// False after the port refused a rule: it is not asked again.
+    usable: bool,
+    counters: Arc<SteeringCounters>,
+}
+
+/// How each connected vif's frames from the wire reach its group (for metrics).
+#[derive(Debug, Default)]
+pub struct SteeringCounters {
+    /// Vifs given a flow rule in the NIC.
+    pub installed: std::sync::atomic::AtomicU64,
+    /// Vifs left to software handoff (the port cannot steer).
+    pub software: std::sync::atomic::AtomicU64,
 }
 
 /// A connected control ring: served by the control thread (as Linux serves it from a
@@ -471,6 +493,7 @@ pub struct Backend<M: GrantMap, E: EventChannel + Clone> {
     ctrl_copy: Option<Box<dyn GrantCopy>>,
     /// The counters the last rebalancing decision started from.
     balance: Option<LoadSample>,
+    nic: Option<NicSteering>,
 }
 
 /// Each group's busy and idle cycles and each queue's packets, at one instant.
@@ -556,7 +579,59 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             events: VecDeque::new(),
             ctrl_copy: None,
             balance: None,
+            nic: None,
         })
+    }
+
+    /// Steers each vif's frames in the NIC (rte_flow) to its group's queue of `port`
+    /// (group i polls port queue i), when there are several groups and the port can; the
+    /// returned counters say how each vif was served. Call before the first step.
+    pub fn enable_nic_steering(&mut self, port: Arc<pmd::Port>) -> Arc<SteeringCounters> {
+        let counters = Arc::new(SteeringCounters::default());
+        self.nic = Some(NicSteering {
+            port,
+            usable: self.groups.len() > 1,
+            counters: counters.clone(),
+        });
+        counters
+    }
+
+    /// (Re)installs the flow rule of a connected vif toward the group of its first queue.
+    fn steer_vif(&mut self, key: (u16, u32), mac: [u8; 6]) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(nic) = self.nic.as_mut() else {
+            return;
+        };
+        if self.groups.len() < 2 {
+            return;
+        }
+        let Some(v) = self.vifs.get_mut(&key) else {
+            return;
+        };
+        v.nic_rule = None;
+        let Some(&(_, gi)) = v.queues.first() else {
+            return;
+        };
+        if !nic.usable {
+            nic.counters.software.fetch_add(1, Relaxed);
+            return;
+        }
+        let vlan = self.cfg.vlans.get(&key).copied();
+        match nic.port.steer_mac(mac, vlan, gi as u16) {
+            Ok(rule) => {
+                v.nic_rule = Some(rule);
+                nic.counters.installed.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                tracing::info!(
+                    "port {}: no flow steering ({e}); frames for a vif reach its group by \
+                     software handoff",
+                    nic.port.name()
+                );
+                nic.usable = false;
+                nic.counters.software.fetch_add(1, Relaxed);
+            }
+        }
     }
 
     /// Moves queue `queue` of a connected vif to group `to` while traffic flows (nothing
@@ -982,6 +1057,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                     credit: None,
                     name,
                     ctrl: None,
+                    nic_rule: None,
                 },
             );
             let _ = self
@@ -1199,6 +1275,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             v.queues.push((id, gi));
             v.counters.push(c);
         }
+        self.steer_vif(key, mac);
         Ok(())
     }
 
@@ -1317,6 +1394,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             v.queues.clear();
             v.counters.clear();
             v.ctrl = None;
+            v.nic_rule = None;
             for p in v.ports.drain(..) {
                 let _ = self.ev.unbind(p);
             }
@@ -1336,6 +1414,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
         let counters = std::mem::take(&mut v.counters);
         v.ctrl = None;
         v.credit = None;
+        v.nic_rule = None;
         // The groups no longer use the channels (removal acknowledged): unbind them.
         for p in v.ports.drain(..) {
             let _ = self.ev.unbind(p);

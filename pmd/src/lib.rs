@@ -17,7 +17,7 @@ pub use eal::Eal;
 pub use error::{rte_errno, strerror, PmdError};
 pub use mbuf::{free_bulk, Mbuf};
 pub use mempool::Mempool;
-pub use port::{LinkStatus, Port, PortConfig, PortInfo};
+pub use port::{FlowRule, LinkStatus, Port, PortConfig, PortInfo};
 pub use ring::{MbufRing, RingConsumer, RingProducer};
 
 /// Re-exported raw bindings, for the few places that need a constant or a field.

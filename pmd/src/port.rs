@@ -12,6 +12,25 @@ pub struct Port {
     started: bool,
 }
 
+/// A flow rule on a port ([`Port::steer_mac`]); removed when dropped (drop it before the
+/// port).
+#[derive(Debug)]
+pub struct FlowRule {
+    port: u16,
+    flow: std::ptr::NonNull<sys::rte_flow>,
+}
+
+// SAFETY: the handle is only passed back to rte_flow_destroy with its port id, which DPDK
+// allows from any thread (flow API calls are serialised per port by the PMD).
+unsafe impl Send for FlowRule {}
+
+impl Drop for FlowRule {
+    fn drop(&mut self) {
+        // SAFETY: the flow was created on this port and is destroyed once, here.
+        unsafe { sys::nbd_flow_destroy(self.port, self.flow.as_ptr()) };
+    }
+}
+
 /// What a port can do, from `rte_eth_dev_info_get`.
 #[derive(Clone, Debug)]
 pub struct PortInfo {
@@ -109,6 +128,46 @@ impl Port {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Asks the port (`rte_flow`) to deliver ingress frames for destination `mac` (and VLAN
+    /// ID `vlan`, when given) to RX queue `queue`. Refused (an error saying why) by ports
+    /// without flow steering: most virtual devices.
+    pub fn steer_mac(
+        &self,
+        mac: [u8; 6],
+        vlan: Option<u16>,
+        queue: u16,
+    ) -> Result<FlowRule, PmdError> {
+        let (mut code, mut msg) = (0i32, std::ptr::null());
+        let vlan = vlan.map_or(-1, |v| i32::from(v & 0x0fff));
+        // SAFETY: `mac` is 6 readable bytes; the out pointers are valid locals; the port id
+        // is this port's.
+        let f = unsafe {
+            sys::nbd_flow_mac_to_queue(self.id, mac.as_ptr(), vlan, queue, &mut code, &mut msg)
+        };
+        match std::ptr::NonNull::new(f) {
+            Some(flow) => Ok(FlowRule {
+                port: self.id,
+                flow,
+            }),
+            None => {
+                let why = if msg.is_null() {
+                    crate::error::strerror(-code)
+                } else {
+                    // SAFETY: DPDK's flow error messages are static NUL-terminated strings.
+                    unsafe { CStr::from_ptr(msg) }
+                        .to_string_lossy()
+                        .into_owned()
+                };
+                Err(PmdError::Port {
+                    port: self.id,
+                    op: "rte_flow (MAC to queue)",
+                    code,
+                    msg: why,
+                })
+            }
+        }
     }
 
     pub fn info(&self) -> Result<PortInfo, PmdError> {

@@ -40,6 +40,12 @@ fn net_ring_round_trip() {
         port.configure_and_start(&PortConfig::default(), &pool)
             .expect("start");
         assert!(port.link().unwrap().up);
+        // net_ring has no flow API: a MAC steering rule is refused with a reason, nothing
+        // is installed (netbackd then hands frames over in software).
+        let e = port
+            .steer_mac([0x00, 0x16, 0x3e, 0, 0, 1], Some(100), 0)
+            .expect_err("net_ring cannot steer");
+        assert!(e.to_string().contains("rte_flow"), "{e}");
         let args = Eal::default_args("x", 64);
         assert!(args.contains(&"--no-pci".to_string()));
         assert!(

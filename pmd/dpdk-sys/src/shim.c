@@ -3,6 +3,7 @@
 #include <rte_errno.h>
 #include <rte_lcore.h>
 #include <rte_cycles.h>
+#include <string.h>
 
 uint16_t nbd_eth_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n)
 { return rte_eth_rx_burst(port, queue, pkts, n); }
@@ -48,3 +49,67 @@ int nbd_vlan_strip(struct rte_mbuf *m) { return rte_vlan_strip(m); }
 int nbd_vlan_insert(struct rte_mbuf **m) { return rte_vlan_insert(m); }
 uint64_t nbd_get_tsc_cycles(void) { return rte_get_tsc_cycles(); }
 uint64_t nbd_get_tsc_hz(void) { return rte_get_tsc_hz(); }
+
+struct rte_flow *nbd_flow_mac_to_queue(uint16_t port, const uint8_t *mac, int vlan,
+                                       uint16_t queue, int *code, const char **msg)
+{
+    struct rte_flow_attr attr;
+    struct rte_flow_item_eth eth_spec, eth_mask;
+    struct rte_flow_item_vlan vlan_spec, vlan_mask;
+    struct rte_flow_item pattern[3];
+    struct rte_flow_action_queue q;
+    struct rte_flow_action actions[2];
+    struct rte_flow_error err;
+    struct rte_flow *f;
+    int n = 1, ret;
+
+    memset(&attr, 0, sizeof(attr));
+    attr.ingress = 1;
+    memset(&eth_spec, 0, sizeof(eth_spec));
+    memset(&eth_mask, 0, sizeof(eth_mask));
+    memcpy(eth_spec.dst.addr_bytes, mac, RTE_ETHER_ADDR_LEN);
+    memset(eth_mask.dst.addr_bytes, 0xff, RTE_ETHER_ADDR_LEN);
+    memset(pattern, 0, sizeof(pattern));
+    pattern[0].type = RTE_FLOW_ITEM_TYPE_ETH;
+    pattern[0].spec = &eth_spec;
+    pattern[0].mask = &eth_mask;
+    if (vlan >= 0) {
+        memset(&vlan_spec, 0, sizeof(vlan_spec));
+        memset(&vlan_mask, 0, sizeof(vlan_mask));
+        vlan_spec.tci = rte_cpu_to_be_16((uint16_t)(vlan & 0x0fff));
+        vlan_mask.tci = rte_cpu_to_be_16(0x0fff);
+        pattern[1].type = RTE_FLOW_ITEM_TYPE_VLAN;
+        pattern[1].spec = &vlan_spec;
+        pattern[1].mask = &vlan_mask;
+        n = 2;
+    }
+    pattern[n].type = RTE_FLOW_ITEM_TYPE_END;
+    memset(&q, 0, sizeof(q));
+    q.index = queue;
+    memset(actions, 0, sizeof(actions));
+    actions[0].type = RTE_FLOW_ACTION_TYPE_QUEUE;
+    actions[0].conf = &q;
+    actions[1].type = RTE_FLOW_ACTION_TYPE_END;
+    memset(&err, 0, sizeof(err));
+    *code = 0;
+    *msg = NULL;
+    ret = rte_flow_validate(port, &attr, pattern, actions, &err);
+    if (ret != 0) {
+        *code = ret;
+        *msg = err.message;
+        return NULL;
+    }
+    f = rte_flow_create(port, &attr, pattern, actions, &err);
+    if (f == NULL) {
+        *code = -rte_errno;
+        *msg = err.message;
+    }
+    return f;
+}
+
+int nbd_flow_destroy(uint16_t port, struct rte_flow *flow)
+{
+    struct rte_flow_error err;
+    memset(&err, 0, sizeof(err));
+    return rte_flow_destroy(port, flow, &err);
+}

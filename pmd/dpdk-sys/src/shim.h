@@ -7,6 +7,7 @@
 #include <rte_mbuf.h>
 #include <rte_ring.h>
 #include <rte_ip.h>
+#include <rte_flow.h>
 
 uint16_t nbd_eth_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);
 uint16_t nbd_eth_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);
@@ -38,6 +39,12 @@ uint16_t nbd_ipv4_udptcp_cksum_mbuf(const struct rte_mbuf *m, const struct rte_i
 uint16_t nbd_ipv6_udptcp_cksum_mbuf(const struct rte_mbuf *m, const struct rte_ipv6_hdr *h, uint16_t l4_off);
 int nbd_vlan_strip(struct rte_mbuf *m);
 int nbd_vlan_insert(struct rte_mbuf **m);
+/* Not a wrapper: an rte_flow rule sending ingress frames whose destination MAC is `mac` (and,
+ * when vlan >= 0, whose VLAN ID is `vlan`) to RX queue `queue`, validated first. NULL when the
+ * port refuses: *code is the negative errno, *msg DPDK's static message or NULL. */
+struct rte_flow *nbd_flow_mac_to_queue(uint16_t port, const uint8_t *mac, int vlan,
+                                       uint16_t queue, int *code, const char **msg);
+int nbd_flow_destroy(uint16_t port, struct rte_flow *flow);
 uint64_t nbd_get_tsc_cycles(void);
 uint64_t nbd_get_tsc_hz(void);
 
