@@ -407,6 +407,7 @@ mod tests {
             domains: Mutex::new(Domains::new(8)),
             groups: Vec::new(),
             port: Mutex::new(None),
+            steering: Default::default(),
         }
     }
 
