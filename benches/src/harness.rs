@@ -212,6 +212,9 @@ pub struct Snapshot {
     pub busy_cycles: u64,
     pub idle_cycles: u64,
     pub handoffs: u64,
+    pub handoff_ring_full: u64,
+    /// Each queue's guest-TX and guest-RX packets.
+    pub queue_packets: Vec<(u64, u64)>,
 }
 
 fn snapshot(qs: &[Arc<QueueCounters>], gs: &[Arc<GroupCounters>]) -> Snapshot {
@@ -231,8 +234,10 @@ fn snapshot(qs: &[Arc<QueueCounters>], gs: &[Arc<GroupCounters>]) -> Snapshot {
         s.busy_cycles += l(&g.busy_cycles);
         s.idle_cycles += l(&g.idle_cycles);
         s.handoffs += l(&g.handoffs);
+        s.handoff_ring_full += l(&g.handoff_ring_full);
     }
     for q in qs {
+        s.queue_packets.push((l(&q.tx_packets), l(&q.rx_packets)));
         s.tx_packets += l(&q.tx_packets);
         s.tx_bytes += l(&q.tx_bytes);
         s.rx_packets += l(&q.rx_packets);
@@ -317,6 +322,9 @@ pub struct Measured {
     pub guest_rx_errors: u64,
     /// Frames handed between groups in the measured intervals (when there are several).
     pub handoffs: u64,
+    /// Each group's packets per second over the measured intervals, counted as the point
+    /// counts them (guest TX, guest RX, or both) on the queues the group runs.
+    pub group_pps: Vec<f64>,
 }
 
 /// Host, pool and domain numbering shared by all points of a run.
@@ -457,7 +465,8 @@ impl Bench {
             })?;
         }
         // The guests are running: from here on every exit path stops and joins them.
-        let res = measure(&mut gs, &qcs, &gc, spec.dir, timing, progress);
+        let queue_group: Vec<usize> = (0..domids.len()).map(group_of).collect();
+        let res = measure(&mut gs, &qcs, &queue_group, &gc, spec.dir, timing, progress);
         stop.store(true, Ordering::Relaxed);
         // Drain: keep polling so that what is in flight completes and is counted.
         let t = Instant::now();
@@ -574,6 +583,7 @@ fn poll_all(gs: &mut [Group<xen::sim::SimGrant, xen::sim::SimEvtchn>]) -> usize 
 fn measure(
     gs: &mut [Group<xen::sim::SimGrant, xen::sim::SimEvtchn>],
     qcs: &[Arc<QueueCounters>],
+    queue_group: &[usize],
     gc: &[Arc<GroupCounters>],
     dir: Direction,
     timing: Timing,
@@ -628,6 +638,10 @@ fn measure(
         "port_tx_full".into(),
         last.port_tx_full - first.port_tx_full,
     );
+    drops.insert(
+        "handoff_ring_full".into(),
+        last.handoff_ring_full - first.handoff_ring_full,
+    );
     let iters = last.iterations - first.iterations;
     let busy = last.busy_iterations - first.busy_iterations;
     Ok(Measured {
@@ -659,5 +673,22 @@ fn measure(
         guest_rx_packets: 0,
         guest_rx_errors: 0,
         handoffs: last.handoffs - first.handoffs,
+        group_pps: {
+            let mut per = vec![0u64; gc.len()];
+            for ((l, f), &g) in last
+                .queue_packets
+                .iter()
+                .zip(&first.queue_packets)
+                .zip(queue_group)
+            {
+                let (tx, rx) = (l.0 - f.0, l.1 - f.1);
+                per[g.min(gc.len() - 1)] += match dir {
+                    Direction::Tx => tx,
+                    Direction::Rx | Direction::G2g => rx,
+                    Direction::Bidir => tx + rx,
+                };
+            }
+            per.iter().map(|&n| n as f64 / dt).collect()
+        },
     })
 }

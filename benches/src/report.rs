@@ -20,6 +20,8 @@ pub struct Row {
     pub cross: u8,
     /// Frames handed between groups per packet counted.
     pub handoffs_per_packet: f64,
+    /// Each group's Mpps (median over rounds), counted on the queues it runs.
+    pub group_mpps: Vec<f64>,
     pub wire: String,
     /// Median over rounds of each round's median interval rate.
     pub mpps: f64,
@@ -93,6 +95,9 @@ impl Row {
             } else {
                 handoffs as f64 / packets as f64
             },
+            group_mpps: (0..rounds.iter().map(|m| m.group_pps.len()).max().unwrap_or(0))
+                .map(|g| med(&|m| m.group_pps.get(g).copied().unwrap_or(0.0)) / 1e6)
+                .collect(),
             wire: wire.into(),
             mpps: med(&|m| median(&m.pps)) / 1e6,
             mpps_min: min(&all_pps) / 1e6,
@@ -159,6 +164,8 @@ pub fn table(rows: &[Row]) -> String {
         "dir", "size", "vifs", "Mpps", "min-max", "Gbit/s", "cyc/pkt", "busy/pk", "idle%", "idlT%", "ops/cp", "batch",
         "ntf/pkt", "drops", "overload", "limit", "vhost", "x vh", "memcpy", "x mc", "grp", "xg%", "hof/pk"
     );
+    let _ = s.pop();
+    let _ = writeln!(s, " per-group Mpps");
     for r in rows {
         let _ = writeln!(
             s,
@@ -187,6 +194,9 @@ pub fn table(rows: &[Row]) -> String {
             r.cross,
             r.handoffs_per_packet,
         );
+        let _ = s.pop();
+        let per: Vec<String> = r.group_mpps.iter().map(|m| format!("{m:.2}")).collect();
+        let _ = writeln!(s, " {}", per.join("/"));
     }
     let _ = writeln!(
         s,
@@ -198,8 +208,34 @@ pub fn table(rows: &[Row]) -> String {
          by reason (below); overload: rx_drop_backlog_full, the wire's excess; limit 'gen': \
          idle time > threshold (the guests limit); x vh, x mc: netbackd/vhost-user, \
          netbackd/memcpy; grp: groups (one L2 domain, all polled by the one group thread); \
-         xg%: g2g pairs split over two groups; hof/pk: frames handed between groups per packet."
+         xg%: g2g pairs split over two groups; hof/pk: frames handed between groups per packet; \
+         per-group Mpps: the point's count (guest TX, RX or both) on each group's queues."
     );
+    // Same run: a frame handed between groups against one kept in its group, per point.
+    for r in rows.iter().filter(|r| r.cross == 100) {
+        if let Some(same) = rows.iter().find(|o| {
+            o.cross == 0
+                && o.dir.name() == r.dir.name()
+                && o.size == r.size
+                && o.vifs == r.vifs
+                && o.groups == r.groups
+        }) {
+            if same.busy_cycles_per_packet > 0.0 {
+                let _ = writeln!(
+                    s,
+                    "  cross-group cost {} {} x{} grp {}: {:.0} vs {:.0} busy cycles/packet \
+                     (cross/same {:.3})",
+                    r.dir.name(),
+                    r.size,
+                    r.vifs,
+                    r.groups,
+                    r.busy_cycles_per_packet,
+                    same.busy_cycles_per_packet,
+                    r.busy_cycles_per_packet / same.busy_cycles_per_packet
+                );
+            }
+        }
+    }
     for r in rows {
         let nonzero: Vec<String> = r
             .drops
