@@ -7,7 +7,6 @@
 //! requests are answered with Linux's status codes and change nothing.
 use guest::{FrontConfig, Netfront, TxMeta};
 use std::collections::{BTreeSet, HashMap};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use xen::XenStore;
 
@@ -199,21 +198,14 @@ fn guest_hash_configuration_steers_its_queues() {
     let pid = std::process::id();
     let parent = std::env::temp_dir().join(format!("nbd-ctrl-{pid}"));
     std::fs::create_dir_all(&parent).unwrap();
-    let (sim, root, _out) = start_sim(
+    let (sim, root, _out) = start_sim_with(
         &[
-            "--guest",
-            "91",
-            "--guest",
-            "92",
-            "--vif",
-            "91:0:00:16:3e:00:09:01",
-            "--vif",
-            "92:0:00:16:3e:00:09:02",
+            (91, [0x00, 0x16, 0x3e, 0x00, 0x09, 0x01]),
+            (92, [0x00, 0x16, 0x3e, 0x00, 0x09, 0x02]),
         ],
         &parent,
     );
-    let sock = format!("{root}/xenstored/socket");
-    let xs = XenStore::open_at(&sock).unwrap();
+    let xs = XenStore::open_at(&format!("{root}/xenstored/socket")).unwrap();
     let maddr = free_addr();
     let cfg = parent.join("netbackd.toml");
     std::fs::write(
@@ -222,29 +214,14 @@ fn guest_hash_configuration_steers_its_queues() {
             + "[engine]\ngroups = 2\nidle_sleep_us = 0\n",
     )
     .unwrap();
-    let run = Guard(Some(
-        Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
+    let run = spawn_run(&cfg);
     let be = |d: u16| format!("/local/domain/0/backend/vif/{d}/0");
     let mut nfs = Vec::new();
     for (d, queues, ctrl_ring) in [(91u16, 1, false), (92, 4, true)] {
-        wait_state(&xs, &format!("{}/state", be(d)), "2", 10);
         let mut fc = FrontConfig::new(d, 0);
         fc.queues = queues;
         fc.ctrl_ring = ctrl_ring;
-        let mut nf = Netfront::new(
-            &xen::sim::SimLayout::new(&root),
-            XenStore::open_at(&sock).unwrap(),
-            fc,
-        )
-        .unwrap();
-        nf.connect(Duration::from_secs(5)).unwrap();
-        wait_state(&xs, &format!("{}/state", be(d)), "4", 5);
+        let nf = attach_front(&root, &xs, fc);
         assert!(
             nf.features.ctrl_ring,
             "the backend offers feature-ctrl-ring"

@@ -67,19 +67,8 @@ fn four_groups_one_l2_domain() {
     let pid = std::process::id();
     let parent = std::env::temp_dir().join(format!("nbd-fab-{pid}"));
     std::fs::create_dir_all(&parent).unwrap();
-    let mut args = Vec::new();
-    for d in GUESTS {
-        args.push("--guest".to_string());
-        args.push(d.to_string());
-        args.push("--vif".to_string());
-        let m = mac(d);
-        args.push(format!(
-            "{d}:0:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        ));
-    }
-    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    let (sim, root, _out) = start_sim(&args, &parent);
+    let guests: Vec<(u16, [u8; 6])> = GUESTS.iter().map(|&d| (d, mac(d))).collect();
+    let (sim, root, _out) = start_sim_with(&guests, &parent);
     let sock = format!("{root}/xenstored/socket");
     let xs = XenStore::open_at(&sock).unwrap();
     let maddr = free_addr();
@@ -92,14 +81,7 @@ fn four_groups_one_l2_domain() {
             + "[engine]\ngroups = 4\nidle_sleep_us = 200\n",
     )
     .unwrap();
-    let run = Guard(Some(
-        Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
+    let run = spawn_run(&cfg);
     // The wire: the tap's kernel side in a namespace of our own, moved there once the
     // daemon serves (its port started: DPDK opens the tap's queues by name in our
     // namespace, so moving it earlier would leave them on a new tap of the same name).
@@ -121,22 +103,14 @@ fn four_groups_one_l2_domain() {
 
     // Eight guests; 72 and 76 with two queues. Least loaded per queue puts them in groups
     // 71:0 72:1,2 73:3 74:0 75:1 76:2,3 77:0 78:1.
-    let mut nfs = Vec::new();
-    for d in GUESTS {
-        let be = format!("/local/domain/0/backend/vif/{d}/0/state");
-        wait_state(&xs, &be, "2", 10);
-        let mut fc = FrontConfig::new(d, 0);
-        fc.queues = if d == 72 || d == 76 { 2 } else { 1 };
-        let mut nf = Netfront::new(
-            &xen::sim::SimLayout::new(&root),
-            XenStore::open_at(&sock).unwrap(),
-            fc,
-        )
-        .unwrap();
-        nf.connect(Duration::from_secs(5)).unwrap();
-        wait_state(&xs, &be, "4", 5);
-        nfs.push(nf);
-    }
+    let mut nfs: Vec<Netfront> = GUESTS
+        .into_iter()
+        .map(|d| {
+            let mut fc = FrontConfig::new(d, 0);
+            fc.queues = if d == 72 || d == 76 { 2 } else { 1 };
+            attach_front(&root, &xs, fc)
+        })
+        .collect();
     assert_eq!(nfs[1].queues.len(), 2);
 
     // 1. A broadcast from 71: once to every other guest (on whichever queue), never back.

@@ -6,7 +6,7 @@
 //! group or vif that does not exist.
 use guest::pktgen::{PktGen, Sink};
 use guest::{FrontConfig, Netfront, TxMeta};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use xen::XenStore;
 
@@ -43,25 +43,11 @@ fn busy_group_sheds_a_queue_without_losing_a_frame() {
     let pid = std::process::id();
     let parent = std::env::temp_dir().join(format!("nbd-rebal-{pid}"));
     std::fs::create_dir_all(&parent).unwrap();
-    let (sim, root, _out) = start_sim(
-        &[
-            "--guest",
-            "61",
-            "--guest",
-            "62",
-            "--guest",
-            "63",
-            "--vif",
-            "61:0:00:16:3e:00:06:3d",
-            "--vif",
-            "62:0:00:16:3e:00:06:3e",
-            "--vif",
-            "63:0:00:16:3e:00:06:3f",
-        ],
+    let (sim, root, _out) = start_sim_with(
+        &[(61, mac(0x3d)), (62, mac(0x3e)), (63, mac(0x3f))],
         &parent,
     );
-    let sock = format!("{root}/xenstored/socket");
-    let xs = XenStore::open_at(&sock).unwrap();
+    let xs = XenStore::open_at(&format!("{root}/xenstored/socket")).unwrap();
     let maddr = free_addr();
     let ctl_sock = parent.join("ctl.sock");
     let cfg = parent.join("netbackd.toml");
@@ -73,28 +59,11 @@ fn busy_group_sheds_a_queue_without_losing_a_frame() {
         ) + "[engine]\ngroups = 2\nidle_sleep_us = 0\nrebalance_secs = 1\nrebalance_gap_pct = 20\n",
     )
     .unwrap();
-    let run = Guard(Some(
-        Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
-    let mut nfs = Vec::new();
-    for d in [61u16, 62, 63] {
-        let be = format!("/local/domain/0/backend/vif/{d}/0/state");
-        wait_state(&xs, &be, "2", 10);
-        let mut nf = Netfront::new(
-            &xen::sim::SimLayout::new(&root),
-            XenStore::open_at(&sock).unwrap(),
-            FrontConfig::new(d, 0),
-        )
-        .unwrap();
-        nf.connect(Duration::from_secs(5)).unwrap();
-        wait_state(&xs, &be, "4", 5);
-        nfs.push(nf);
-    }
+    let run = spawn_run(&cfg);
+    let mut nfs: Vec<Netfront> = [61u16, 62, 63]
+        .into_iter()
+        .map(|d| attach_front(&root, &xs, FrontConfig::new(d, 0)))
+        .collect();
 
     // 61 <-> 63 (both in group 0) until group 0 has shed a queue, then 2 s more.
     let gen = |s: u8, d: u8| PktGen {

@@ -69,6 +69,58 @@ impl Drop for Guard {
     }
 }
 
+/// `netbackd sim --guest D --vif D:0:MAC ...` for each (domid, MAC) in `guests`, under
+/// `parent`; as [`start_sim`].
+pub fn start_sim_with(
+    guests: &[(u16, [u8; 6])],
+    parent: &std::path::Path,
+) -> (Guard, String, SimOutput) {
+    let mut args = Vec::new();
+    for (d, m) in guests {
+        args.push("--guest".to_string());
+        args.push(d.to_string());
+        args.push("--vif".to_string());
+        args.push(format!(
+            "{d}:0:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        ));
+    }
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    start_sim(&args, parent)
+}
+
+/// `netbackd run --config CFG` (its stderr dropped).
+pub fn spawn_run(cfg: &std::path::Path) -> Guard {
+    Guard(Some(
+        std::process::Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(cfg)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ))
+}
+
+/// A netfront of the sim at `root` connected as `fc` asks, once the daemon's backend is in
+/// InitWait; returns once backend and frontend are Connected.
+pub fn attach_front(root: &str, xs: &XenStore, fc: FrontConfig) -> Netfront {
+    let be = format!(
+        "/local/domain/0/backend/vif/{}/{}/state",
+        fc.domid, fc.devid
+    );
+    wait_state(xs, &be, "2", 10);
+    let sock = format!("{root}/xenstored/socket");
+    let mut nf = Netfront::new(
+        &xen::sim::SimLayout::new(root),
+        XenStore::open_at(&sock).unwrap(),
+        fc,
+    )
+    .unwrap();
+    nf.connect(Duration::from_secs(5)).unwrap();
+    wait_state(xs, &be, "4", 5);
+    nf
+}
+
 pub fn term_and_wait(mut g: Guard) -> std::process::ExitStatus {
     let mut c = g.0.take().expect("running");
     // SAFETY: signalling our own child.
