@@ -930,17 +930,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             })
             .collect();
         for (key, why) in broken {
-            let be = self.vifs[&key].be.clone();
-            tracing::warn!(
-                domid = key.0,
-                devid = key.1,
-                "vif disabled by the engine: frontend broke the netif protocol ({why}); closing"
-            );
-            let msg = format!("frontend broke the netif protocol: {why}");
-            let _ = self.xs.write(Tx::NONE, &format!("{be}/error"), &msg);
-            self.event(key, Happened::Closed(verdict_label(why).into()));
-            self.disconnect(key);
-            self.write_state(key, state::CLOSED);
+            self.close_broken(key, &why.to_string(), verdict_label(why));
         }
     }
 
@@ -1370,20 +1360,27 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             }
         }
         for (key, e) in broken {
-            let Some(be) = self.vifs.get(&key).map(|v| v.be.clone()) else {
-                continue;
-            };
-            tracing::warn!(
-                domid = key.0,
-                devid = key.1,
-                "frontend broke the netif protocol on its control ring ({e}); closing"
-            );
-            let msg = format!("frontend broke the netif protocol: control ring: {e}");
-            let _ = self.xs.write(Tx::NONE, &format!("{be}/error"), &msg);
-            self.event(key, Happened::Closed("impossible_ctrl_index".into()));
-            self.disconnect(key);
-            self.write_state(key, state::CLOSED);
+            self.close_broken(key, &format!("control ring: {e}"), "impossible_ctrl_index");
         }
+    }
+
+    /// Closes a vif whose frontend broke the netif protocol (`why`): an `error` node
+    /// saying so, its queues taken back, Closed, counted under `label`. The frontend can
+    /// reconnect from scratch.
+    fn close_broken(&mut self, key: (u16, u32), why: &str, label: &str) {
+        let Some(be) = self.vifs.get(&key).map(|v| v.be.clone()) else {
+            return;
+        };
+        tracing::warn!(
+            domid = key.0,
+            devid = key.1,
+            "frontend broke the netif protocol ({why}); closing"
+        );
+        let msg = format!("frontend broke the netif protocol: {why}");
+        let _ = self.xs.write(Tx::NONE, &format!("{be}/error"), &msg);
+        self.event(key, Happened::Closed(label.into()));
+        self.disconnect(key);
+        self.write_state(key, state::CLOSED);
     }
 
     /// For a daemon shutting down after its groups stopped: unbinds every event channel

@@ -342,19 +342,7 @@ fn groups_share_one_l2_domain() {
 
         // 7. Remove B while the groups run on their own threads: group 0 forgets B's MAC,
         //    so a frame to it is unknown unicast again (flooded: the port and C get it).
-        let stop = Arc::new(AtomicBool::new(false));
-        let runners: Vec<_> = groups
-            .into_iter()
-            .map(|mut g| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        g.poll();
-                    }
-                    g
-                })
-            })
-            .collect();
+        let (stop, runners) = run_on_threads(groups);
         let qb = QueueId {
             domid: 6,
             devid: 0,
