@@ -405,6 +405,54 @@ fn guest_hash_configuration_steers_its_queues() {
         "the vif stayed connected through every malformed request"
     );
 
+    // 5. A control ring whose producer index is impossible (far beyond a ring ahead): the
+    //    vif is closed as one that broke the protocol, with an `error` node saying so;
+    //    the other vif keeps working.
+    let (a, b) = nfs.split_at_mut(1);
+    let (tx, rx) = (&mut a[0], &mut b[0]);
+    assert!(rx.poke_ctrl_req_prod(0x8000_0000));
+    wait_state(&xs, &format!("{}/state", be(92)), "6", 5);
+    let err = xs
+        .read(xen::Tx::NONE, &format!("{}/error", be(92)))
+        .unwrap()
+        .unwrap_or_default();
+    assert!(
+        err.starts_with("frontend broke the netif protocol: control ring:"),
+        "{err}"
+    );
+    assert_eq!(
+        xs.read(xen::Tx::NONE, &format!("{}/state", be(91)))
+            .unwrap()
+            .as_deref(),
+        Some("4")
+    );
+    let mut sink = guest::pktgen::Sink::default();
+    let mut g = guest::pktgen::PktGen {
+        src_mac: [0x00, 0x16, 0x3e, 0x00, 0x09, 0x01],
+        dst_mac: [0x02, 0, 0, 0, 0, 0x91],
+        src_ip: [10, 0, 9, 1],
+        dst_ip: [10, 0, 9, 200],
+        sport: 1,
+        dport: 1,
+        frame_len: 100,
+        seq: 0,
+    };
+    // 91's frames to an unknown MAC go out and come back (net_ring0 loops), so it still
+    // sends and receives.
+    let mut f = Vec::new();
+    for _ in 0..20 {
+        g.next_frame(&mut f);
+        tx.send(0, &f, TxMeta::default()).unwrap();
+    }
+    let t0 = Instant::now();
+    while sink.stats.packets < 20 && t0.elapsed() < Duration::from_secs(5) {
+        for p in tx.poll_rx(0).unwrap() {
+            sink.accept(&p.data);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!((sink.stats.packets, sink.stats.lost), (20, 0));
+
     for nf in &mut nfs {
         nf.close().unwrap();
     }

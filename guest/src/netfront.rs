@@ -839,6 +839,18 @@ impl Netfront {
         unsafe { std::ptr::write_volatile(p, v) };
     }
 
+    /// Writes the control ring's shared `req_prod` directly (a hostile frontend's move);
+    /// false without a control ring.
+    pub fn poke_ctrl_req_prod(&mut self, v: u32) -> bool {
+        let Some(c) = self.ctrl.as_ref() else {
+            return false;
+        };
+        let p = c.ring.page().as_ptr() as *mut u32;
+        // SAFETY: offset 0 of the mapped ring page is req_prod (4-aligned, in the page).
+        unsafe { std::ptr::write_volatile(p, v) };
+        true
+    }
+
     /// Grants a guest page holding `data` read-only to the backend (for raw requests).
     pub fn grant_data(&mut self, data: &[u8]) -> Result<u32, FrontError> {
         let f = self.alloc.frame()?;
