@@ -246,6 +246,14 @@ impl Default for EalSection {
 #[serde(deny_unknown_fields)]
 pub struct PortSection {
     pub devargs: String,
+    /// IP MTU of the port (the wire's): frames up to this plus the Ethernet header (and a
+    /// VLAN tag) are received and sent; checked against the device when it starts.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+}
+
+fn default_mtu() -> u16 {
+    1500
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -406,6 +414,9 @@ impl Config {
                     "port[{i}].devargs: {:?} is not a DPDK devargs string",
                     p.devargs
                 );
+            }
+            if !(68..=16_000).contains(&p.mtu) {
+                bail!("port[{i}].mtu: {} is not in 68..=16000", p.mtu);
             }
         }
         if self.port.len() > 1 {
@@ -690,6 +701,11 @@ groups = 1
             err(&GOOD.replace("groups = 1", "groups = 1\nrebalance_secs = 9999"))
                 .contains("engine.rebalance_secs: 9999 is not in 0..=3600")
         );
+        assert!(err(&GOOD.replace(
+            "devargs = \"net_tap0,iface=nbtap0\"",
+            "devargs = \"net_tap0,iface=nbtap0\"\nmtu = 50"
+        ))
+        .contains("port[0].mtu: 50 is not in 68..=16000"));
         assert!(err(&format!("{GOOD}[[vif]]\ndomid = 5\ngroup = 1\n"))
             .contains("vif[0].group: 1 is not in 0..1 (engine.groups)"));
         assert!(err(&format!(

@@ -343,6 +343,22 @@ pub fn render(s: &Shared) -> prometheus::Result<String> {
             xs.with_label_values(&[name.as_str(), stat.as_str()])
                 .set(v as i64);
         }
+        let pdrops = r.counter(
+            "netbackd_port_drops_total",
+            "Frames the port lost (rte_eth_stats): received in error (e.g. longer than \
+             port.mtu), missed (RX queue full), no mbuf for them, or failed to send.",
+            &["port", "reason"],
+        )?;
+        if let Ok(st) = port.stats() {
+            for (reason, v) in [
+                ("rx_errors", st.ierrors),
+                ("rx_missed", st.imissed),
+                ("rx_nombuf", st.rx_nombuf),
+                ("tx_errors", st.oerrors),
+            ] {
+                pdrops.with_label_values(&[name.as_str(), reason]).inc_by(v);
+            }
+        }
         let steer = r.counter(
             "netbackd_port_steering_total",
             "With several groups: flow rules installed in the port to deliver a vif's frames to \

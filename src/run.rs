@@ -287,10 +287,12 @@ fn serve<H: Host>(
             rx_queues: groups,
             tx_queues: groups,
             tx_offloads: caps.port_offloads(),
+            mtu: Some(cfg.port[0].mtu),
             ..Default::default()
         };
-        port.configure_and_start(&pcfg, &pool)
-            .with_context(|| format!("starting port {name}"))?;
+        port.configure_and_start(&pcfg, &pool).with_context(|| {
+            format!("starting port {name} (port[0], mtu = {})", cfg.port[0].mtu)
+        })?;
         let port = Arc::new(port);
         tracing::info!("port {name} ({}) started, {groups} group(s)", info.driver);
 
@@ -437,6 +439,8 @@ fn serve<H: Host>(
         let mut last_status = String::new();
         let mut last = Vec::new();
         let mut last_balance = Instant::now();
+        // Port receive errors (frames over the MTU among them), logged at most every 10 s.
+        let mut rx_errors = (port.stats().map_or(0, |s| s.ierrors), Instant::now());
         while !stop.load(Ordering::Relaxed) {
             // Control rings are polled: step often while any is connected.
             let ctrl = Duration::from_millis(10);
@@ -463,6 +467,19 @@ fn serve<H: Host>(
                         let _ = reply.send(backend.move_queue(d, n, q, g));
                     }
                 }
+            }
+            if rx_errors.1.elapsed() >= Duration::from_secs(10) {
+                let now = port.stats().map_or(rx_errors.0, |s| s.ierrors);
+                if now > rx_errors.0 {
+                    tracing::warn!(
+                        "port {name}: {} frames received in error in {:.0} s (longer than \
+                         port[0].mtu = {}, or malformed); netbackd_port_drops_total counts them",
+                        now - rx_errors.0,
+                        rx_errors.1.elapsed().as_secs_f64(),
+                        cfg.port[0].mtu
+                    );
+                }
+                rx_errors = (now, Instant::now());
             }
             let every = running.engine.rebalance_secs;
             if every > 0 && last_balance.elapsed() >= Duration::from_secs(u64::from(every)) {

@@ -91,6 +91,7 @@ pub fn attach_queues(
             queues,
             split_evtchn: true,
             ctrl_ring: false,
+            sg: true,
         },
     )
     .unwrap();

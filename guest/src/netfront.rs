@@ -51,6 +51,9 @@ pub struct FrontConfig {
     /// Make a control ring when the backend offers one (`feature-ctrl-ring`), as Windows
     /// PV drivers do; Linux's netfront never does (default false).
     pub ctrl_ring: bool,
+    /// Write `feature-sg` = 1 (default true): without it the backend sends no packet
+    /// larger than one page.
+    pub sg: bool,
 }
 
 impl FrontConfig {
@@ -61,6 +64,7 @@ impl FrontConfig {
             queues: 1,
             split_evtchn: true,
             ctrl_ring: false,
+            sg: true,
         }
     }
 }
@@ -550,10 +554,11 @@ impl Netfront {
                     &c.evtchn.to_string(),
                 )?;
             }
+            let sg = if self.cfg.sg { "1" } else { "0" };
             for (k, v) in [
                 ("request-rx-copy", "1"),
                 ("feature-rx-notify", "1"),
-                ("feature-sg", "1"),
+                ("feature-sg", sg),
                 ("feature-gso-tcpv4", "1"),
                 ("feature-gso-tcpv6", "1"),
                 ("feature-ipv6-csum-offload", "1"),

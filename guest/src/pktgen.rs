@@ -4,9 +4,9 @@
 use crate::stack::FrameLink;
 use std::time::{Duration, Instant};
 
-/// Smallest and largest frames (without FCS).
+/// Smallest and largest frames (without FCS): up to a jumbo frame of MTU 9000.
 pub const MIN_FRAME: usize = 60;
-pub const MAX_FRAME: usize = 1514;
+pub const MAX_FRAME: usize = 9014;
 const HDR: usize = 14 + 20 + 8;
 
 /// RFC 1071 one's-complement sum (the guest's own stack work, not the backend's).

@@ -117,10 +117,15 @@ pub struct Stack<L: FrameLink> {
 
 impl<L: FrameLink> Stack<L> {
     pub fn new(link: L, mac: [u8; 6], ip: [u8; 4], prefix: u8) -> Self {
+        Self::with_mtu(link, mac, ip, prefix, 1500)
+    }
+
+    /// As [`Stack::new`] with IP MTU `mtu` (e.g. 9000 for jumbo frames).
+    pub fn with_mtu(link: L, mac: [u8; 6], ip: [u8; 4], prefix: u8, mtu: usize) -> Self {
         let mut dev = QueueDevice {
             rx: VecDeque::new(),
             tx: VecDeque::new(),
-            mtu: 1500,
+            mtu,
         };
         let cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
         let mut iface = Interface::new(cfg, &mut dev, SInstant::from_millis(0));

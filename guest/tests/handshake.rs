@@ -79,6 +79,7 @@ fn netfront_handshake_traffic_and_close() {
                 queues: 4,
                 split_evtchn: true,
                 ctrl_ring: false,
+                sg: true,
             },
         )
         .unwrap();

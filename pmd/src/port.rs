@@ -40,6 +40,10 @@ pub struct PortInfo {
     pub rx_offload_capa: u64,
     pub tx_offload_capa: u64,
     pub rss_offloads: u64,
+    pub min_mtu: u16,
+    pub max_mtu: u16,
+    /// Longest frame the port can be configured to receive.
+    pub max_rx_pktlen: u32,
 }
 
 impl PortInfo {
@@ -65,6 +69,11 @@ pub struct PortConfig {
     /// Spread RX over the queues by RSS when there is more than one and the port can.
     pub rss: bool,
     pub promiscuous: bool,
+    /// The MTU (IP packet size; frames are 14 bytes more, 18 with a VLAN tag); None: the
+    /// device's default. Refused beyond the device's `max_mtu` or `max_rx_pktlen`. A frame
+    /// larger than one mbuf's data room is received as a chain (RX scatter, where the port
+    /// has it) and sent as one (TX multi-segment).
+    pub mtu: Option<u16>,
 }
 
 impl Default for PortConfig {
@@ -78,6 +87,7 @@ impl Default for PortConfig {
             rx_offloads: 0,
             rss: true,
             promiscuous: true,
+            mtu: None,
         }
     }
 }
@@ -192,6 +202,9 @@ impl Port {
             rx_offload_capa: info.rx_offload_capa,
             tx_offload_capa: info.tx_offload_capa,
             rss_offloads: info.flow_type_rss_offloads,
+            min_mtu: info.min_mtu,
+            max_mtu: info.max_mtu,
+            max_rx_pktlen: info.max_rx_pktlen,
         })
     }
 
@@ -216,6 +229,34 @@ impl Port {
         let mut conf = sys::rte_eth_conf::default();
         conf.txmode.offloads = cfg.tx_offloads & info.tx_offload_capa;
         conf.rxmode.offloads = cfg.rx_offloads & info.rx_offload_capa;
+        if let Some(mtu) = cfg.mtu {
+            if mtu < info.min_mtu || mtu > info.max_mtu {
+                return Err(PmdError::InvalidArgument(format!(
+                    "mtu {mtu}: port {} ({}) takes {}..={}",
+                    self.name, info.driver, info.min_mtu, info.max_mtu
+                )));
+            }
+            // Ethernet header, a VLAN tag and the CRC around the IP packet.
+            let frame = u32::from(mtu) + 14 + 4 + 4;
+            if info.max_rx_pktlen != 0 && frame > info.max_rx_pktlen {
+                return Err(PmdError::InvalidArgument(format!(
+                    "mtu {mtu}: port {} ({}) receives frames of at most {} bytes",
+                    self.name, info.driver, info.max_rx_pktlen
+                )));
+            }
+            conf.rxmode.mtu = u32::from(mtu);
+            // Frames longer than one mbuf's data room arrive as chains where the port can
+            // (RX scatter). Ports that hand mbufs over whole (net_ring, memif) need not.
+            // SAFETY: the pool is a valid pktmbuf pool.
+            let room = unsafe { sys::nbd_pktmbuf_data_room_size(pool.as_ptr()) };
+            let room = u32::from(room).saturating_sub(sys::RTE_PKTMBUF_HEADROOM);
+            if frame > room {
+                conf.rxmode.offloads |=
+                    u64::from(sys::NBD_RX_OFFLOAD_SCATTER) & info.rx_offload_capa;
+            }
+            conf.txmode.offloads |=
+                u64::from(sys::NBD_TX_OFFLOAD_MULTI_SEGS) & info.tx_offload_capa;
+        }
         if cfg.rss && cfg.rx_queues > 1 && info.rss_offloads != 0 {
             conf.rxmode.mq_mode = sys::RTE_ETH_MQ_RX_RSS;
             let want = u64::from(sys::NBD_RSS_IPV4)

@@ -108,6 +108,7 @@ fn run(cli: Cli) -> Result<(), String> {
             queues: cli.queues,
             split_evtchn: true,
             ctrl_ring: false,
+            sg: true,
         },
     )
     .map_err(|e| e.to_string())?;
