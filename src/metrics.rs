@@ -346,15 +346,22 @@ pub fn render(s: &Shared) -> prometheus::Result<String> {
         let pdrops = r.counter(
             "netbackd_port_drops_total",
             "Frames the port lost (rte_eth_stats): received in error (e.g. longer than \
-             port.mtu), missed (RX queue full), no mbuf for them, or failed to send.",
+             port.mtu), missed (RX queue full), no mbuf for them, failed to send; and frames \
+             netbackd did not send because they exceed port.mtu (tx_too_big).",
             &["port", "reason"],
         )?;
+        let too_big: u64 = s
+            .groups
+            .iter()
+            .map(|g| g.port_tx_too_big.load(Ordering::Relaxed))
+            .sum();
         if let Ok(st) = port.stats() {
             for (reason, v) in [
                 ("rx_errors", st.ierrors),
                 ("rx_missed", st.imissed),
                 ("rx_nombuf", st.rx_nombuf),
                 ("tx_errors", st.oerrors),
+                ("tx_too_big", too_big),
             ] {
                 pdrops.with_label_values(&[name.as_str(), reason]).inc_by(v);
             }

@@ -329,7 +329,8 @@ fn serve<H: Host>(
                 soft: SoftGso::new(&format!("g{gi}"), 2047, -1).context("GSO pools")?,
             };
             let (gc, ev) = host.group()?;
-            let g = Group::new(ecfg, gc, ev, io, scfg);
+            let mut g = Group::new(ecfg, gc, ev, io, scfg);
+            g.set_port_mtu(cfg.port[0].mtu);
             group_counters.push(g.counters.clone());
             built.push(g);
         }

@@ -5,7 +5,9 @@
 //!   none of them (each drop counted per vif) but small frames still; the port counts no
 //!   errors.
 //! - `net_tap` at MTU 9000: DPDK 22.11's tap reports 1522-byte frames at most, so the
-//!   daemon refuses to start, naming `port[0]` and the limit.
+//!   daemon refuses to start, naming `port[0]` and the limit;
+//! - `net_ring0` at the default 1500: 8000-byte frames toward the wire are dropped, counted
+//!   (`netbackd_port_drops_total{reason="tx_too_big"}`), smaller ones pass.
 use guest::pktgen::{PktGen, Sink};
 use guest::{FrontConfig, Netfront, TxMeta};
 use std::process::{Command, Stdio};
@@ -135,13 +137,46 @@ fn port_mtu_9000() {
         );
     }
 
+    assert!(term_and_wait(run).success());
+
+    // 3. net_ring at the default MTU 1500: the same 8000-byte frames are not sent (a
+    //    bridge would drop them too), each counted; 1000-byte ones still go round.
+    std::fs::write(
+        &cfg,
+        config("net_ring0", "1500").replace("mtu = 9000", "mtu = 1500"),
+    )
+    .unwrap();
+    let run = spawn_run(&cfg);
+    wait_state(&xs, "/local/domain/0/backend/vif/51/0/state", "4", 10);
+    wait_state(&xs, "/local/domain/0/backend/vif/52/0/state", "4", 10);
+    // What the first daemon still delivered goes first.
+    std::thread::sleep(Duration::from_millis(200));
+    for nf in &mut nfs {
+        let _ = nf.poll_rx(0).unwrap();
+    }
+    let sink = looped(&mut nfs, 0, 0, 8000, 100);
+    assert_eq!(sink.stats.packets, 0, "nothing over the MTU came back");
+    let sink = looped(&mut nfs, 0, 0, 1000, 50);
+    assert_eq!((sink.stats.packets, sink.stats.lost), (50, 0));
+    let (code, body) = http_get(&maddr, "/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(
+        sample(
+            &body,
+            "netbackd_port_drops_total",
+            &["reason=\"tx_too_big\""]
+        ),
+        Some(100.0),
+        "{body}"
+    );
+
     for nf in &mut nfs {
         nf.close().unwrap();
     }
     assert!(term_and_wait(run).success());
     assert!(term_and_wait(sim).success());
     std::fs::remove_dir_all(&parent).unwrap();
-    for run in ["tap", "ring"] {
+    for run in ["tap", "ring", "1500"] {
         assert!(!std::path::Path::new(&format!("/var/run/dpdk/nbd-rjum-{pid}-{run}")).exists());
     }
 }

@@ -93,6 +93,8 @@ pub struct GroupCounters {
     pub grant_copy_calls: AtomicU64,
     pub grant_copy_ops: AtomicU64,
     pub port_tx_full: AtomicU64,
+    /// Frames toward the port longer than its MTU allows (not TSO): dropped.
+    pub port_tx_too_big: AtomicU64,
     /// Sum of packets per busy iteration (batch size = this / busy_iterations).
     pub batched_packets: AtomicU64,
     /// Times the group slept on its event channels (adaptive mode).

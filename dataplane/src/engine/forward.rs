@@ -74,6 +74,13 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
     /// in (tagged with the vif's endpoint and the queue, sent at the end of the iteration).
     pub(super) fn deliver(&mut self, to: EndpointId, m: Mbuf) {
         if to == UPLINK {
+            if self.port_frame_max != 0
+                && m.pkt_len() > self.port_frame_max
+                && m.ol_flags() & pmd::sys::RTE_MBUF_F_TX_TCP_SEG == 0
+            {
+                bump(&self.counters.port_tx_too_big, 1);
+                return;
+            }
             self.to_port.push(m);
             return;
         }

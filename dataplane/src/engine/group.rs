@@ -51,6 +51,9 @@ pub struct Group<G: GrantCopy, E: EventChannel> {
     clock: pmd::tsc::Clock,
     /// Packets the port refused this iteration (flushed to `counters.port_tx_full`).
     pub(super) port_full: u64,
+    /// Longest frame the port may send (its MTU, the Ethernet header and a VLAN tag); 0:
+    /// unchecked. Larger frames that are not TSO are dropped here, counted.
+    pub(super) port_frame_max: u32,
     pub(super) commands: Option<std::sync::mpsc::Receiver<Command>>,
     pub(super) cmd_tx: Option<std::sync::mpsc::Sender<Command>>,
     pub(super) load: Arc<AtomicU64>,
@@ -234,6 +237,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             ofl: OffloadCounters::default(),
             clock: pmd::tsc::Clock::start(),
             port_full: 0,
+            port_frame_max: 0,
             commands: None,
             cmd_tx: None,
             load: Arc::new(AtomicU64::new(0)),
@@ -247,6 +251,13 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             in_handoffs: false,
             held: Vec::new(),
         }
+    }
+
+    /// Frames toward the port longer than `mtu` plus an Ethernet header and a VLAN tag
+    /// (and not TSO, which the port or software segments) are dropped and counted
+    /// (`GroupCounters::port_tx_too_big`), as a Linux bridge drops them. 0: no check.
+    pub fn set_port_mtu(&mut self, mtu: u16) {
+        self.port_frame_max = if mtu == 0 { 0 } else { u32::from(mtu) + 18 };
     }
 
     /// A handle through which the control plane adds and removes queues while the group
