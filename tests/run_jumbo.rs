@@ -2,8 +2,9 @@
 //! - `net_ring0` at MTU 9000: a guest's 8000-byte frames (two TX slots) go out through the
 //!   port as mbuf chains, come back (net_ring loops TX to RX) and reach the guest again
 //!   intact (two RX slots); a guest whose netfront did not negotiate scatter-gather gets
-//!   none of them (each drop counted per vif) but small frames still; the port counts no
-//!   errors.
+//!   none of them (each drop counted per vif) but small frames still, and neither does a
+//!   guest whose vif has no `mtu` key (1500; 51's has `mtu = 9000` as libxl writes it);
+//!   the port counts no errors.
 //! - `net_tap` at MTU 9000: DPDK 22.11's tap reports 1522-byte frames at most, so the
 //!   daemon refuses to start, naming `port[0]` and the limit;
 //! - `net_ring0` at the default 1500: 8000-byte frames toward the wire are dropped, counted
@@ -73,7 +74,7 @@ fn port_mtu_9000() {
     let pid = std::process::id();
     let parent = std::env::temp_dir().join(format!("nbd-jumbo-{pid}"));
     std::fs::create_dir_all(&parent).unwrap();
-    let (sim, root, _out) = start_sim_with(&[(51, mac(51)), (52, mac(52))], &parent);
+    let (sim, root, _out) = start_sim_with(&[(51, mac(51)), (52, mac(52)), (53, mac(53))], &parent);
     let xs = XenStore::open_at(&format!("{root}/xenstored/socket")).unwrap();
     let maddr = free_addr();
     let cfg = parent.join("netbackd.toml");
@@ -103,11 +104,19 @@ fn port_mtu_9000() {
     // 2. net_ring at MTU 9000.
     std::fs::write(&cfg, config("net_ring0", "ring")).unwrap();
     let run = spawn_run(&cfg);
+    // 51's vif has `mtu = 9000` from the toolstack (as libxl writes it); 53's none (1500).
+    xs.write(
+        xen::Tx::NONE,
+        "/local/domain/0/backend/vif/51/0/mtu",
+        "9000",
+    )
+    .unwrap();
     let mut fc = FrontConfig::new(52, 0);
     fc.sg = false;
     let mut nfs = vec![
         attach_front(&root, &xs, FrontConfig::new(51, 0)),
         attach_front(&root, &xs, fc),
+        attach_front(&root, &xs, FrontConfig::new(53, 0)),
     ];
     let sink = looped(&mut nfs, 0, 0, 8000, 200);
     let st = &sink.stats;
@@ -122,6 +131,13 @@ fn port_mtu_9000() {
         &body,
         "netbackd_vif_drops_total",
         &["domid=\"52\"", "reason=\"too_big\""],
+    );
+    assert_eq!(too_big, Some(400.0), "{body}");
+    // 53 (MTU 1500) likewise: dropped over its MTU, counted.
+    let too_big = sample(
+        &body,
+        "netbackd_vif_drops_total",
+        &["domid=\"53\"", "reason=\"too_big\""],
     );
     assert_eq!(too_big, Some(400.0), "{body}");
     // Small frames still reach 52 (each twice, as above: the second copy counts as out of
@@ -149,6 +165,7 @@ fn port_mtu_9000() {
     let run = spawn_run(&cfg);
     wait_state(&xs, "/local/domain/0/backend/vif/51/0/state", "4", 10);
     wait_state(&xs, "/local/domain/0/backend/vif/52/0/state", "4", 10);
+    wait_state(&xs, "/local/domain/0/backend/vif/53/0/state", "4", 10);
     // What the first daemon still delivered goes first.
     std::thread::sleep(Duration::from_millis(200));
     for nf in &mut nfs {

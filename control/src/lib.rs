@@ -308,6 +308,21 @@ pub fn read_frontend(
     })
 }
 
+/// The vif's MTU as Linux's netback takes it: the toolstack's `mtu` key in the backend
+/// directory (libxl writes it from the vif's `mtu=`), 1500 without one or with a value
+/// that is not a number in 68..=65535, and never over 1500 for a frontend without
+/// scatter-gather (it takes one page per packet).
+pub fn vif_mtu(key: Option<&str>, sg: bool) -> u16 {
+    let mtu = key
+        .and_then(|v| parse_num(v, 68, 65_535).ok())
+        .map_or(1500, |m| m as u16);
+    if sg {
+        mtu
+    } else {
+        mtu.min(1500)
+    }
+}
+
 /// Parses the backend's `mac` (six hex bytes separated by `:`, as libxl writes it).
 fn parse_mac(v: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
@@ -1186,6 +1201,16 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             .map(|s| parse_rate(&s).unwrap_or(Rate::UNLIMITED))
             .unwrap_or(Rate::UNLIMITED);
         let rate = self.cfg.rates.get(&key).copied().unwrap_or(rate);
+        let mtu_key = self.read(&format!("{be}/mtu"));
+        let mtu = vif_mtu(mtu_key.as_deref(), features.sg);
+        if let Some(v) = mtu_key.filter(|v| parse_num(v, 68, 65_535).is_err()) {
+            tracing::warn!(
+                domid,
+                devid,
+                "mtu = {:?} ignored (not in 68..=65535): 1500",
+                shown(&v)
+            );
+        }
         if let (Some(ck), true) = (keys.ctrl, self.ctrl_copy.is_some()) {
             self.connect_ctrl(key, domid, ck, keys.queues.len() as u32)?;
         }
@@ -1241,6 +1266,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                 mac,
                 vlan: self.cfg.vlans.get(&key).copied(),
                 features,
+                mtu,
                 credit: credit.clone(),
                 counters: Arc::new(QueueCounters::default()),
             });
@@ -1671,6 +1697,17 @@ mod tests {
         assert_eq!(choose_move(&[0.9, 0.0], &[(q(1, 0), 0, 0)], 0.25), None);
         assert_eq!(choose_move(&[], &qs, 0.25), None);
         assert_eq!(choose_move(&[0.9], &qs, 0.25), None);
+    }
+
+    #[test]
+    fn vif_mtu_as_linux() {
+        assert_eq!(vif_mtu(None, true), 1500);
+        assert_eq!(vif_mtu(Some("9000"), true), 9000);
+        assert_eq!(vif_mtu(Some("9000"), false), 1500, "no SG: one page");
+        assert_eq!(vif_mtu(Some("576"), false), 576);
+        for bad in ["", "x", "67", "65536", "-1", "9000 "] {
+            assert_eq!(vif_mtu(Some(bad), true), 1500, "{bad:?}");
+        }
     }
 
     #[test]

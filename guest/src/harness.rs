@@ -128,6 +128,7 @@ pub fn attach_queues(
             evtchn_rx: ev.bind_interdomain(domid, r("event-channel-rx")).unwrap(),
             mac,
             features,
+            mtu: 0,
             credit: credit.clone(),
             counters: counters.clone(),
         });

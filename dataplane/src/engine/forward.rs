@@ -204,8 +204,14 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
     }
 
     /// Queues a packet for one of this group's queues (segmenting a TSO frame for a
-    /// frontend that did not negotiate its GSO type).
+    /// frontend that did not negotiate its GSO type; a frame over the vif's MTU is
+    /// dropped, counted, as a bridge drops it).
     fn deliver_to_queue(&mut self, qi: usize, m: Mbuf) {
+        let max = self.queues[qi].max_frame;
+        if max != 0 && m.pkt_len() > max && m.ol_flags() & pmd::sys::RTE_MBUF_F_TX_TCP_SEG == 0 {
+            self.queues[qi].local.rx_drop_too_big += 1;
+            return;
+        }
         // A TSO super-frame goes to a frontend whole only if it negotiated that GSO type
         // (and scatter-gather); otherwise it is segmented here.
         if m.ol_flags() & pmd::sys::RTE_MBUF_F_TX_TCP_SEG != 0

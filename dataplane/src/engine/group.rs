@@ -386,6 +386,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             evtchn_tx: s.evtchn_tx,
             evtchn_rx: s.evtchn_rx,
             features: s.features,
+            max_frame: if s.mtu == 0 { 0 } else { u32::from(s.mtu) + 18 },
             credit: s.credit,
             counters: s.counters,
             local: Local::default(),

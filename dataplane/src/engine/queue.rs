@@ -39,6 +39,9 @@ pub struct QueueSetup {
     /// Access VLAN: the vif's frames are tagged with it toward the uplink (None: untagged).
     pub vlan: Option<u16>,
     pub features: Features,
+    /// The vif's MTU (the toolstack's `mtu` key): longer frames that are not TSO are not
+    /// delivered to the guest (counted as `rx_drop_too_big`); 0: unchecked.
+    pub mtu: u16,
     /// The vif's credit (`rate`), the same for all its queues.
     pub credit: Arc<VifCredit>,
     pub counters: Arc<QueueCounters>,
@@ -51,6 +54,8 @@ pub(super) struct Queue {
     pub(super) evtchn_tx: u32,
     pub(super) evtchn_rx: u32,
     pub(super) features: Features,
+    /// Longest frame delivered to the guest (MTU, Ethernet header, a VLAN tag); 0: any.
+    pub(super) max_frame: u32,
     pub(super) credit: Arc<VifCredit>,
     pub(super) counters: Arc<QueueCounters>,
     pub(super) local: Local,
