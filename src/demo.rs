@@ -195,14 +195,10 @@ fn parse_metrics(body: &str) -> BTreeMap<(u16, u32), VifRow> {
     out
 }
 
+/// A xenbus state's name for the table ("-" before the backend has one).
 fn state_name(s: u32) -> &'static str {
     match s {
-        1 => "Initialising",
-        2 => "InitWait",
-        3 => "Initialised",
-        4 => "Connected",
-        5 => "Closing",
-        6 => "Closed",
+        1..=6 => crate::ctl::state_name(s),
         _ => "-",
     }
 }

@@ -31,22 +31,6 @@ fn gen(domid: u16, src: [u8; 6]) -> PktGen {
     }
 }
 
-/// `netbackd ctl --socket SOCK ARGS`: (success, stdout, stderr).
-fn ctl(sock: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .arg("ctl")
-        .arg("--socket")
-        .arg(sock)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// `netbackd ctl --json ARGS`, which must succeed, parsed.
 fn ctl_json(sock: &Path, args: &[&str]) -> Value {
     let mut a = vec!["--json"];

@@ -6,7 +6,6 @@
 //! group or vif that does not exist.
 use guest::pktgen::{PktGen, Sink};
 use guest::{FrontConfig, Netfront, TxMeta};
-use std::process::Command;
 use std::time::{Duration, Instant};
 use xen::XenStore;
 
@@ -17,17 +16,10 @@ fn mac(d: u8) -> [u8; 6] {
     [0x00, 0x16, 0x3e, 0x00, 0x06, d]
 }
 
-fn ctl(sock: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(BIN)
-        .arg("ctl")
-        .arg("--socket")
-        .arg(sock)
-        .args(args)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+/// `netbackd ctl` with stdout and stderr together.
+fn ctl_text(sock: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let (ok, out, err) = ctl(sock, args);
+    (ok, out + &err)
 }
 
 fn moves(maddr: &str, group: &str, dir: &str) -> f64 {
@@ -138,17 +130,17 @@ fn busy_group_sheds_a_queue_without_losing_a_frame() {
     );
 
     // By hand: 62's queue to group 0 and back; what does not exist is refused.
-    let (ok, out) = ctl(&ctl_sock, &["move", "62.0", "0", "0"]);
+    let (ok, out) = ctl_text(&ctl_sock, &["move", "62.0", "0", "0"]);
     assert!(ok, "{out}");
     assert!(out.contains("moved from group 1 to group 0"), "{out}");
-    let (ok, out) = ctl(&ctl_sock, &["move", "62.0", "0", "1"]);
+    let (ok, out) = ctl_text(&ctl_sock, &["move", "62.0", "0", "1"]);
     assert!(ok && out.contains("moved from group 0 to group 1"), "{out}");
     for (args, want) in [
         (["move", "62.0", "5", "0"], "has no queue 5"),
         (["move", "62.0", "0", "7"], "no group 7"),
         (["move", "99.0", "0", "0"], "99"),
     ] {
-        let (ok, out) = ctl(&ctl_sock, &args);
+        let (ok, out) = ctl_text(&ctl_sock, &args);
         assert!(!ok && out.contains(want), "{args:?}: {out}");
     }
     // 62 still talks to 61 after its moves.

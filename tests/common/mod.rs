@@ -121,6 +121,22 @@ pub fn attach_front(root: &str, xs: &XenStore, fc: FrontConfig) -> Netfront {
     nf
 }
 
+/// `netbackd ctl --socket SOCK ARGS`: (success, stdout, stderr).
+pub fn ctl(sock: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(BIN)
+        .arg("ctl")
+        .arg("--socket")
+        .arg(sock)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn term_and_wait(mut g: Guard) -> std::process::ExitStatus {
     let mut c = g.0.take().expect("running");
     // SAFETY: signalling our own child.

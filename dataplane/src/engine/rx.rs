@@ -75,10 +75,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     break;
                 };
                 let gso = head_gso(head, &q.features);
-                let hash = match &q.steer {
-                    None => None,
-                    Some(s) => s.frame_hash(head.data()),
-                };
+                let hash = q.steer.as_ref().and_then(|s| s.frame_hash(head.data()));
                 // Most packets are one segment that fits one buffer: no walk needed.
                 let single = if head.nb_segs() == 1 {
                     rxplan::single(u32::from(head.data_len()))
@@ -199,9 +196,9 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     status: n as i16,
                 });
             }
+            let gso_extra = p.gso.filter(|_| !p.prefix);
             for (k, (id, _, bytes)) in bufs.iter().enumerate() {
                 let mut flags = if k + 1 < n { NETRXF_MORE_DATA } else { 0 };
-                let gso_extra = p.gso.filter(|_| !p.prefix);
                 if k == 0 {
                     flags |= p.flags;
                     if gso_extra.is_some() || p.hash.is_some() {
