@@ -285,6 +285,9 @@ pub struct EngineSection {
     pub rebalance_secs: u32,
     #[serde(default = "default_gap")]
     pub rebalance_gap_pct: u32,
+    /// Coalesce TCP segments into GSO frames toward guests that negotiated GSO.
+    #[serde(default = "yes")]
+    pub gro: bool,
 }
 
 fn default_gap() -> u32 {
@@ -324,6 +327,7 @@ impl Default for EngineSection {
             handoff_ring: default_handoff_ring(),
             rebalance_secs: 0,
             rebalance_gap_pct: default_gap(),
+            gro: true,
         }
     }
 }

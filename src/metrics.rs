@@ -126,6 +126,11 @@ pub fn render(s: &Shared) -> prometheus::Result<String> {
         "Times the guest stopped posting receive buffers (XSA-392).",
         &q,
     )?;
+    let gro = r.counter(
+        "netbackd_vif_rx_gro_total",
+        "GRO toward the guest: coalesced GSO frames (kind=frames) and the wire segments they carry (kind=segments).",
+        &["domid", "devid", "queue", "name", "kind"],
+    )?;
     let notes = r.counter(
         "netbackd_vif_notifications_total",
         "Event-channel notifications sent to the guest.",
@@ -152,6 +157,10 @@ pub fn render(s: &Shared) -> prometheus::Result<String> {
         rx_b.with_label_values(&l).inc_by(c.rx_bytes);
         thr.with_label_values(&l).inc_by(c.tx_credit_throttled);
         stalls.with_label_values(&l).inc_by(c.rx_stalls);
+        for (kind, n) in [("frames", c.rx_gro_frames), ("segments", c.rx_gro_segments)] {
+            let [d, n2, qu, na] = l;
+            gro.with_label_values(&[d, n2, qu, na, kind]).inc_by(n);
+        }
         notes.with_label_values(&l).inc_by(c.notifications);
         rogue.with_label_values(&l).inc_by(c.rogue);
         state.with_label_values(&l).set(i64::from(v.state));

@@ -300,6 +300,7 @@ fn serve<H: Host>(
             budget: cfg.engine.budget as usize,
             backlog_bytes: cfg.engine.backlog_kib as usize * 1024,
             stall_ns: u64::from(cfg.engine.stall_secs) * 1_000_000_000,
+            gro: cfg.engine.gro,
             ..Default::default()
         };
         let scfg = SwitchConfig {

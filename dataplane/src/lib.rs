@@ -5,6 +5,7 @@
 pub mod credit;
 pub mod ctrl;
 pub mod engine;
+pub mod gro;
 pub mod netif;
 pub mod offload;
 pub mod rxplan;

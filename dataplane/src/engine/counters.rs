@@ -25,6 +25,9 @@ pub struct QueueCounters {
     pub rx_drop_copy_error: AtomicU64,
     pub rx_drop_too_big: AtomicU64,
     pub rx_stalls: AtomicU64,
+    /// GSO frames coalesced toward the guest, and the wire segments they carry.
+    pub rx_gro_frames: AtomicU64,
+    pub rx_gro_segments: AtomicU64,
     pub notifications: AtomicU64,
     pub rogue: AtomicU64,
     /// Set once by the group when it disables the queue (tier 2), so the control plane can
@@ -57,6 +60,8 @@ macro_rules! with_queue_counters {
             rx_drop_copy_error,
             rx_drop_too_big,
             rx_stalls,
+            rx_gro_frames,
+            rx_gro_segments,
             notifications,
             rogue
         );

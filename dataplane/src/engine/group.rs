@@ -197,6 +197,9 @@ pub(super) struct Scratch {
     pub(super) flood: Vec<(EndpointId, crate::switch::Egress)>,
     /// The guest TX parse of the packet at hand, refilled per packet.
     pub(super) parsed: crate::txparse::Parsed,
+    /// GRO's flow table and the frames of a pass.
+    pub(super) gro: crate::gro::Gro,
+    pub(super) gro_out: Vec<Mbuf>,
 }
 
 // SAFETY: the raw pointers in `seg_ptrs` are only meaningful (and only used) within one
@@ -391,6 +394,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             counters: s.counters,
             local: Local::default(),
             backlog: VecDeque::new(),
+            gro_fresh: 0,
             backlog_bytes: 0,
             head_wait_since: None,
             stalled: false,

@@ -52,6 +52,8 @@ pub struct EngineConfig {
     /// RX bursts per iteration at most (more only while bursts come back full), so the
     /// port's RX keeps up with what the group sends per iteration.
     pub rx_bursts: u16,
+    /// Coalesce TCP segments toward frontends that take GSO (`crate::gro`).
+    pub gro: bool,
 }
 
 impl Default for EngineConfig {
@@ -63,6 +65,7 @@ impl Default for EngineConfig {
             stall_ns: 60_000_000_000,
             burst: 32,
             rx_bursts: 8,
+            gro: true,
         }
     }
 }

@@ -61,6 +61,8 @@ pub(super) struct Queue {
     pub(super) local: Local,
     pub(super) backlog: VecDeque<Mbuf>,
     pub(super) backlog_bytes: usize,
+    /// Frames at the end of the backlog that no GRO pass has seen yet.
+    pub(super) gro_fresh: usize,
     /// Since when the head packet has waited for RX buffers.
     pub(super) head_wait_since: Option<u64>,
     pub(super) stalled: bool,
@@ -90,4 +92,5 @@ pub(super) fn enqueue_backlog(q: &mut Queue, m: Mbuf, cfg: &EngineConfig) {
     }
     q.backlog_bytes += len;
     q.backlog.push_back(m);
+    q.gro_fresh += 1;
 }

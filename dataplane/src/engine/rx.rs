@@ -64,6 +64,24 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 q.head_wait_since = None;
                 continue;
             }
+            let (v4, v6) = (
+                q.features.gso_tcpv4 || q.features.gso_prefix,
+                q.features.gso_tcpv6,
+            );
+            if q.gro_fresh >= 2 && self.cfg.gro && q.features.sg && (v4 || v6) {
+                // The frames that arrived since the last pass (the backlog's tail).
+                let start = q.backlog.len() - q.gro_fresh.min(q.backlog.len());
+                let out = &mut self.scratch.gro_out;
+                let st = self
+                    .scratch
+                    .gro
+                    .coalesce(q.backlog.drain(start..), out, v4, v6);
+                q.backlog.extend(out.drain(..));
+                q.backlog_bytes -= st.bytes_removed as usize;
+                q.local.rx_gro_frames += st.frames;
+                q.local.rx_gro_segments += st.segments;
+            }
+            q.gro_fresh = 0;
             if q.rx.begin_batch().is_err() {
                 self.disable(qi, Disable::ImpossibleRxIndex);
                 continue;
