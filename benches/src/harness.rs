@@ -62,13 +62,15 @@ impl Direction {
     }
 }
 
-/// Frame size of a point: bytes without FCS (as testpmd's `--txpkts`), or a 64 KiB TCPv4
-/// frame with the GSO extra.
+/// Frame size of a point: bytes without FCS (as testpmd's `--txpkts`), a 64 KiB TCPv4
+/// frame with the GSO extra, or a TCP stream of full-size (1514-byte) segments with
+/// advancing sequence numbers and correct checksums (what GRO coalesces; g2g only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FrameSize {
     Bytes(usize),
     Gso,
+    Tcp,
 }
 
 impl FrameSize {
@@ -77,17 +79,20 @@ impl FrameSize {
         match self {
             FrameSize::Bytes(n) => n,
             FrameSize::Gso => GSO_FRAME,
+            FrameSize::Tcp => TCP_SEGMENT,
         }
     }
     pub fn label(self) -> String {
         match self {
             FrameSize::Bytes(n) => n.to_string(),
             FrameSize::Gso => "gso64k".into(),
+            FrameSize::Tcp => "tcp1514".into(),
         }
     }
     pub fn parse(s: &str) -> Option<FrameSize> {
         match s {
             "gso" | "gso64k" => Some(FrameSize::Gso),
+            "tcp" | "tcp1514" => Some(FrameSize::Tcp),
             n => n
                 .parse()
                 .ok()
@@ -108,6 +113,8 @@ pub struct PointSpec {
     pub groups: usize,
     /// g2g: percent of the vif pairs whose two vifs are in different groups.
     pub cross: u8,
+    /// `EngineConfig::gro` of the groups.
+    pub gro: bool,
 }
 
 /// Timing of one measurement.
@@ -141,6 +148,59 @@ pub fn udp_frame(dst: [u8; 6], src: [u8; 6], len: usize) -> Vec<u8> {
         *b = i as u8;
     }
     f
+}
+
+/// Frame bytes of a [`FrameSize::Tcp`] segment: Ethernet, IPv4, TCP without options and
+/// 1460 bytes of payload.
+pub const TCP_SEGMENT: usize = 1514;
+const TCP_MSS: u32 = 1460;
+
+/// The first segment of a TCP stream (ACK, DF, checksums set).
+pub fn tcp_segment(dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    let mut f = tcp_frame(dst, src, TCP_SEGMENT);
+    f[47] = 0x10; // ACK only
+    let c = tcp_checksum(&f);
+    f[50..52].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// The TCP checksum of an untagged IPv4 frame with a 20-byte IP header.
+fn tcp_checksum(f: &[u8]) -> u16 {
+    let mut l4 = f[34..].to_vec();
+    l4[16] = 0;
+    l4[17] = 0;
+    let mut pseudo = 0u32;
+    for w in f[26..34].chunks(2) {
+        pseudo += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    pseudo += 6 + l4.len() as u32;
+    guest::pktgen::csum(&l4, pseudo)
+}
+
+/// RFC 1624: a checksum `c` after one 16-bit word changed from `old` to `new`.
+fn csum_replace(c: u16, old: u16, new: u16) -> u16 {
+    let mut s = u32::from(!c) + u32::from(!old) + u32::from(new);
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// Turns a stream segment into the next one: sequence number + MSS, IP id + 1, both
+/// checksums updated incrementally (the sender's cost stays small: it is the instrument).
+pub fn next_segment(f: &mut [u8]) {
+    let rd = |f: &[u8], at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
+    let seq = u32::from_be_bytes([f[38], f[39], f[40], f[41]]);
+    let nseq = seq.wrapping_add(TCP_MSS);
+    let mut tc = rd(f, 50);
+    tc = csum_replace(tc, (seq >> 16) as u16, (nseq >> 16) as u16);
+    tc = csum_replace(tc, seq as u16, nseq as u16);
+    f[38..42].copy_from_slice(&nseq.to_be_bytes());
+    f[50..52].copy_from_slice(&tc.to_be_bytes());
+    let id = rd(f, 18);
+    let ic = csum_replace(rd(f, 24), id, id.wrapping_add(1));
+    f[18..20].copy_from_slice(&id.wrapping_add(1).to_be_bytes());
+    f[24..26].copy_from_slice(&ic.to_be_bytes());
 }
 
 /// Ethernet + IPv4 + TCP frame of `len` bytes for GSO (checksums left to the backend:
@@ -399,7 +459,10 @@ impl Bench {
                 soft: SoftGso::new(&format!("pg{}", self.groups), 2047, -1)?,
             };
             gs.push(Group::new(
-                EngineConfig::default(),
+                EngineConfig {
+                    gro: spec.gro,
+                    ..Default::default()
+                },
                 h.grants(0),
                 h.evtchn(0)?,
                 io,
@@ -434,7 +497,7 @@ impl Bench {
                 _ => None,
             }
             .map(|dst| match spec.size {
-                FrameSize::Bytes(_) => (udp_frame(dst, vif_mac(d), len), TxMeta::default()),
+                FrameSize::Bytes(_) => (udp_frame(dst, vif_mac(d), len), TxMeta::default(), false),
                 FrameSize::Gso => (
                     tcp_frame(dst, vif_mac(d), len),
                     TxMeta {
@@ -443,6 +506,15 @@ impl Bench {
                         slot_size: 4096,
                         ..Default::default()
                     },
+                    false,
+                ),
+                FrameSize::Tcp => (
+                    tcp_segment(dst, vif_mac(d)),
+                    TxMeta {
+                        slot_size: 4096,
+                        ..Default::default()
+                    },
+                    true,
                 ),
             });
             guests.push((nf, tx));
@@ -514,7 +586,9 @@ impl Bench {
     }
 }
 
-type GuestSet = Vec<(guest::Netfront, Option<(Vec<u8>, TxMeta)>)>;
+/// Each guest, with what it sends: a frame, its metadata, and whether it is the template
+/// of a TCP stream (each packet the next segment) rather than sent as it is.
+type GuestSet = Vec<(guest::Netfront, Option<(Vec<u8>, TxMeta, bool)>)>;
 
 /// The guests' loop on the worker lcore: each vif in turn fills its TX ring with its frame
 /// (if it sends) and sinks its RX ring (every vif, so none stalls on flooded frames).
@@ -528,8 +602,13 @@ fn guest_loop(
     let mut n = 0u32;
     while !stop.load(Ordering::Relaxed) {
         for (nf, frame) in guests.iter_mut() {
-            if let Some((f, meta)) = frame {
-                match nf.send_burst(0, f, *meta, usize::MAX) {
+            if let Some((f, meta, stream)) = frame {
+                let sent = if *stream {
+                    nf.send_stream(0, f, *meta, usize::MAX, next_segment)
+                } else {
+                    nf.send_burst(0, f, *meta, usize::MAX)
+                };
+                match sent {
                     Ok(k) => tx += k as u64,
                     Err(e) => {
                         *errors.lock().expect("not poisoned") = Some(e.to_string());
@@ -691,4 +770,26 @@ fn measure(
             per.iter().map(|&n| n as f64 / dt).collect()
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_segments_keep_correct_checksums() {
+        let mut f = tcp_segment([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        assert_eq!(f.len(), TCP_SEGMENT);
+        for k in 0..70_000u32 {
+            if k % 9973 == 0 {
+                let ip = guest::pktgen::csum(&f[14..34], 0);
+                assert_eq!(ip, 0, "IP header checksum at segment {k}");
+                let want = tcp_checksum(&f);
+                assert_eq!(u16::from_be_bytes([f[50], f[51]]), want, "segment {k}");
+                let seq = u32::from_be_bytes([f[38], f[39], f[40], f[41]]);
+                assert_eq!(seq, 1u32.wrapping_add(k.wrapping_mul(TCP_MSS)));
+            }
+            next_segment(&mut f);
+        }
+    }
 }

@@ -526,7 +526,7 @@ mod tests {
         for cut in [1, 2, 3, 7, 8, 9, 1500, 2999] {
             let (a, b) = data.split_at(cut);
             assert_eq!(sum_segments([a, b].into_iter()), want, "cut {cut}");
-            let (b1, b2) = b.split_at(b.len() / 2 | 1);
+            let (b1, b2) = b.split_at((b.len() / 2) | 1);
             assert_eq!(sum_segments([a, b1, b2].into_iter()), want, "cut {cut}");
         }
         assert_eq!(sum_segments(std::iter::empty()), 0);

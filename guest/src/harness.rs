@@ -92,6 +92,7 @@ pub fn attach_queues(
             split_evtchn: true,
             ctrl_ring: false,
             sg: true,
+            gso: true,
         },
     )
     .unwrap();

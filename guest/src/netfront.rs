@@ -54,6 +54,9 @@ pub struct FrontConfig {
     /// Write `feature-sg` = 1 (default true): without it the backend sends no packet
     /// larger than one page.
     pub sg: bool,
+    /// Write `feature-gso-tcpv4` and `-tcpv6` = 1 (default true), as Linux's netfront does
+    /// with scatter-gather: the backend may then send TCP frames of up to 64 KiB.
+    pub gso: bool,
 }
 
 impl FrontConfig {
@@ -65,6 +68,7 @@ impl FrontConfig {
             split_evtchn: true,
             ctrl_ring: false,
             sg: true,
+            gso: true,
         }
     }
 }
@@ -555,12 +559,13 @@ impl Netfront {
                 )?;
             }
             let sg = if self.cfg.sg { "1" } else { "0" };
+            let gso = if self.cfg.gso { "1" } else { "0" };
             for (k, v) in [
                 ("request-rx-copy", "1"),
                 ("feature-rx-notify", "1"),
                 ("feature-sg", sg),
-                ("feature-gso-tcpv4", "1"),
-                ("feature-gso-tcpv6", "1"),
+                ("feature-gso-tcpv4", gso),
+                ("feature-gso-tcpv6", gso),
                 ("feature-ipv6-csum-offload", "1"),
             ] {
                 xs.write(t, &format!("{fe}/{k}"), v)?;
@@ -706,6 +711,44 @@ impl Netfront {
             && self.alloc.grants_available() >= nslots
         {
             self.queue_packet(qi, frame, meta, Some(gen))?;
+            sent += 1;
+        }
+        if sent > 0 {
+            let q = &mut self.queues[qi];
+            if q.tx.push_requests_and_check_notify() {
+                self.ev.notify(q.evtchn_tx)?;
+            }
+            self.stats.tx_packets += sent as u64;
+            self.stats.tx_bytes += (sent * len) as u64;
+        }
+        Ok(sent)
+    }
+
+    /// As [`Netfront::send_burst`] for a stream whose frames differ: `next` rewrites
+    /// `frame` (sequence numbers, checksums) before each packet is queued.
+    pub fn send_stream(
+        &mut self,
+        qi: usize,
+        frame: &mut [u8],
+        meta: TxMeta,
+        max: usize,
+        mut next: impl FnMut(&mut [u8]),
+    ) -> Result<usize, FrontError> {
+        self.reap_tx_count(qi)?;
+        let len = frame.len();
+        let nslots = len.div_ceil(meta.slot_len()).max(1);
+        if len > 0xFFFF {
+            return Err(FrontError::TooBig(len, nslots));
+        }
+        let extra = usize::from(meta.gso.is_some());
+        let mut sent = 0;
+        while sent < max
+            && self.queues[qi].tx.free_requests() as usize >= nslots + extra
+            && self.queues[qi].tx_free_ids.len() >= nslots
+            && self.alloc.grants_available() >= nslots
+        {
+            next(frame);
+            self.queue_packet(qi, frame, meta, None)?;
             sent += 1;
         }
         if sent > 0 {
@@ -1126,6 +1169,10 @@ pub struct NetfrontLink {
     pub nf: Netfront,
     pub queue: usize,
     rx: std::collections::VecDeque<Vec<u8>>,
+    /// Received packets that came with a GSO extra (coalesced or TSO frames).
+    pub rx_gso_frames: u64,
+    /// Largest frame received.
+    pub rx_max_frame: usize,
 }
 
 impl NetfrontLink {
@@ -1134,6 +1181,8 @@ impl NetfrontLink {
             nf,
             queue,
             rx: std::collections::VecDeque::new(),
+            rx_gso_frames: 0,
+            rx_max_frame: 0,
         }
     }
 }
@@ -1144,7 +1193,17 @@ impl crate::stack::FrameLink for NetfrontLink {
             let n = self.nf.queues.len();
             for k in 0..n {
                 if let Ok(pkts) = self.nf.poll_rx((self.queue + k) % n) {
-                    self.rx.extend(pkts.into_iter().map(|p| p.data));
+                    for mut p in pkts {
+                        self.rx_gso_frames += u64::from(p.gso.is_some());
+                        self.rx_max_frame = self.rx_max_frame.max(p.data.len());
+                        if p.flags & dataplane::netif::NETRXF_CSUM_BLANK != 0 {
+                            // As Linux's stack does with CHECKSUM_PARTIAL before it hands
+                            // the frame to a layer that checks: complete the checksum from
+                            // the partial (pseudo-header) sum in its field.
+                            crate::pktgen::complete_partial_checksum(&mut p.data);
+                        }
+                        self.rx.push_back(p.data);
+                    }
                 }
             }
         }

@@ -21,6 +21,38 @@ pub fn csum(data: &[u8], init: u32) -> u16 {
     !(s as u16)
 }
 
+/// Completes the L4 checksum of a frame received with `NETRXF_csum_blank`: its field
+/// holds the pseudo-header sum (Linux's CHECKSUM_PARTIAL), so the checksum over the L4
+/// bytes as they are is the final one. Frames that are not TCP or UDP over IPv4/IPv6
+/// (without extension headers) are left as they are.
+pub fn complete_partial_checksum(f: &mut [u8]) {
+    let mut l3 = 14;
+    if f.len() >= 18 && f[12..14] == [0x81, 0x00] {
+        l3 = 18;
+    }
+    if f.len() < l3 + 40 {
+        return;
+    }
+    let (l4, proto) = match f[l3 - 2..l3] {
+        [0x08, 0x00] => (l3 + usize::from(f[l3] & 15) * 4, f[l3 + 9]),
+        [0x86, 0xdd] => (l3 + 40, f[l3 + 6]),
+        _ => return,
+    };
+    let at = match proto {
+        6 => l4 + 16,
+        17 => l4 + 6,
+        _ => return,
+    };
+    if f.len() < at + 2 {
+        return;
+    }
+    let mut c = csum(&f[l4..], 0);
+    if proto == 17 && c == 0 {
+        c = 0xffff;
+    }
+    f[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
 /// Builds the frames.
 #[derive(Clone, Debug)]
 pub struct PktGen {

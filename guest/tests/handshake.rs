@@ -80,6 +80,7 @@ fn netfront_handshake_traffic_and_close() {
                 split_evtchn: true,
                 ctrl_ring: false,
                 sg: true,
+                gso: true,
             },
         )
         .unwrap();

@@ -10,7 +10,9 @@
 //!
 //! Directions (guest's view): tx (guest -> port), rx (port -> guest), g2g (vif 2k -> vif
 //! 2k+1 in the group), bidir (tx and rx at once). Sizes: frame bytes without FCS, or `gso`
-//! (a 65535-byte TCPv4 frame with the GSO extra: tx (software segmentation) and g2g).
+//! (a 65535-byte TCPv4 frame with the GSO extra: tx (software segmentation) and g2g), or
+//! `tcp` (g2g: a stream of 1514-byte TCP segments that GRO coalesces toward the receiving
+//! guest; each round also runs with GRO off, and a `gro_ab` line compares the two).
 //!
 //! Null wire: guest RX comes from `net_null_rxN,size=N` (all-zero frames: unknown
 //! destination, so with several vifs every frame is flooded to all of them: packets
@@ -171,6 +173,7 @@ fn plan(a: &mut Args) -> anyhow::Result<Plan> {
             for &vifs in &a.vifs {
                 let ok = match size {
                     FrameSize::Gso => matches!(dir, Direction::Tx | Direction::G2g),
+                    FrameSize::Tcp => dir == Direction::G2g,
                     FrameSize::Bytes(_) => true,
                 };
                 for &groups in &a.groups {
@@ -188,6 +191,7 @@ fn plan(a: &mut Args) -> anyhow::Result<Plan> {
                                 vifs,
                                 groups,
                                 cross,
+                                gro: true,
                             });
                         }
                     }
@@ -226,6 +230,12 @@ fn plan(a: &mut Args) -> anyhow::Result<Plan> {
             timing.interval.min(Duration::from_millis(500))
         },
     })
+}
+
+/// TCP stream points run with GRO off too, round by round (A B A B): the baseline GRO is
+/// measured against.
+fn has_gro_baseline(p: &PointSpec) -> bool {
+    p.size == FrameSize::Tcp
 }
 
 fn has_baseline(p: &PointSpec) -> bool {
@@ -306,7 +316,12 @@ fn run() -> anyhow::Result<()> {
             } else {
                 0
             };
-            (nb + vh) * args.rounds as u64
+            let nogro = if has_gro_baseline(p) && !args.no_baseline {
+                nb
+            } else {
+                0
+            };
+            (nb + vh + nogro) * args.rounds as u64
         })
         .sum();
     let bar = ProgressBar::with_draw_target(Some(bar_len), ProgressDrawTarget::stderr());
@@ -333,6 +348,7 @@ fn run() -> anyhow::Result<()> {
         };
         let mut rounds: Vec<Measured> = Vec::new();
         let mut vhost_rounds: Vec<Vec<f64>> = Vec::new();
+        let mut nogro_rounds: Vec<Measured> = Vec::new();
         let mut notes = Vec::new();
         let mut memif_checks = Vec::new();
         for r in 0..args.rounds {
@@ -368,6 +384,14 @@ fn run() -> anyhow::Result<()> {
             };
             rounds.push(m);
             bar.set_position(base + nb_ms as u64);
+            if has_gro_baseline(p) && !args.no_baseline {
+                bar.set_message(format!("{label}: GRO off, round {}", r + 1));
+                let base = bar.position();
+                let mut progress = |f: f64| bar.set_position(base + (f * nb_ms) as u64);
+                let off = PointSpec { gro: false, ..*p };
+                nogro_rounds.push(bench.run_point(off, &null_tx, plan.timing, &mut progress)?);
+                bar.set_position(base + nb_ms as u64);
+            }
             // --quick runs vhost-user once, between its two netbackd rounds (A B A).
             let vhost_round = !args.quick || r == 0;
             if has_baseline(p) && !args.no_baseline && vhost_round {
@@ -434,6 +458,12 @@ fn run() -> anyhow::Result<()> {
         }
         row.notes = notes;
         rows.push(row);
+        if !nogro_rounds.is_empty() {
+            let off = PointSpec { gro: false, ..*p };
+            let mut r = Row::from_rounds(&off, &args.wire, nogro_rounds, args.idle_limit);
+            r.size = format!("{}-nogro", r.size);
+            rows.push(r);
+        }
     }
     bar.finish_and_clear();
     print!("{}", report::table(&rows));
@@ -454,6 +484,27 @@ fn run() -> anyhow::Result<()> {
     if let Some(d) = &args.plot {
         let files = report::plot(&rows, d)?;
         println!("plots: {} files in {}", files.len(), d.display());
+    }
+    // GRO against no GRO (same run, alternating rounds): what the group spends per byte
+    // delivered, and how many frames carry it.
+    for on in rows.iter().filter(|r| r.size == "tcp1514") {
+        let Some(off) = rows.iter().find(|r| {
+            r.size == "tcp1514-nogro"
+                && r.vifs == on.vifs
+                && r.groups == on.groups
+                && r.cross == on.cross
+        }) else {
+            continue;
+        };
+        let per_byte = |r: &Row| {
+            let bytes_per_frame = r.gbps * 1e9 / 8.0 / (r.mpps * 1e6);
+            (r.busy_cycles_per_packet / bytes_per_frame, bytes_per_frame)
+        };
+        let ((c_on, b_on), (c_off, b_off)) = (per_byte(on), per_byte(off));
+        println!(
+            "gro_ab vifs={} gbps_gro={:.2} gbps_nogro={:.2} bytes_per_frame_gro={:.0} bytes_per_frame_nogro={:.0} busy_cycles_per_byte_gro={:.3} busy_cycles_per_byte_nogro={:.3} cycles_ratio_nogro_over_gro={:.2}",
+            on.vifs, on.gbps, off.gbps, b_on, b_off, c_on, c_off, c_off / c_on
+        );
     }
     if args.quick {
         let ratio = |dir: Direction, len: &str| {

@@ -109,6 +109,7 @@ fn run(cli: Cli) -> Result<(), String> {
             split_evtchn: true,
             ctrl_ring: false,
             sg: true,
+            gso: true,
         },
     )
     .map_err(|e| e.to_string())?;
