@@ -235,7 +235,31 @@ fn vif_mac(domid: u16) -> [u8; 6] {
 /// A pcap file holding one frame (used to teach the switch the wire's MAC: a `net_pcap`
 /// port replays it once, and drops what it is sent when it has no TX side).
 pub fn write_teach_pcap(path: &std::path::Path) -> std::io::Result<()> {
-    let frame = udp_frame([0xff; 6], WIRE_MAC, 60);
+    write_pcap(path, &[udp_frame([0xff; 6], WIRE_MAC, 60)])
+}
+
+/// Segments in the wire's TCP stream file: 1.5 MB of one flow, replayed in a loop by
+/// `net_pcap`'s `infinite_rx` (at each wrap the sequence number jumps back: GRO starts a
+/// new frame there, as it would after a gap).
+pub const TCP_STREAM_SEGMENTS: usize = 1024;
+
+/// Writes the wire's TCP stream for guest-RX `tcp` points: [`TCP_STREAM_SEGMENTS`]
+/// consecutive full-size segments from the wire's MAC to an unknown one (flooded to the
+/// vif, as the null wire's frames are).
+pub fn write_tcp_stream_pcap(path: &std::path::Path) -> std::io::Result<()> {
+    let mut f = tcp_segment([0x02, 0, 0, 0, 0, 0x77], WIRE_MAC);
+    let frames: Vec<Vec<u8>> = (0..TCP_STREAM_SEGMENTS)
+        .map(|_| {
+            let v = f.clone();
+            next_segment(&mut f);
+            v
+        })
+        .collect();
+    write_pcap(path, &frames)
+}
+
+/// A classic pcap file (microsecond timestamps, Ethernet) of `frames`.
+fn write_pcap(path: &std::path::Path, frames: &[Vec<u8>]) -> std::io::Result<()> {
     let mut b = Vec::new();
     b.extend_from_slice(&0xa1b2c3d4u32.to_le_bytes());
     b.extend_from_slice(&2u16.to_le_bytes());
@@ -244,11 +268,13 @@ pub fn write_teach_pcap(path: &std::path::Path) -> std::io::Result<()> {
     b.extend_from_slice(&0u32.to_le_bytes());
     b.extend_from_slice(&65535u32.to_le_bytes());
     b.extend_from_slice(&1u32.to_le_bytes()); // Ethernet
-    b.extend_from_slice(&0u32.to_le_bytes());
-    b.extend_from_slice(&0u32.to_le_bytes());
-    b.extend_from_slice(&(frame.len() as u32).to_le_bytes());
-    b.extend_from_slice(&(frame.len() as u32).to_le_bytes());
-    b.extend_from_slice(&frame);
+    for frame in frames {
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        b.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        b.extend_from_slice(frame);
+    }
     std::fs::write(path, b)
 }
 

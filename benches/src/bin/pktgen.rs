@@ -11,8 +11,9 @@
 //! Directions (guest's view): tx (guest -> port), rx (port -> guest), g2g (vif 2k -> vif
 //! 2k+1 in the group), bidir (tx and rx at once). Sizes: frame bytes without FCS, or `gso`
 //! (a 65535-byte TCPv4 frame with the GSO extra: tx (software segmentation) and g2g), or
-//! `tcp` (g2g: a stream of 1514-byte TCP segments that GRO coalesces toward the receiving
-//! guest; each round also runs with GRO off, and a `gro_ab` line compares the two).
+//! `tcp` (a stream of 1514-byte TCP segments that GRO coalesces toward the receiving guest:
+//! g2g from the other vif, or rx from the wire, where DPDK's pcap PMD replays a 1024-segment
+//! stream in a loop; each round also runs with GRO off, and `gro_ab` lines compare the two).
 //!
 //! Null wire: guest RX comes from `net_null_rxN,size=N` (all-zero frames: unknown
 //! destination, so with several vifs every frame is flooded to all of them: packets
@@ -173,7 +174,7 @@ fn plan(a: &mut Args) -> anyhow::Result<Plan> {
             for &vifs in &a.vifs {
                 let ok = match size {
                     FrameSize::Gso => matches!(dir, Direction::Tx | Direction::G2g),
-                    FrameSize::Tcp => dir == Direction::G2g,
+                    FrameSize::Tcp => matches!(dir, Direction::G2g | Direction::Rx),
                     FrameSize::Bytes(_) => true,
                 };
                 for &groups in &a.groups {
@@ -257,6 +258,8 @@ fn run() -> anyhow::Result<()> {
     std::fs::create_dir_all(&scratch.0)?;
     let teach_pcap = scratch.0.join("teach.pcap");
     harness::write_teach_pcap(&teach_pcap)?;
+    let tcp_pcap = scratch.0.join("tcp-stream.pcap");
+    harness::write_tcp_stream_pcap(&tcp_pcap)?;
 
     // EAL: the group on lcore 0 (main), the guests on lcore 1.
     let prefix = format!("nbd-pktgen-{pid}");
@@ -282,10 +285,23 @@ fn run() -> anyhow::Result<()> {
         .points
         .iter()
         .filter(|p| matches!(p.dir, Direction::Rx | Direction::Bidir))
+        .filter(|p| matches!(p.size, FrameSize::Bytes(_)))
         .map(|p| p.size.bytes())
         .collect();
     rx_lens.sort();
     rx_lens.dedup();
+    // Guest RX of a TCP stream: DPDK's pcap PMD replays the stream file in a loop.
+    let tcp_wire = plan
+        .points
+        .iter()
+        .any(|p| p.dir == Direction::Rx && p.size == FrameSize::Tcp);
+    if tcp_wire {
+        eal_args.push("--vdev".into());
+        eal_args.push(format!(
+            "net_pcap_tcp,rx_pcap={},infinite_rx=1",
+            tcp_pcap.display()
+        ));
+    }
     for l in &rx_lens {
         eal_args.push("--vdev".into());
         eal_args.push(format!("net_null_rx{l},size={l}"));
@@ -303,6 +319,15 @@ fn run() -> anyhow::Result<()> {
     for l in &rx_lens {
         null_rx.insert(*l, start(Port::by_name(&format!("net_null_rx{l}"))?)?);
     }
+    let tcp_rx = if tcp_wire {
+        Some(start(Port::by_name("net_pcap_tcp")?)?)
+    } else {
+        None
+    };
+    let rx_port = |p: &PointSpec| match (p.size, &tcp_rx) {
+        (FrameSize::Tcp, Some(t)) => t.clone(),
+        _ => null_rx[&p.size.bytes()].clone(),
+    };
     let mut bench = Bench::new(host, pool.clone());
 
     let per_round = plan.timing.warmup + plan.timing.interval * plan.timing.intervals as u32;
@@ -371,7 +396,7 @@ fn run() -> anyhow::Result<()> {
                 m
             } else {
                 let port = match p.dir {
-                    Direction::Rx | Direction::Bidir => null_rx[&p.size.bytes()].clone(),
+                    Direction::Rx | Direction::Bidir => rx_port(p),
                     Direction::Tx if p.vifs > 1 => {
                         n_dev += 1;
                         let devargs =
@@ -389,7 +414,11 @@ fn run() -> anyhow::Result<()> {
                 let base = bar.position();
                 let mut progress = |f: f64| bar.set_position(base + (f * nb_ms) as u64);
                 let off = PointSpec { gro: false, ..*p };
-                nogro_rounds.push(bench.run_point(off, &null_tx, plan.timing, &mut progress)?);
+                let port = match p.dir {
+                    Direction::Rx => rx_port(p),
+                    _ => null_tx.clone(),
+                };
+                nogro_rounds.push(bench.run_point(off, &port, plan.timing, &mut progress)?);
                 bar.set_position(base + nb_ms as u64);
             }
             // --quick runs vhost-user once, between its two netbackd rounds (A B A).
@@ -490,6 +519,7 @@ fn run() -> anyhow::Result<()> {
     for on in rows.iter().filter(|r| r.size == "tcp1514") {
         let Some(off) = rows.iter().find(|r| {
             r.size == "tcp1514-nogro"
+                && r.dir == on.dir
                 && r.vifs == on.vifs
                 && r.groups == on.groups
                 && r.cross == on.cross
@@ -502,8 +532,8 @@ fn run() -> anyhow::Result<()> {
         };
         let ((c_on, b_on), (c_off, b_off)) = (per_byte(on), per_byte(off));
         println!(
-            "gro_ab vifs={} gbps_gro={:.2} gbps_nogro={:.2} bytes_per_frame_gro={:.0} bytes_per_frame_nogro={:.0} busy_cycles_per_byte_gro={:.3} busy_cycles_per_byte_nogro={:.3} cycles_ratio_nogro_over_gro={:.2}",
-            on.vifs, on.gbps, off.gbps, b_on, b_off, c_on, c_off, c_off / c_on
+            "gro_ab dir={} vifs={} gbps_gro={:.2} gbps_nogro={:.2} bytes_per_frame_gro={:.0} bytes_per_frame_nogro={:.0} busy_cycles_per_byte_gro={:.3} busy_cycles_per_byte_nogro={:.3} cycles_ratio_nogro_over_gro={:.2}",
+            on.dir.name(), on.vifs, on.gbps, off.gbps, b_on, b_off, c_on, c_off, c_off / c_on
         );
     }
     if args.quick {
@@ -523,6 +553,7 @@ fn run() -> anyhow::Result<()> {
     }
     // Order: ports and pool before the host, EAL last.
     drop(null_rx);
+    drop(tcp_rx);
     drop(null_tx);
     let host = bench.into_host();
     drop(pool);
