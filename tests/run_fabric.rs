@@ -35,19 +35,6 @@ fn ip_s(a: [u8; 4]) -> String {
     format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3])
 }
 
-/// The namespace, deleted when dropped.
-struct Netns(String);
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn sh(args: &[&str]) {
-    let st = Command::new(args[0]).args(&args[1..]).status().unwrap();
-    assert!(st.success(), "{args:?}");
-}
-
 type S = Stack<NetfrontLink>;
 
 fn poll_all(stacks: &mut [Option<S>]) {
@@ -82,24 +69,9 @@ fn four_groups_one_l2_domain() {
     )
     .unwrap();
     let run = spawn_run(&cfg);
-    // The wire: the tap's kernel side in a namespace of our own, moved there once the
-    // daemon serves (its port started: DPDK opens the tap's queues by name in our
-    // namespace, so moving it earlier would leave them on a new tap of the same name).
-    let t = Instant::now();
-    while std::net::TcpStream::connect(&maddr).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "the daemon never served"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(std::path::Path::new(&format!("/sys/class/net/{ifname}")).exists());
-    let ns = Netns(format!("nbd-fab-{pid}"));
-    sh(&["ip", "netns", "add", &ns.0]);
-    sh(&["ip", "link", "set", &ifname, "netns", &ns.0]);
+    // The wire: the tap's kernel side in a namespace of our own.
     let wire = format!("{}/24", ip_s(WIRE_IP));
-    sh(&["ip", "-n", &ns.0, "addr", "add", &wire, "dev", &ifname]);
-    sh(&["ip", "-n", &ns.0, "link", "set", &ifname, "up"]);
+    let ns = tap_into_netns(&maddr, &ifname, &format!("nbd-fab-{pid}"), &wire);
 
     // Eight guests; 72 and 76 with two queues. Least loaded per queue puts them in groups
     // 71:0 72:1,2 73:3 74:0 75:1 76:2,3 77:0 78:1.

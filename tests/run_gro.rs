@@ -34,19 +34,6 @@ fn ip(d: u16) -> [u8; 4] {
     [10, 8, 0, d as u8]
 }
 
-/// The namespace, deleted when dropped.
-struct Netns(String);
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn sh(args: &[&str]) {
-    let st = Command::new(args[0]).args(&args[1..]).status().unwrap();
-    assert!(st.success(), "{args:?}");
-}
-
 /// Byte `i` of the stream the kernel sends (the Python sender computes the same).
 fn stream(i: usize) -> u8 {
     ((i * 131 + (i >> 8)) & 255) as u8
@@ -88,29 +75,12 @@ fn gro_over_net_tap() {
     )
     .unwrap();
     let run = spawn_run(&cfg);
-    // The tap goes into the namespace once the daemon serves (its port started).
-    let t = Instant::now();
-    while std::net::TcpStream::connect(&maddr).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "the daemon never served"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let ns = Netns(format!("nbd-gro-{pid}"));
-    sh(&["ip", "netns", "add", &ns.0]);
-    sh(&["ip", "link", "set", &ifname, "netns", &ns.0]);
-    sh(&[
-        "ip",
-        "-n",
-        &ns.0,
-        "addr",
-        "add",
-        &format!("{WIRE_IP}/24"),
-        "dev",
+    let ns = tap_into_netns(
+        &maddr,
         &ifname,
-    ]);
-    sh(&["ip", "-n", &ns.0, "link", "set", &ifname, "up"]);
+        &format!("nbd-gro-{pid}"),
+        &format!("{WIRE_IP}/24"),
+    );
 
     let mut stacks: Vec<Stack<NetfrontLink>> = [(61, true), (62, false)]
         .into_iter()

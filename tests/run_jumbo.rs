@@ -168,10 +168,15 @@ fn port_mtu_9000() {
     wait_state(&xs, "/local/domain/0/backend/vif/51/0/state", "4", 10);
     wait_state(&xs, "/local/domain/0/backend/vif/52/0/state", "4", 10);
     wait_state(&xs, "/local/domain/0/backend/vif/53/0/state", "4", 10);
-    // What the first daemon still delivered goes first.
-    std::thread::sleep(Duration::from_millis(200));
-    for nf in &mut nfs {
-        let _ = nf.poll_rx(0).unwrap();
+    // What the first daemon still delivered goes first (drained until quiet).
+    let mut quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_millis(300) {
+        for nf in &mut nfs {
+            if !nf.poll_rx(0).unwrap().is_empty() {
+                quiet = Instant::now();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
     let sink = looped(&mut nfs, 0, 0, 8000, 100);
     assert_eq!(sink.stats.packets, 0, "nothing over the MTU came back");
@@ -198,23 +203,6 @@ fn port_mtu_9000() {
     for run in ["tap", "ring", "1500"] {
         assert!(!std::path::Path::new(&format!("/var/run/dpdk/nbd-rjum-{pid}-{run}")).exists());
     }
-}
-
-/// The namespace, deleted when dropped (the veth's peer goes with it).
-struct Netns(String);
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn sh(args: &[&str]) {
-    let st = Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "{args:?}");
 }
 
 /// Receives one TCP connection in the namespace and prints `bytes fnv1a64` of what came.

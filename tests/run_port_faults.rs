@@ -23,22 +23,6 @@ fn mac(d: u16) -> [u8; 6] {
     [0x00, 0x16, 0x3e, 0x00, 0x0a, d as u8]
 }
 
-struct Netns(String);
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn sh(args: &[&str]) {
-    let st = Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "{args:?}");
-}
-
 /// The namespace's tap counters: (rx_packets, rx_dropped).
 fn kernel_rx(ns: &str, ifname: &str) -> (u64, u64) {
     let out = Command::new("ip")
@@ -111,28 +95,7 @@ fn uplink_link_down_and_up() {
     )
     .unwrap();
     let run = spawn_run(&cfg);
-    let t = Instant::now();
-    while std::net::TcpStream::connect(&maddr).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "the daemon never served"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let ns = Netns(format!("nbd-pf-{pid}"));
-    sh(&["ip", "netns", "add", &ns.0]);
-    sh(&["ip", "link", "set", &ifname, "netns", &ns.0]);
-    sh(&[
-        "ip",
-        "-n",
-        &ns.0,
-        "addr",
-        "add",
-        "10.10.0.254/24",
-        "dev",
-        &ifname,
-    ]);
-    sh(&["ip", "-n", &ns.0, "link", "set", &ifname, "up"]);
+    let ns = tap_into_netns(&maddr, &ifname, &format!("nbd-pf-{pid}"), "10.10.0.254/24");
     let out = Command::new("ip")
         .args(["-n", &ns.0, "-j", "link", "show", &ifname])
         .output()

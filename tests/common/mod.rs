@@ -258,3 +258,47 @@ pub fn ctl_socket(config: &str, path: &std::path::Path) -> String {
         &format!("[ctl]\nsocket = \"{}\"\n", path.display()),
     )
 }
+
+/// A network namespace of the test's own, deleted (with what was moved into it) when
+/// dropped.
+pub struct Netns(pub String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// Runs a command that must succeed (its stdout discarded).
+pub fn sh(args: &[&str]) {
+    let st = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "{args:?}");
+}
+
+/// The wire of a `net_tap` uplink: once the daemon serves `/metrics` at `maddr` (its port
+/// started: DPDK opens the tap's queues by name in our namespace, so moving the tap earlier
+/// would leave them on a new tap of the same name), the tap's kernel side `ifname` goes
+/// into a new namespace `name` with address `cidr`, up.
+pub fn tap_into_netns(maddr: &str, ifname: &str, name: &str, cidr: &str) -> Netns {
+    let t = Instant::now();
+    while std::net::TcpStream::connect(maddr).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the daemon never served"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(std::path::Path::new(&format!("/sys/class/net/{ifname}")).exists());
+    let ns = Netns(name.to_string());
+    sh(&["ip", "netns", "add", &ns.0]);
+    sh(&["ip", "link", "set", ifname, "netns", &ns.0]);
+    sh(&["ip", "-n", &ns.0, "addr", "add", cidr, "dev", ifname]);
+    sh(&["ip", "-n", &ns.0, "link", "set", ifname, "up"]);
+    ns
+}
