@@ -38,10 +38,14 @@ pub fn start_sim(args: &[&str], parent: &std::path::Path) -> (Guard, String, Sim
 
 pub fn wait_state(xs: &XenStore, path: &str, want: &str, secs: u64) -> Duration {
     let t = Instant::now();
-    while xs.read(Tx::NONE, path).unwrap().as_deref() != Some(want) {
+    loop {
+        let cur = xs.read(Tx::NONE, path).unwrap();
+        if cur.as_deref() == Some(want) {
+            break;
+        }
         assert!(
             t.elapsed() < Duration::from_secs(secs),
-            "{path} never became {want}"
+            "{path} never became {want} (is {cur:?})"
         );
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -89,13 +93,15 @@ pub fn start_sim_with(
     start_sim(&args, parent)
 }
 
-/// `netbackd run --config CFG` (its stderr dropped).
+/// `netbackd run --config CFG`, its log (stderr) in CFG with the extension `log` (kept
+/// beside the config for a failed test to show).
 pub fn spawn_run(cfg: &std::path::Path) -> Guard {
+    let log = std::fs::File::create(cfg.with_extension("log")).unwrap();
     Guard(Some(
         std::process::Command::new(BIN)
             .args(["run", "--config"])
             .arg(cfg)
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap(),
     ))
