@@ -21,7 +21,7 @@ use dataplane::netif::{BackRing, CtrlRing, SharedPage};
 use dataplane::txparse::Rogue;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 use xen::{EventChannel, GrantCopy, GrantMap, Mapping, Tx, XenStore};
 
@@ -509,6 +509,31 @@ pub struct Backend<M: GrantMap, E: EventChannel + Clone> {
     /// The counters the last rebalancing decision started from.
     balance: Option<LoadSample>,
     nic: Option<NicSteering>,
+    link: StoreLink,
+}
+
+/// The xenstore connection's health. A request failing on the connection itself (not on
+/// a node) marks it lost: the vifs keep forwarding (the engine never touches the store),
+/// nothing can attach, detach or change, and the connection is reopened every second,
+/// then watches are set again and the backend directory rescanned.
+struct StoreLink {
+    lost_since: Option<Instant>,
+    next_check: Instant,
+    last_warn: Instant,
+}
+
+/// How often the connection is checked, and reopened while lost.
+const STORE_CHECK: Duration = Duration::from_secs(1);
+
+/// Whether a xenstore error means the connection itself is gone.
+fn connection_lost(e: &xen::XenError) -> bool {
+    let xen::XenError::Store { source, .. } = e else {
+        return false;
+    };
+    matches!(
+        source.raw_os_error(),
+        Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN | libc::EBADF | libc::ESHUTDOWN)
+    )
 }
 
 /// Each group's busy and idle cycles and each queue's packets, at one instant.
@@ -595,7 +620,67 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             ctrl_copy: None,
             balance: None,
             nic: None,
+            link: StoreLink {
+                lost_since: None,
+                next_check: Instant::now() + STORE_CHECK,
+                last_warn: Instant::now(),
+            },
         })
+    }
+
+    /// Checks the xenstore connection once a second, reopening it while it is lost; false
+    /// while it is lost.
+    fn store_ok(&mut self) -> bool {
+        let now = Instant::now();
+        if now < self.link.next_check {
+            return self.link.lost_since.is_none();
+        }
+        self.link.next_check = now + STORE_CHECK;
+        let Some(since) = self.link.lost_since else {
+            return match self.xs.read(Tx::NONE, &self.root) {
+                Err(e) if connection_lost(&e) => {
+                    tracing::error!(
+                        "xenstore connection lost ({e}): the connected vifs keep forwarding; \
+                         no vif can attach, detach or change until it is back; reconnecting \
+                         every second"
+                    );
+                    self.link.lost_since = Some(now);
+                    self.link.last_warn = now;
+                    false
+                }
+                _ => true,
+            };
+        };
+        let path = self.xs.socket_path().to_string();
+        let reopened = if path.starts_with("/dev/") {
+            XenStore::open_host(None)
+        } else {
+            XenStore::open_at(&path)
+        };
+        let xs = match reopened.and_then(|xs| xs.watch(&self.root, "backend").map(|_| xs)) {
+            Ok(xs) => xs,
+            Err(e) => {
+                if now.duration_since(self.link.last_warn) >= Duration::from_secs(30) {
+                    tracing::warn!(
+                        "xenstore still unreachable after {:.0} s: {e}",
+                        since.elapsed().as_secs_f64()
+                    );
+                    self.link.last_warn = now;
+                }
+                return false;
+            }
+        };
+        for ((domid, devid), v) in &self.vifs {
+            let _ = xs.watch(&format!("{}/state", v.fe), &format!("fe:{domid}:{devid}"));
+        }
+        self.xs = xs;
+        self.link.lost_since = None;
+        tracing::info!(
+            "xenstore connection restored after {:.1} s; rescanning the backend directory",
+            since.elapsed().as_secs_f64()
+        );
+        self.rescan();
+        true
     }
 
     /// Steers each vif's frames in the NIC (rte_flow) to its group's queue of `port`
@@ -918,6 +1003,12 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
 
     /// Waits up to `timeout` for xenstore changes and handles them; returns events handled.
     pub fn step(&mut self, timeout: Duration) -> usize {
+        if !self.store_ok() {
+            // Control rings are served without the store; the rest waits for it.
+            self.serve_ctrl();
+            std::thread::sleep(timeout);
+            return 0;
+        }
         let mut n = 0;
         let mut ev = self.xs.read_watch_timeout(timeout);
         while let Some(e) = ev {
