@@ -33,6 +33,9 @@ pub struct Shared {
     /// The uplink port and its name, for link state and DPDK xstats; taken away on shutdown
     /// so the port closes (and returns its mbufs) before the pool goes.
     pub port: Mutex<Option<(String, Arc<pmd::Port>)>>,
+    /// The mbuf pool, for its in-use count (a leak shows as a count that never comes back
+    /// down); taken away on shutdown with the port.
+    pub pool: Mutex<Option<Arc<pmd::Mempool>>>,
     /// How vifs' frames from the wire reach their groups (NIC flow rule or software).
     pub steering: Arc<control::SteeringCounters>,
 }
@@ -324,6 +327,19 @@ pub fn render(s: &Shared) -> prometheus::Result<String> {
                 .inc_by(g(a));
         }
     }
+    if let Some(pool) = s.pool.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        let mbufs = r.gauge(
+            "netbackd_mempool_mbufs",
+            "The mbuf pool: mbufs in use (in rings, backlogs, ports' queues) and available.",
+            &["state"],
+        )?;
+        mbufs
+            .with_label_values(&["in_use"])
+            .set(i64::from(pool.in_use()));
+        mbufs
+            .with_label_values(&["available"])
+            .set(i64::from(pool.available()));
+    }
     let port = s.port.lock().unwrap_or_else(|e| e.into_inner()).clone();
     if let Some((name, port)) = &port {
         let pl = ["port"];
@@ -439,6 +455,7 @@ mod tests {
             domains: Mutex::new(Domains::new(8)),
             groups: Vec::new(),
             port: Mutex::new(None),
+            pool: Mutex::new(None),
             steering: Default::default(),
         }
     }

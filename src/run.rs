@@ -390,6 +390,7 @@ fn serve<H: Host>(
             )),
             groups: group_counters,
             port: std::sync::Mutex::new(Some((name.clone(), port.clone()))),
+            pool: std::sync::Mutex::new(Some(pool.clone())),
             steering,
         });
         if !cfg.metrics.listen.is_empty() {
@@ -583,6 +584,7 @@ fn serve<H: Host>(
         backend.release();
         drop(backend);
         shared.port.lock().unwrap_or_else(|e| e.into_inner()).take();
+        shared.pool.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
     drop(eal);
     tracing::info!("stopped");
