@@ -1124,8 +1124,10 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                     }
                 }
             }
-            state::CLOSING | state::CLOSED if ours == state::CONNECTED => {
-                tracing::info!(domid, devid, "frontend closed");
+            // A frontend whose state is gone (its directory removed) or unreadable is
+            // Unknown, which Linux's netback treats as Closed.
+            0 | state::CLOSING | state::CLOSED if ours == state::CONNECTED => {
+                tracing::info!(domid, devid, fe_state, "frontend closed");
                 self.disconnect(key);
                 self.write_state(key, state::CLOSED);
             }
@@ -1241,12 +1243,18 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             let local_rx = if ev_rx == ev_tx {
                 local_tx
             } else {
-                self.ev
-                    .bind_interdomain(domid, ev_rx)
-                    .map_err(|_| FrontendError::Bind {
-                        key: rx_key,
-                        port: ev_rx,
-                    })?
+                match self.ev.bind_interdomain(domid, ev_rx) {
+                    Ok(p) => p,
+                    Err(_) => {
+                        // The TX channel is not the vif's yet (`disconnect` would not
+                        // know it): unbind it here, or it stays bound for good.
+                        let _ = self.ev.unbind(local_tx);
+                        return Err(FrontendError::Bind {
+                            key: rx_key,
+                            port: ev_rx,
+                        });
+                    }
+                }
             };
             let v = self.vifs.get_mut(&key).expect("known vif");
             v.ports.push(local_tx);
