@@ -106,8 +106,10 @@ impl Hostile {
         h.tx_ring_ref = h.grant(h.tx_frame, GTF_PERMIT_ACCESS, be_dom)?;
         h.rx_ring_ref = h.grant(h.rx_frame, GTF_PERMIT_ACCESS, be_dom)?;
         // The front ring's event indices start at 1, as FRONT_RING_INIT leaves them.
-        h.index(h.tx_frame, RSP_PROD + 4).store(1, Ordering::Release);
-        h.index(h.rx_frame, RSP_PROD + 4).store(1, Ordering::Release);
+        h.index(h.tx_frame, RSP_PROD + 4)
+            .store(1, Ordering::Release);
+        h.index(h.rx_frame, RSP_PROD + 4)
+            .store(1, Ordering::Release);
         h.evtchn_tx = h.ev.alloc_unbound(be_dom)?;
         h.evtchn_rx = h.ev.alloc_unbound(be_dom)?;
         Ok(h)
@@ -135,7 +137,13 @@ impl Hostile {
     }
 
     /// Writes grant entry `gref` (revoke: flags 0).
-    pub fn set_grant(&self, gref: u32, flags: u16, domid: u16, frame: u32) -> Result<(), FrontError> {
+    pub fn set_grant(
+        &self,
+        gref: u32,
+        flags: u16,
+        domid: u16,
+        frame: u32,
+    ) -> Result<(), FrontError> {
         Ok(self.mem.set_entry(gref, flags, domid, frame)?)
     }
 
@@ -175,7 +183,9 @@ impl Hostile {
 
     /// Writes `key` (relative to the frontend directory) = `value`.
     pub fn write(&self, key: &str, value: &str) -> Result<(), FrontError> {
-        Ok(self.xs.write(Tx::NONE, &format!("{}/{key}", self.fe), value)?)
+        Ok(self
+            .xs
+            .write(Tx::NONE, &format!("{}/{key}", self.fe), value)?)
     }
 
     pub fn write_keys(&self, keys: &[(String, String)]) -> Result<(), FrontError> {
@@ -222,7 +232,11 @@ impl Hostile {
 
     /// The handshake of a well-behaved frontend: InitWait awaited, `keys` written, state 4;
     /// waits for the backend to be Connected.
-    pub fn connect_with(&self, keys: &[(String, String)], timeout: Duration) -> Result<(), FrontError> {
+    pub fn connect_with(
+        &self,
+        keys: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<(), FrontError> {
         if !self.wait_backend(2, timeout) {
             return Err(FrontError::Timeout("backend InitWait".into()));
         }
@@ -274,7 +288,8 @@ impl Hostile {
 
     /// Writes the shared TX `req_prod` (any value).
     pub fn set_tx_req_prod(&self, v: u32) {
-        self.index(self.tx_frame, REQ_PROD).store(v, Ordering::Release);
+        self.index(self.tx_frame, REQ_PROD)
+            .store(v, Ordering::Release);
     }
 
     pub fn tx_rsp_prod(&self) -> u32 {
@@ -326,7 +341,8 @@ impl Hostile {
 
     /// Writes the shared RX `req_prod` (any value).
     pub fn set_rx_req_prod(&self, v: u32) {
-        self.index(self.rx_frame, REQ_PROD).store(v, Ordering::Release);
+        self.index(self.rx_frame, REQ_PROD)
+            .store(v, Ordering::Release);
     }
 
     /// RX responses written since the last call.
