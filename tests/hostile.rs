@@ -69,6 +69,9 @@ struct ProcSample {
 }
 
 fn proc_sample(pid: u32) -> ProcSample {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the daemon runs");
+    let state = stat.rsplit_once(") ").unwrap().1.chars().next();
+    assert_ne!(state, Some('Z'), "the daemon exited");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let rss_kib = status
         .lines()
@@ -83,7 +86,6 @@ fn proc_sample(pid: u32) -> ProcSample {
         .lines()
         .filter(|l| l.ends_with(&format!("/dom{HOSTILE}/memory")))
         .count() as i64;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // Fields after the command (which may hold spaces): utime and stime are 14 and 15.
     let rest: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
     let ticks: i64 = rest[11].parse::<i64>().unwrap() + rest[12].parse::<i64>().unwrap();
@@ -269,6 +271,8 @@ struct Ctx {
     feeder_gen: PktGen,
     next_devid: u32,
     rows: Vec<Row>,
+    /// The daemon's mappings of the hostile domain's RAM when the current case began.
+    maps0: i64,
 }
 
 /// Frames and grant references each hostile vif may use (they share the domain's).
@@ -363,6 +367,7 @@ impl Ctx {
         let t = Instant::now();
         healthy.run(Some(PACE));
         let before = proc_sample(self.pid);
+        self.maps0 = before.maps;
         let observed = f(self);
         let ph = healthy.drain();
         let after = proc_sample(self.pid);
@@ -533,6 +538,19 @@ fn expect_rogue(ctx: &Ctx, h: &Hostile, label: &str, msg: &str, before: f64) -> 
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    let body = ctx.metrics();
+    assert_eq!(
+        ctx.vif(&body, "netbackd_vif_rogue_total", h.devid, &[]),
+        1.0
+    );
+    // Its rings are unmapped and its channels unbound.
+    while proc_sample(ctx.pid).maps != ctx.maps0 {
+        assert!(t.elapsed() < Duration::from_secs(5), "rings left mapped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for p in [h.evtchn_tx, h.evtchn_rx] {
+        assert_eq!(h.port_state(p), 1, "port {p} left bound");
+    }
     format!("Closed, rogue{{{label}}} +1, error \"{msg}\"")
 }
 
@@ -663,6 +681,7 @@ fn hostile_frontends() {
         },
         next_devid: 0,
         rows: Vec::new(),
+        maps0: 0,
     };
     // Warm-up (the first connection's allocations are not a case's).
     ctx.case(&healthy, "warm-up: a well-behaved vif", "-", |ctx| {
@@ -707,12 +726,18 @@ fn hostile_frontends() {
         total_fds <= 0,
         "the daemon's fd count grew by {total_fds} over the cases (warm-up {first:?})"
     );
+    let rss: i64 = ctx.rows[1..].iter().map(|r| r.d.rss_kib).sum();
+    assert!(
+        rss < 32 * 1024,
+        "the daemon's RSS grew by {rss} KiB over the cases"
+    );
     assert!(
         term_and_wait(run).success(),
         "the daemon did not stop cleanly"
     );
     assert!(term_and_wait(sim).success());
     std::fs::remove_dir_all(&parent).unwrap();
+    assert!(!std::path::Path::new(&format!("/var/run/dpdk/nbd-hostile-{pid}")).exists());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1239,12 +1264,6 @@ fn rx_cases(ctx: &mut Ctx, healthy: &Healthy) {
         "accepted",
         |ctx| {
             let mut h = ctx.connected();
-            let pool: Vec<(u32, u32)> = (0..64)
-                .map(|_| {
-                    let f = h.frame().unwrap();
-                    (f, h.grant(f, GTF_PERMIT_ACCESS, 0).unwrap())
-                })
-                .collect();
             let frames: Vec<Vec<u8>> = (0..5)
                 .map(|i| tcp_frame(hmac(h.devid), 65_000, i))
                 .collect();
@@ -1254,78 +1273,19 @@ fn rx_cases(ctx: &mut Ctx, healthy: &Healthy) {
                 gso: Some((1448, XEN_NETIF_GSO_TYPE_TCPV4)),
                 ..Default::default()
             };
-            let mut sent = 0;
-            let mut got: Vec<(Vec<u8>, Option<u16>)> = Vec::new();
-            let mut payload: Vec<u8> = Vec::new();
-            let mut cur: Vec<u8> = Vec::new();
-            let (mut in_extra, mut gso) = (false, None);
-            let mut max_slots = 0;
-            let mut slots = 0;
-            let t = Instant::now();
-            let mut last_send = Instant::now() - Duration::from_secs(1);
-            while payload.len() < stream.len() {
-                assert!(
-                    t.elapsed() < Duration::from_secs(20),
-                    "{} of {} bytes after {:?}",
-                    payload.len(),
-                    stream.len(),
-                    t.elapsed()
-                );
-                if sent < frames.len()
-                    && last_send.elapsed() > Duration::from_millis(50)
-                    && ctx.feeder.send(0, &frames[sent], meta).is_ok()
-                {
-                    sent += 1;
-                    last_send = Instant::now();
-                }
-                let _ = ctx.feeder.poll_rx(0);
-                // One more buffer.
-                let slot = h.rx_prod;
-                let (_, g) = pool[slot as usize % pool.len()];
-                h.rx_put(&[RxRequest {
-                    id: (slot % 256) as u16,
-                    pad: 0,
-                    gref: g,
-                }]);
-                h.rx_push();
-                std::thread::sleep(Duration::from_micros(500));
-                for r in h.rx_responses() {
-                    slots += 1;
-                    if in_extra {
-                        let e = ExtraInfo::from_rx_slot(&r);
-                        assert_eq!(e.ty, XEN_NETIF_EXTRA_TYPE_GSO);
-                        gso = Some(e.as_gso().size);
-                        in_extra = e.more();
-                        continue;
-                    }
-                    assert!(r.status > 0, "RX error {r:?}");
-                    assert_ne!(r.status, XEN_NETIF_RSP_NULL);
-                    let (frame, _) = pool[usize::from(r.id) % pool.len()];
-                    cur.extend(
-                        h.read_page(frame, usize::from(r.offset), r.status as usize)
-                            .unwrap(),
-                    );
-                    if r.flags & NETRXF_EXTRA_INFO != 0 {
-                        in_extra = true;
-                    }
-                    if r.flags & NETRXF_MORE_DATA == 0 {
-                        max_slots = max_slots.max(slots);
-                        slots = 0;
-                        let d = std::mem::take(&mut cur);
-                        assert!(
-                            d.len() > 54 && d[..14] == frames[0][..14],
-                            "a foreign frame"
-                        );
-                        payload.extend_from_slice(&d[54..]);
-                        got.push((d, gso.take()));
-                    }
-                }
-            }
-            assert!(
-                payload == stream,
-                "the byte stream arrived corrupt or out of order"
-            );
+            let (got, max_slots) = trickle(ctx, &mut h, &frames, meta, |got| {
+                got.iter()
+                    .map(|(d, _)| d.len().saturating_sub(54))
+                    .sum::<usize>()
+                    >= stream.len()
+            });
+            let mut payload = Vec::new();
             for (d, g) in &got {
+                assert!(
+                    d.len() > 54 && d[..14] == frames[0][..14],
+                    "a foreign frame"
+                );
+                payload.extend_from_slice(&d[54..]);
                 // A frame longer than one segment came whole, with its GSO extra.
                 assert_eq!(
                     d.len() > 1502,
@@ -1333,25 +1293,210 @@ fn rx_cases(ctx: &mut Ctx, healthy: &Healthy) {
                     "GSO extra and frame size disagree"
                 );
             }
-            let body = ctx.metrics();
-            let dev = h.devid;
-            assert_eq!(
-                ctx.vif(&body, "netbackd_vif_rx_stalls_total", dev, &[]),
-                0.0
+            assert!(
+                payload == stream,
+                "the byte stream arrived corrupt or out of order"
             );
-            for reason in ["stalled", "backlog_full", "copy_error", "too_big"] {
-                assert_eq!(ctx.drops(dev, "rx", reason), 0.0, "{reason}");
-            }
+            no_rx_trouble(ctx, h.devid);
             let whole = got.iter().filter(|(_, g)| g.is_some()).count();
             format!(
                 "5 x 65000-byte GSO frames: {} bytes intact in order as {} packets ({whole} whole \
-             GSO, up to {max_slots} slots) over {} single-slot refills; no stall, no drop",
+             GSO, up to {max_slots} slots each) over {} single-slot refills; no stall, no drop",
                 payload.len(),
                 got.len(),
                 h.rx_prod
             )
         },
     );
+    // The same with frames that need several buffers each (a vif with mtu 9000).
+    ctx.case(
+        healthy,
+        "RX refilled one slot at a time, 9000-byte frames",
+        "accepted",
+        |ctx| {
+            let mut h = ctx.hostile();
+            let be = h.be.clone();
+            ctx.xs
+                .write(xen::Tx::NONE, &format!("{be}/mtu"), "9000")
+                .unwrap();
+            h.connect(Duration::from_secs(5)).unwrap();
+            let frames: Vec<Vec<u8>> = (0..8)
+                .map(|i| {
+                    let mut g = ctx.feeder_gen.clone();
+                    g.dst_mac = hmac(h.devid);
+                    g.frame_len = 9000;
+                    g.seq = 1000 + i;
+                    let mut f = Vec::new();
+                    g.next_frame(&mut f);
+                    f
+                })
+                .collect();
+            let meta = TxMeta {
+                slot_size: 4096,
+                ..Default::default()
+            };
+            let (got, max_slots) = trickle(ctx, &mut h, &frames, meta, |got| got.len() >= 8);
+            let got: Vec<Vec<u8>> = got.into_iter().map(|(d, _)| d).collect();
+            assert!(got == frames, "every frame whole, in order");
+            assert_eq!(max_slots, 3, "9000 bytes in 4 KiB buffers");
+            no_rx_trouble(ctx, h.devid);
+            format!(
+            "8 x 9000-byte frames delivered whole in 3 slots each over {} single-slot refills; \
+             no stall, no drop",
+            h.rx_prod
+        )
+        },
+    );
+    // Buffers revoked after they were posted: the copies into them fail, counted.
+    ctx.case(
+        healthy,
+        "RX: buffers revoked after posting",
+        "1 drop",
+        |ctx| {
+            let mut h = ctx.connected();
+            let mut grefs = Vec::new();
+            for _ in 0..4 {
+                let f = h.frame().unwrap();
+                let g = h.grant(f, GTF_PERMIT_ACCESS, 0).unwrap();
+                let id = (h.rx_prod % 256) as u16;
+                h.rx_put(&[RxRequest {
+                    id,
+                    pad: 0,
+                    gref: g,
+                }]);
+                grefs.push(g);
+            }
+            h.rx_push();
+            for g in &grefs {
+                h.set_grant(*g, 0, 0, 0).unwrap();
+            }
+            ctx.feed(h.devid, 4, 300);
+            let t = Instant::now();
+            let mut rsps = Vec::new();
+            while rsps.len() < 4 && t.elapsed() < Duration::from_secs(3) {
+                rsps.extend(h.rx_responses());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            assert_eq!(rsps.len(), 4);
+            assert!(rsps.iter().all(|r| r.status < 0), "{rsps:?}");
+            let t = Instant::now();
+            while ctx.drops(h.devid, "rx", "copy_error") != 4.0 {
+                assert!(
+                    t.elapsed() < Duration::from_secs(5),
+                    "rx copy_error not counted"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(h.backend("state").as_deref(), Some("4"));
+            "4 RX responses ERROR, rx drop{copy_error} +4, still Connected".into()
+        },
+    );
+}
+
+/// No RX stall and no RX drop of any reason counted for hostile vif `devid`.
+fn no_rx_trouble(ctx: &Ctx, devid: u32) {
+    let body = ctx.metrics();
+    assert_eq!(
+        ctx.vif(&body, "netbackd_vif_rx_stalls_total", devid, &[]),
+        0.0
+    );
+    for reason in ["stalled", "backlog_full", "copy_error", "too_big"] {
+        assert_eq!(ctx.drops(devid, "rx", reason), 0.0, "{reason}");
+    }
+}
+
+/// A received packet: its bytes and its GSO extra's size.
+type RxPkt = (Vec<u8>, Option<u16>);
+
+/// The feeder sends `frames` to hostile vif `h` at once while `h` posts one RX buffer
+/// per tick (from a pool of 64 pages), until `done` holds of the packets received
+/// (bounded). Returns the packets and the most data slots one used.
+fn trickle(
+    ctx: &mut Ctx,
+    h: &mut Hostile,
+    frames: &[Vec<u8>],
+    meta: TxMeta,
+    done: impl Fn(&[RxPkt]) -> bool,
+) -> (Vec<RxPkt>, usize) {
+    let pool: Vec<(u32, u32)> = (0..64)
+        .map(|_| {
+            let f = h.frame().unwrap();
+            (f, h.grant(f, GTF_PERMIT_ACCESS, 0).unwrap())
+        })
+        .collect();
+    let mut sent = 0;
+    let mut got: Vec<RxPkt> = Vec::new();
+    let mut cur: Vec<u8> = Vec::new();
+    let (mut in_extra, mut gso) = (false, None);
+    let (mut max_slots, mut slots) = (0, 0);
+    let mut answered = 0u32;
+    let t = Instant::now();
+    while !done(&got) {
+        if t.elapsed() > Duration::from_secs(20) {
+            let body = ctx.metrics();
+            let dev = format!("devid=\"{}\"", h.devid);
+            let lines: Vec<&str> = body
+                .lines()
+                .filter(|l| {
+                    (l.contains("domid=\"30\"") && l.contains(&dev) || l.contains("domid=\"12\""))
+                        && !l.ends_with(" 0")
+                })
+                .collect();
+            panic!(
+                "{} packets ({sent} sent) after {:?}, rx_prod {}:\n{}",
+                got.len(),
+                t.elapsed(),
+                h.rx_prod,
+                lines.join("\n")
+            );
+        }
+        // Everything is sent at once: the vif's backlog always holds a packet waiting
+        // for buffers.
+        while sent < frames.len() && ctx.feeder.send(0, &frames[sent], meta).is_ok() {
+            sent += 1;
+        }
+        let _ = ctx.feeder.poll_rx(0);
+        // One more buffer (never more outstanding than the pool, which is less than the
+        // ring).
+        let slot = h.rx_prod;
+        if slot.wrapping_sub(answered) < pool.len() as u32 {
+            let (_, g) = pool[slot as usize % pool.len()];
+            h.rx_put(&[RxRequest {
+                id: (slot % 256) as u16,
+                pad: 0,
+                gref: g,
+            }]);
+            h.rx_push();
+        }
+        std::thread::sleep(Duration::from_micros(500));
+        for r in h.rx_responses() {
+            answered = answered.wrapping_add(1);
+            if in_extra {
+                let e = ExtraInfo::from_rx_slot(&r);
+                assert_eq!(e.ty, XEN_NETIF_EXTRA_TYPE_GSO);
+                gso = Some(e.as_gso().size);
+                in_extra = e.more();
+                continue;
+            }
+            slots += 1;
+            assert!(r.status > 0, "RX error {r:?}");
+            assert_ne!(r.status, XEN_NETIF_RSP_NULL);
+            let (frame, _) = pool[usize::from(r.id) % pool.len()];
+            cur.extend(
+                h.read_page(frame, usize::from(r.offset), r.status as usize)
+                    .unwrap(),
+            );
+            if r.flags & NETRXF_EXTRA_INFO != 0 {
+                in_extra = true;
+            }
+            if r.flags & NETRXF_MORE_DATA == 0 {
+                max_slots = max_slots.max(slots);
+                slots = 0;
+                got.push((std::mem::take(&mut cur), gso.take()));
+            }
+        }
+    }
+    (got, max_slots)
 }
 
 /// XSA-332 shape: a million notifications on the hostile vif's channels; the healthy
