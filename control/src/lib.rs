@@ -1124,10 +1124,17 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                     }
                 }
             }
-            // A frontend whose state is gone (its directory removed) or unreadable is
-            // Unknown, which Linux's netback treats as Closed.
-            0 | state::CLOSING | state::CLOSED if ours == state::CONNECTED => {
-                tracing::info!(domid, devid, fe_state, "frontend closed");
+            // A frontend whose state node is gone (its directory removed) is Unknown,
+            // which Linux's netback treats as Closed. (Not on a failed read.)
+            0 if ours == state::CONNECTED
+                && matches!(self.xs.read(Tx::NONE, &format!("{fe}/state")), Ok(None)) =>
+            {
+                tracing::info!(domid, devid, "frontend directory gone; closing");
+                self.disconnect(key);
+                self.write_state(key, state::CLOSED);
+            }
+            state::CLOSING | state::CLOSED if ours == state::CONNECTED => {
+                tracing::info!(domid, devid, "frontend closed");
                 self.disconnect(key);
                 self.write_state(key, state::CLOSED);
             }
