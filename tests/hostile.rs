@@ -37,7 +37,7 @@ const RECEIVER: u16 = 11;
 const FEEDER: u16 = 12;
 const HOSTILE: u16 = 30;
 /// The healthy stream's rate, frames/s.
-const PACE: f64 = 5000.0;
+const PACE: f64 = 10000.0;
 /// Grant entries per sim guest (`netbackd sim`).
 const GRANTS: u32 = 8192;
 
