@@ -1215,6 +1215,15 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                     }
                 }
             }
+            // A frontend whose state node is gone (its directory removed) is Unknown,
+            // which Linux's netback treats as Closed. (Not on a failed read.)
+            0 if ours == state::CONNECTED
+                && matches!(self.xs.read(Tx::NONE, &format!("{fe}/state")), Ok(None)) =>
+            {
+                tracing::info!(domid, devid, "frontend directory gone; closing");
+                self.disconnect(key);
+                self.write_state(key, state::CLOSED);
+            }
             state::CLOSING | state::CLOSED if ours == state::CONNECTED => {
                 tracing::info!(domid, devid, "frontend closed");
                 self.disconnect(key);
@@ -1332,12 +1341,18 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             let local_rx = if ev_rx == ev_tx {
                 local_tx
             } else {
-                self.ev
-                    .bind_interdomain(domid, ev_rx)
-                    .map_err(|_| FrontendError::Bind {
-                        key: rx_key,
-                        port: ev_rx,
-                    })?
+                match self.ev.bind_interdomain(domid, ev_rx) {
+                    Ok(p) => p,
+                    Err(_) => {
+                        // The TX channel is not the vif's yet (`disconnect` would not
+                        // know it): unbind it here, or it stays bound for good.
+                        let _ = self.ev.unbind(local_tx);
+                        return Err(FrontendError::Bind {
+                            key: rx_key,
+                            port: ev_rx,
+                        });
+                    }
+                }
             };
             let v = self.vifs.get_mut(&key).expect("known vif");
             v.ports.push(local_tx);

@@ -32,6 +32,7 @@ fn xenbus_backend_lifecycle() {
         let h = &env.host;
         h.add_domain(61, "web", 4096, 8192).unwrap();
         h.add_domain(62, "bad", 1024, 2048).unwrap();
+        h.add_domain(63, "evil", 1024, 2048).unwrap();
         let mut g = env.group(EngineConfig::default(), TxCaps::default());
         let handle = g.handle();
         let stop = Arc::new(AtomicBool::new(false));
@@ -187,6 +188,47 @@ fn xenbus_backend_lifecycle() {
                 sink.accept(&p.data);
             }
         }
+        // 7. A refused second channel (the RX one is not offered to us): the TX one,
+        //    bound a moment before, is not left bound (regression, tests/hostile.rs).
+        let hostile = |devid: u32| {
+            toolstack::add_vif(xs, 0, 63, devid, "00:16:3e:00:06:03", &Default::default()).unwrap();
+            let f0 = devid * 16;
+            guest::hostile::Hostile::new(
+                h.layout(),
+                h.connect().unwrap(),
+                63,
+                devid,
+                f0..f0 + 16,
+                8 + f0..8 + f0 + 16,
+            )
+            .unwrap()
+        };
+        let bad = hostile(0);
+        let mut keys = bad.standard_keys();
+        keys.retain(|(k, _)| k != "event-channel-rx");
+        keys.push(("event-channel-rx".into(), "1000".into()));
+        bad.write_keys(&keys).unwrap();
+        bad.set_state(4).unwrap();
+        assert!(bad.wait_backend(6, Duration::from_secs(2)));
+        assert_eq!(
+            bad.backend("error").as_deref(),
+            Some("binding event-channel-rx (port 1000) failed")
+        );
+        assert_eq!(bad.port_state(bad.evtchn_tx), 1, "TX channel left bound");
+        // 8. The frontend's directory removed while Connected (its state Unknown, as
+        //    Linux's netback sees it): closed, channels unbound (regression).
+        let gone = hostile(1);
+        gone.connect(Duration::from_secs(5)).unwrap();
+        assert_eq!(gone.port_state(gone.evtchn_tx), 2);
+        gone.rm("").unwrap();
+        assert!(
+            gone.wait_backend(6, Duration::from_secs(2)),
+            "still Connected"
+        );
+        for p in [gone.evtchn_tx, gone.evtchn_rx] {
+            assert_eq!(gone.port_state(p), 1, "port {p} left bound");
+        }
+
         let _ = state::CLOSED;
         let _ = fep;
         stop.store(true, Ordering::Relaxed);

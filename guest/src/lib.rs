@@ -2,6 +2,7 @@
 //! the way Linux's xen-netfront attaches to a backend. Used by tests, the demo and the
 //! benchmarks, never by production.
 pub mod harness;
+pub mod hostile;
 pub mod netfront;
 pub mod pktgen;
 pub mod stack;
