@@ -298,6 +298,11 @@ struct Flow {
     last_id: u16,
     payload: u32,
     segs: u16,
+    /// Mbuf segments of the frame so far (the head's and the merged ones').
+    nb_segs: u32,
+    /// The merged segments (headers removed), chained to the head when the frame is
+    /// finished: chained one by one, each would walk the whole chain so far.
+    parts: Vec<Mbuf>,
     /// Whether the head's checksums were checked (done when the first merge comes).
     checked: bool,
     /// A segment shorter than the first, or one with PSH, ended the frame.
@@ -309,12 +314,15 @@ struct Flow {
 #[derive(Default)]
 pub struct Gro {
     flows: Vec<Flow>,
+    /// Emptied `Flow::parts` lists, reused.
+    spare: Vec<Vec<Mbuf>>,
 }
 
 impl Gro {
     pub fn new() -> Gro {
         Gro {
             flows: Vec::with_capacity(MAX_FLOWS),
+            spare: Vec::new(),
         }
     }
 
@@ -364,9 +372,13 @@ impl Gro {
                     self.end_flow(out, &m, &info, &mut st);
                     if self.flows.len() == MAX_FLOWS {
                         let f = self.flows.remove(0);
-                        finish(out, &f, &mut st);
+                        self.finish(out, f, &mut st);
                     }
+                    let nb_segs = u32::from(m.nb_segs());
+                    let parts = self.spare.pop().unwrap_or_default();
                     self.flows.push(Flow {
+                        nb_segs,
+                        parts,
                         at: out.len(),
                         info,
                         next_seq: info.seq.wrapping_add(info.payload),
@@ -412,7 +424,7 @@ impl Gro {
             || !id_ok
             || ip_len > MAX_IP_LEN
             || f.segs >= MAX_SEGS
-            || u32::from(head.nb_segs()) + u32::from(m.nb_segs()) > u32::from(MAX_SEGS) * 4
+            || f.nb_segs + u32::from(m.nb_segs()) > u32::from(MAX_SEGS) * 4
         {
             return Some(m);
         }
@@ -429,12 +441,8 @@ impl Gro {
         if !m.adj(hdr) {
             return Some(m);
         }
-        if let Err(mut back) = head.chain(m) {
-            // Cannot happen below MAX_SEGS * 4 segments; the header bytes are still in
-            // the headroom, so the segment goes on as it came.
-            let _ = back.prepend(hdr);
-            return Some(back);
-        }
+        f.nb_segs += u32::from(m.nb_segs());
+        f.parts.push(m);
         f.payload += i.payload;
         f.next_seq = f.next_seq.wrapping_add(i.payload);
         f.last_id = i.ip_id;
@@ -455,14 +463,37 @@ impl Gro {
             .position(|f| same_flow(out[f.at].data(), &f.info, m.data(), i))
         {
             let f = self.flows.remove(k);
-            finish(out, &f, st);
+            self.finish(out, f, st);
         }
     }
 
     fn close_all(&mut self, out: &mut [Mbuf], st: &mut GroStats) {
-        for f in self.flows.drain(..) {
-            finish(out, &f, st);
+        while let Some(f) = self.flows.pop() {
+            self.finish(out, f, st);
         }
+    }
+
+    /// Chains a flow's merged segments to its head (from the last one back, so that each
+    /// link walks one short chain) and finishes the frame.
+    fn finish(&mut self, out: &mut [Mbuf], mut f: Flow, st: &mut GroStats) {
+        let mut tail: Option<Mbuf> = None;
+        while let Some(mut m) = f.parts.pop() {
+            if let Some(t) = tail.take() {
+                // At most MAX_SEGS * 4 segments, far below what a chain can hold
+                // (RTE_MBUF_MAX_NB_SEGS): linking cannot fail.
+                if m.chain(t).is_err() {
+                    debug_assert!(false, "mbuf chain full");
+                }
+            }
+            tail = Some(m);
+        }
+        if let Some(t) = tail {
+            if out[f.at].chain(t).is_err() {
+                debug_assert!(false, "mbuf chain full");
+            }
+        }
+        finish(out, &f, st);
+        self.spare.push(std::mem::take(&mut f.parts));
     }
 }
 
