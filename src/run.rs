@@ -1,13 +1,15 @@
 //! `netbackd run`: EAL, the port, the groups on their lcores, and the xenbus control plane,
-//! until SIGINT/SIGTERM. On the way out the groups stop, ports close, and the vifs are left
-//! as they are in xenstore, so a restarted daemon reconnects them.
-use crate::config::{Config, CopyPath, HostKind, SwitchMode};
+//! until SIGINT/SIGTERM. On the way out the groups stop taking guest TX requests and
+//! deliver what they took in, the channels are unbound and the rings unmapped, and the vifs
+//! are left Connected in xenstore (`backend.on_stop = "keep"`), so a restarted daemon
+//! resumes them with nothing lost; or they are closed (`"close"`).
+use crate::config::{Config, CopyPath, HostKind, OnStop, SwitchMode};
 use anyhow::{bail, Context};
 use control::{Backend, BackendConfig};
 use dataplane::engine::{connect_groups, Adaptive, EngineConfig, Group, GroupIo};
 use dataplane::offload::{SoftGso, TxCaps};
 use dataplane::switch::{Mode, SwitchConfig};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use xen::{EventChannel, GrantCopy, GrantMap, XenStore};
@@ -49,8 +51,10 @@ impl Host for SimBackendHost {
     }
 
     fn group(&self) -> anyhow::Result<(Self::Copy, Self::Ev)> {
-        let ev =
-            xen::sim::SimEvtchn::new(self.layout.clone(), self.domid).context("event channels")?;
+        // As /dev/xen/evtchn: the channels die with this process (kill -9 too), so a
+        // restarted daemon can bind the guests' ports again.
+        let ev = xen::sim::SimEvtchn::device(self.layout.clone(), self.domid)
+            .context("event channels")?;
         let gm =
             xen::sim::SimGrant::new(xen::sim::DomainTable::new(self.layout.clone()), self.domid);
         Ok((gm, ev))
@@ -206,6 +210,10 @@ fn default_pool(n: u32) -> anyhow::Result<pmd::Mempool> {
     pmd::Mempool::new("netbackd", n, 256, 2176, -1).context("mbuf pool")
 }
 
+/// A clean stop ends a group's delivery of frames in flight once nothing moved for this
+/// long with every backlog empty (frames sent to a looped port come back well within it).
+const DRAIN_QUIET: Duration = Duration::from_millis(20);
+
 /// Where the configuration came from, to read it again on SIGHUP (`flag`).
 pub struct Reload {
     pub path: std::path::PathBuf,
@@ -341,18 +349,42 @@ fn serve<H: Host>(
         let group_lcores: Vec<Option<u32>> = (0..built.len())
             .map(|gi| workers.get(gi).copied())
             .collect();
+        // How long a clean stop waits for RX buffers (live: SIGHUP may change it).
+        let drain_ms = Arc::new(AtomicU32::new(cfg.backend.stop_drain_ms));
         for (gi, mut g) in built.into_iter().enumerate() {
             let s = group_stop.clone();
+            let dm = drain_ms.clone();
+            let mut work = move || {
+                g.run(&s, adaptive);
+                let max = Duration::from_millis(u64::from(dm.load(Ordering::Relaxed)));
+                let d = g.drain(DRAIN_QUIET, max);
+                if d.timed_out {
+                    tracing::warn!(
+                        "group {gi}: stopping: {} frame(s) in flight delivered, {} dropped: \
+                         their guests posted no RX buffers within backend.stop_drain_ms = {} ms",
+                        d.delivered,
+                        d.dropped,
+                        max.as_millis()
+                    );
+                } else {
+                    tracing::info!(
+                        "group {gi}: stopped taking guest TX requests; {} frame(s) in flight \
+                         delivered in {:.1} ms",
+                        d.delivered,
+                        d.elapsed.as_secs_f64() * 1e3
+                    );
+                }
+            };
             match workers.get(gi) {
                 Some(&lc) => {
                     pmd::lcore::launch(lc, move || {
-                        g.run(&s, adaptive);
+                        work();
                         0
                     })?;
                     lcores.push(lc);
                 }
                 // Fewer lcores than groups: a plain thread (it shares the main core).
-                None => threads.push(std::thread::spawn(move || g.run(&s, adaptive))),
+                None => threads.push(std::thread::spawn(work)),
             }
         }
         let xs = host.xenstore()?;
@@ -572,6 +604,7 @@ fn serve<H: Host>(
             n.send("STOPPING=1\nSTATUS=stopping");
         }
         tracing::info!("stopping");
+        drain_ms.store(running.backend.stop_drain_ms, Ordering::Relaxed);
         group_stop.store(true, Ordering::Relaxed);
         for lc in lcores {
             pmd::lcore::wait(lc);
@@ -579,7 +612,20 @@ fn serve<H: Host>(
         for t in threads {
             let _ = t.join();
         }
-        backend.release();
+        match running.backend.on_stop {
+            // Channels unbound and rings unmapped; xenstore untouched: the next daemon
+            // resumes every connected vif where this one left it.
+            OnStop::Keep => {
+                backend.release();
+                tracing::info!(
+                    "vifs left connected for the next start to resume (backend.on_stop = \"keep\")"
+                );
+            }
+            OnStop::Close => {
+                let n = backend.close_all();
+                tracing::info!("{n} vif(s) closed (backend.on_stop = \"close\")");
+            }
+        }
         drop(backend);
         shared.port.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
@@ -701,6 +747,15 @@ fn reread<M: GrantMap, E: EventChannel + Clone>(
             g.set_ageing(u64::from(new.switch.ageing_secs) * 1_000_000_000);
         }
         applied.push(format!("switch.ageing_secs {}", new.switch.ageing_secs));
+    }
+    if new.backend.on_stop != running.backend.on_stop {
+        applied.push(format!("backend.on_stop {:?}", new.backend.on_stop).to_lowercase());
+    }
+    if new.backend.stop_drain_ms != running.backend.stop_drain_ms {
+        applied.push(format!(
+            "backend.stop_drain_ms {}",
+            new.backend.stop_drain_ms
+        ));
     }
     if new.log.filter != running.log.filter {
         if let Some(f) = &new.log.filter {

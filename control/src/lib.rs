@@ -17,7 +17,7 @@ use dataplane::ctrl::{HashAlgorithm, HashState};
 use dataplane::engine::{
     least_loaded, Disable, Features, GroupHandle, QueueCounters, QueueId, QueueSetup,
 };
-use dataplane::netif::{BackRing, CtrlRing, SharedPage};
+use dataplane::netif::{BackRing, CtrlRing, RingError, RingKind, SharedPage};
 use dataplane::txparse::Rogue;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -78,6 +78,19 @@ pub enum FrontendError {
     Map { key: String, gref: u32 },
     #[error("binding {key} (port {port}) failed")]
     Bind { key: String, port: u32 },
+    /// Resuming a vif a previous daemon left connected: the shared ring's indices are
+    /// impossible (more requests outstanding than the ring holds, or a producer behind
+    /// the responses), so where to resume is unknown.
+    #[error(
+        "{key}: ring indices cannot be resumed (req_prod {req_prod}, rsp_prod {rsp_prod}, \
+         ring size {size})"
+    )]
+    Resume {
+        key: String,
+        req_prod: u32,
+        rsp_prod: u32,
+        size: u32,
+    },
     /// The toolstack, not the frontend, writes `mac` (into the backend directory).
     #[error("mac missing from the backend directory")]
     MacMissing,
@@ -98,7 +111,8 @@ impl FrontendError {
             | FrontendError::OutOfRange { key, .. }
             | FrontendError::Invalid { key, .. }
             | FrontendError::Map { key, .. }
-            | FrontendError::Bind { key, .. } => key,
+            | FrontendError::Bind { key, .. }
+            | FrontendError::Resume { key, .. } => key,
             FrontendError::MacMissing | FrontendError::BadMac(_) => "mac",
             FrontendError::NoGroup => "no_group",
         }
@@ -321,6 +335,26 @@ pub fn vif_mtu(key: Option<&str>, sg: bool) -> u16 {
     } else {
         mtu.min(1500)
     }
+}
+
+/// [`BackRing::resume`] with the refusal naming the frontend's key.
+fn resume_ring<K: RingKind>(
+    page: SharedPage,
+    key: String,
+) -> Result<(BackRing<K>, dataplane::netif::ResumePoint), FrontendError> {
+    BackRing::resume(page).map_err(|e| {
+        // The only refusal `resume` has.
+        let (req_prod, rsp_prod) = match e {
+            RingError::ImpossibleIndex { prod, cons, .. } => (prod, cons),
+            RingError::Full => (0, 0),
+        };
+        FrontendError::Resume {
+            key,
+            req_prod,
+            rsp_prod,
+            size: K::SIZE,
+        }
+    })
 }
 
 /// Parses the backend's `mac` (six hex bytes separated by `:`, as libxl writes it).
@@ -1068,8 +1102,10 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             let _ = self
                 .xs
                 .watch(&format!("{fe}/state"), &format!("fe:{domid}:{devid}"));
-            self.advertise(&be);
-            self.write_state(key, state::INIT_WAIT);
+            if !self.resume(key, domid, devid) {
+                self.advertise(&be);
+                self.write_state(key, state::INIT_WAIT);
+            }
         }
         let online = self.read(&format!("{be}/online")).as_deref() != Some("0");
         let be_state = self
@@ -1162,6 +1198,51 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
         }
     }
 
+    /// A vif found Connected on both ends when first seen (a previous daemon served it and
+    /// stopped or died without closing it) is picked up where it is: rings mapped again,
+    /// channels bound again, ring indices resumed from the shared rings' `rsp_prod`, and
+    /// its xenstore state left Connected, so the guest sees nothing but a pause. Returns
+    /// false when the vif is not in that state (it then starts over with InitWait); a vif
+    /// that cannot be resumed is closed with an `error` node, as a refused configuration.
+    fn resume(&mut self, key: (u16, u32), domid: u16, devid: u32) -> bool {
+        let (be, fe) = {
+            let v = &self.vifs[&key];
+            (v.be.clone(), v.fe.clone())
+        };
+        let st = |p: String| self.read(&p).and_then(|s| parse_u32(&s));
+        let online = self.read(&format!("{be}/online")).as_deref() != Some("0");
+        if !online
+            || st(format!("{be}/state")) != Some(state::CONNECTED)
+            || st(format!("{fe}/state")) != Some(state::CONNECTED)
+        {
+            return false;
+        }
+        match self.connect_as(key, domid, devid, true) {
+            Ok(rings) => {
+                // Already Connected in xenstore: not written again (no watch fires).
+                if let Some(v) = self.vifs.get_mut(&key) {
+                    v.state = state::CONNECTED;
+                }
+                tracing::info!(
+                    domid,
+                    devid,
+                    "vif resumed, left connected by a previous daemon: {}",
+                    rings.join("; ")
+                );
+            }
+            Err(e) => {
+                tracing::warn!(domid, devid, "resuming the connected vif failed: {e}; closing it");
+                let _ = self
+                    .xs
+                    .write(Tx::NONE, &format!("{be}/error"), &e.to_string());
+                self.event(key, Happened::Closed(e.key().into()));
+                self.disconnect(key);
+                self.write_state(key, state::CLOSED);
+            }
+        }
+        true
+    }
+
     fn advertise(&self, be: &str) {
         let max_q = self.cfg.max_queues.to_string();
         for (k, v) in [
@@ -1185,6 +1266,20 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
     }
 
     fn connect(&mut self, key: (u16, u32), domid: u16, devid: u32) -> Result<(), FrontendError> {
+        self.connect_as(key, domid, devid, false).map(|_| ())
+    }
+
+    /// Connects the vif's queues to fresh rings (`resume` false: at the frontend's
+    /// `rsp_prod`, which it set up as empty) or resumes rings a previous daemon served
+    /// (checked: see [`BackRing::resume`]). Returns each ring's resume point, for the log.
+    fn connect_as(
+        &mut self,
+        key: (u16, u32),
+        domid: u16,
+        devid: u32,
+        resume: bool,
+    ) -> Result<Vec<String>, FrontendError> {
+        let mut points = Vec::new();
         let fe = self.vifs[&key].fe.clone();
         let be = self.vifs[&key].be.clone();
         let keys = read_frontend(
@@ -1228,8 +1323,22 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                 // SAFETY: the mapping is kept alive by the SharedPage that holds its Arc.
                 Ok(unsafe { SharedPage::from_raw(p, Some(m)) })
             };
-            let tx = BackRing::attach(map(qk.tx_ring_ref, "tx-ring-ref")?);
-            let rx = BackRing::attach(map(qk.rx_ring_ref, "rx-ring-ref")?);
+            let tx_page = map(qk.tx_ring_ref, "tx-ring-ref")?;
+            let rx_page = map(qk.rx_ring_ref, "rx-ring-ref")?;
+            let (tx, rx) = if resume {
+                let tx = resume_ring(tx_page, qk.key("tx-ring-ref"))?;
+                let rx = resume_ring(rx_page, qk.key("rx-ring-ref"))?;
+                points.push(format!(
+                    "queue {q}: TX {} request(s) to answer from {}, RX {} buffer(s) posted from {}",
+                    tx.1.outstanding(),
+                    tx.1.rsp_prod,
+                    rx.1.outstanding(),
+                    rx.1.rsp_prod
+                ));
+                (tx.0, rx.0)
+            } else {
+                (BackRing::attach(tx_page), BackRing::attach(rx_page))
+            };
             let [(ev_tx, tx_key), (ev_rx, rx_key)] = qk.channels();
             let local_tx =
                 self.ev
@@ -1292,7 +1401,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             v.counters.push(c);
         }
         self.steer_vif(key, mac);
-        Ok(())
+        Ok(points)
     }
 
     /// Maps the frontend's control ring and binds its channel (as Linux's
@@ -1422,6 +1531,25 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                 let _ = self.ev.unbind(p);
             }
         }
+    }
+
+    /// Closes every vif as removing the backend would (state Closing, then Closed: the
+    /// frontends tear down their side), after the groups stopped: like
+    /// [`Backend::release`], nothing is asked of them. Returns the vifs closed.
+    pub fn close_all(&mut self) -> usize {
+        self.release();
+        let keys: Vec<_> = self
+            .vifs
+            .iter()
+            .filter(|(_, v)| v.state != state::CLOSED && v.state != 0)
+            .map(|(k, _)| *k)
+            .collect();
+        for &key in &keys {
+            tracing::info!(domid = key.0, devid = key.1, "closing the vif: netbackd stops");
+            self.write_state(key, state::CLOSING);
+            self.write_state(key, state::CLOSED);
+        }
+        keys.len()
     }
 
     /// Takes the vif's queues back from their groups (each removal acknowledged).

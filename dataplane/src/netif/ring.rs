@@ -150,6 +150,21 @@ pub fn needs_notify(old: u32, new: u32, event: u32) -> bool {
     new.wrapping_sub(event) < new.wrapping_sub(old)
 }
 
+/// Where [`BackRing::resume`] found a ring: requests `rsp_prod..req_prod` are the ones
+/// still to answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumePoint {
+    pub req_prod: u32,
+    pub rsp_prod: u32,
+}
+
+impl ResumePoint {
+    /// Requests posted and not answered yet.
+    pub fn outstanding(&self) -> u32 {
+        self.req_prod.wrapping_sub(self.rsp_prod)
+    }
+}
+
 /// The backend's view of a ring: consumes requests, produces responses.
 pub struct BackRing<K: RingKind> {
     page: SharedPage,
@@ -171,6 +186,32 @@ impl<K: RingKind> BackRing<K> {
             batch_prod: start,
             _k: PhantomData,
         }
+    }
+
+    /// Attaches to a ring that a previous backend served and left without closing it (a
+    /// restarted daemon): resumes at the frontend-visible `rsp_prod`. The previous
+    /// backend's `req_cons` was private; resuming there answers each request the frontend
+    /// has not seen answered exactly once (those consumed but unanswered are read again),
+    /// never one it did not post. `req_prod` and `rsp_prod` are read once each; more than a
+    /// ring apart they are impossible (a broken or hostile frontend) and refused.
+    pub fn resume(page: SharedPage) -> Result<(Self, ResumePoint), RingError> {
+        let rsp_prod = page.index(RSP_PROD).load(Ordering::Acquire);
+        let req_prod = page.index(REQ_PROD).load(Ordering::Acquire);
+        if req_prod.wrapping_sub(rsp_prod) > K::SIZE {
+            return Err(RingError::ImpossibleIndex {
+                prod: req_prod,
+                cons: rsp_prod,
+                size: K::SIZE,
+            });
+        }
+        let ring = BackRing {
+            page,
+            req_cons: rsp_prod,
+            rsp_prod_pvt: rsp_prod,
+            batch_prod: rsp_prod,
+            _k: PhantomData,
+        };
+        Ok((ring, ResumePoint { req_prod, rsp_prod }))
     }
 
     pub fn page(&self) -> &SharedPage {
@@ -553,6 +594,65 @@ mod tests {
         assert_eq!(b.check_indices(), Ok(()));
         page.index(REQ_PROD).store(u32::MAX, Ordering::Release);
         assert!(b.check_indices().is_err());
+    }
+
+    /// A backend killed after consuming requests it never answered: its successor resumes
+    /// at `rsp_prod`, answers each outstanding request once (the unanswered ones again, the
+    /// answered ones never), and refuses impossible indices, also across the wrap.
+    #[test]
+    fn resume_answers_each_request_once() {
+        let page = SharedPage::new_owned();
+        let mut f = FrontRing::<TxRing>::init_at(page.clone(), u32::MAX - 2);
+        let mut old = BackRing::<TxRing>::attach(page.clone());
+        for id in 0..6 {
+            f.push_request(tx(id)).unwrap();
+        }
+        f.push_requests_and_check_notify();
+        for _ in 0..4 {
+            old.next_request().unwrap();
+        }
+        old.push_response(TxResponse { id: 0, status: 0 });
+        old.push_response(TxResponse { id: 1, status: 0 });
+        old.push_responses_and_check_notify();
+        // Killed here: 2 and 3 consumed, unanswered; 4 and 5 not consumed.
+        drop(old);
+        let (mut new, at) = BackRing::<TxRing>::resume(page.clone()).unwrap();
+        assert_eq!(at.outstanding(), 4);
+        assert_eq!(at.rsp_prod, (u32::MAX - 2).wrapping_add(2));
+        let mut ids = Vec::new();
+        while let Some(r) = new.next_request() {
+            ids.push(r.id);
+            new.push_response(TxResponse { id: r.id, status: 0 });
+        }
+        assert_eq!(ids, [2, 3, 4, 5]);
+        new.push_responses_and_check_notify();
+        let mut seen = Vec::new();
+        while let Some(r) = f.next_response().unwrap() {
+            seen.push(r.id);
+        }
+        assert_eq!(seen, [0, 1, 2, 3, 4, 5], "each answered once, in order");
+        // A producer more than a ring ahead of rsp_prod: refused, nothing attached.
+        let rsp = page.index(RSP_PROD).load(Ordering::Relaxed);
+        page.index(REQ_PROD)
+            .store(rsp.wrapping_add(257), Ordering::Release);
+        assert_eq!(
+            BackRing::<TxRing>::resume(page.clone()).err(),
+            Some(RingError::ImpossibleIndex {
+                prod: rsp.wrapping_add(257),
+                cons: rsp,
+                size: 256
+            })
+        );
+        // Behind rsp_prod (a response for an unposted request would follow): refused.
+        page.index(REQ_PROD)
+            .store(rsp.wrapping_sub(1), Ordering::Release);
+        assert!(BackRing::<TxRing>::resume(page.clone()).is_err());
+        page.index(REQ_PROD)
+            .store(rsp.wrapping_add(256), Ordering::Release);
+        assert_eq!(
+            BackRing::<TxRing>::resume(page).map(|r| r.1.outstanding()),
+            Ok(256)
+        );
     }
 
     #[test]
