@@ -28,6 +28,9 @@ pub trait Host {
     fn backend(&self) -> anyhow::Result<(Self::Map, Self::Ev)>;
     /// Grant copy for the control plane (control-ring keys and mapping tables).
     fn ctrl_copy(&self) -> anyhow::Result<Box<dyn GrantCopy>>;
+    /// Where the rings' response journals live: a tmpfs directory that outlives the
+    /// daemon (see `control::BackendConfig::journal_dir`).
+    fn journal_dir(&self) -> std::path::PathBuf;
     /// The mbuf pool (after EAL initialisation).
     fn mempool(&self, n: u32) -> anyhow::Result<pmd::Mempool> {
         default_pool(n)
@@ -62,6 +65,13 @@ impl Host for SimBackendHost {
 
     fn backend(&self) -> anyhow::Result<(Self::Map, Self::Ev)> {
         self.group()
+    }
+
+    /// In the sim root (shared memory, removed with the host).
+    fn journal_dir(&self) -> std::path::PathBuf {
+        self.layout
+            .root()
+            .join(format!("netbackd-dom{}-rings", self.domid))
     }
 
     fn ctrl_copy(&self) -> anyhow::Result<Box<dyn GrantCopy>> {
@@ -149,6 +159,12 @@ impl Host for LinuxHost {
 
     fn backend(&self) -> anyhow::Result<(Self::Map, Self::Ev)> {
         Ok((xen::linux::LinuxGrantMap::open()?, self.ev.clone()))
+    }
+
+    /// tmpfs, kept across restarts (the unit's RuntimeDirectoryPreserve), gone at reboot
+    /// with the guests whose rings it describes.
+    fn journal_dir(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/run/netbackd/rings-dom{}", self.domid))
     }
 
     /// Always gntdev: the control ring's buffers are on the heap, not in the self-granted
@@ -388,7 +404,17 @@ fn serve<H: Host>(
             }
         }
         let xs = host.xenstore()?;
+        let journal_dir = host.journal_dir();
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&journal_dir)
+                .with_context(|| format!("ring journal directory {}", journal_dir.display()))?;
+        }
         let bcfg = BackendConfig {
+            journal_dir: Some(journal_dir),
             backend_dom: cfg.backend.domid,
             max_queues: cfg.backend.max_queues,
             vlans: cfg.vlans(),

@@ -244,7 +244,7 @@ fn restart_keeps_guests_attached() {
     let prefix = |p: &str| format!("nbd-restart-{pid}-{p}");
     std::fs::write(&cfg, config(&root, &prefix("a"), &maddr, "keep")).unwrap();
     let log = |p: &str| parent.join(format!("netbackd-{p}.log"));
-    let mut daemon = start(&cfg, &log("a"));
+    let daemon = start(&cfg, &log("a"));
     let mut nf = attach_front(&root, &xs, FrontConfig::new(61, 0));
     let mut hostile = attach_front(&root, &xs, FrontConfig::new(62, 0));
 
@@ -274,37 +274,66 @@ fn restart_keeps_guests_attached() {
     stream_for(&mut s, &mut nf, &mut hostile, Duration::from_millis(500));
     let warm = s.end_phase(&mut nf, mark);
     assert!(warm.sent > 100, "{warm:?}");
-    assert_eq!((warm.lost, warm.duplicates, warm.reordered), (0, 0, 0), "{warm:?}");
-
-    // 1. SIGKILL under load, then a new daemon: only frames in flight lost.
-    let mark = s.begin_phase();
-    stream_for(&mut s, &mut nf, &mut hostile, Duration::from_millis(300));
-    child(&mut daemon).kill().unwrap();
-    child(&mut daemon).wait().unwrap();
-    daemon.0 = None;
-    stream_for(&mut s, &mut nf, &mut hostile, Duration::from_millis(100));
-    std::fs::write(&cfg, config(&root, &prefix("b"), &maddr, "keep")).unwrap();
-    let t_start = Instant::now();
-    let mut daemon = start(&cfg, &log("b"));
-    let text = wait_log(&mut s, &mut nf, &mut hostile, &log("b"), "vif resumed", 2);
-    let resumed_after = t_start.elapsed();
-    assert!(!text.contains("refused"), "{text}");
-    stream_for(&mut s, &mut nf, &mut hostile, Duration::from_millis(700));
-    let kill = s.end_phase(&mut nf, mark);
-    eprintln!(
-        "kill -9 under load: {} of {} frames lost, {} duplicated, {} reordered; pause {:.0} ms \
-         (the new daemon resumed the vifs {:.0} ms after its start)",
-        kill.lost,
-        kill.sent,
-        kill.duplicates,
-        kill.reordered,
-        kill.pause.as_secs_f64() * 1e3,
-        resumed_after.as_secs_f64() * 1e3
+    assert_eq!(
+        (warm.lost, warm.duplicates, warm.reordered),
+        (0, 0, 0),
+        "{warm:?}"
     );
-    assert!(kill.sent > 200, "{kill:?}");
-    assert!(kill.lost <= WINDOW, "more than in flight lost: {kill:?}");
-    assert!(kill.duplicates <= WINDOW, "{kill:?}");
-    assert_eq!(nf.stats.tx_unexpected, 0, "duplicate or unposted TX responses");
+
+    // 1. SIGKILL under load, then a new daemon, three times (the kill lands at a different
+    // point of the loop each time): only frames in flight lost.
+    let mut daemon = daemon;
+    let mut total = (0, 0, 0, 0);
+    for (i, (p, ms)) in [("b", 300), ("c", 170), ("d", 230)].into_iter().enumerate() {
+        let mark = s.begin_phase();
+        stream_for(&mut s, &mut nf, &mut hostile, Duration::from_millis(ms));
+        child(&mut daemon).kill().unwrap();
+        child(&mut daemon).wait().unwrap();
+        daemon.0 = None;
+        let prev = if i == 0 { "a" } else { ["b", "c"][i - 1] };
+        let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{}", prefix(prev)));
+        stream_for(&mut s, &mut nf, &mut hostile, Duration::from_millis(100));
+        std::fs::write(&cfg, config(&root, &prefix(p), &maddr, "keep")).unwrap();
+        let t_start = Instant::now();
+        daemon = start(&cfg, &log(p));
+        let text = wait_log(&mut s, &mut nf, &mut hostile, &log(p), "vif resumed", 2);
+        let resumed_after = t_start.elapsed();
+        assert!(!text.contains("refused"), "{text}");
+        stream_for(&mut s, &mut nf, &mut hostile, Duration::from_millis(500));
+        let kill = s.end_phase(&mut nf, mark);
+        let line = text
+            .lines()
+            .find(|l| l.contains("vif resumed") && l.contains("domid=61"))
+            .unwrap_or_default()
+            .to_string();
+        eprintln!(
+            "kill -9 #{} under load: {} of {} frames lost, {} duplicated, {} reordered; pause \
+             {:.0} ms (vifs resumed {:.0} ms after the new daemon's start)\n  {}",
+            i + 1,
+            kill.lost,
+            kill.sent,
+            kill.duplicates,
+            kill.reordered,
+            kill.pause.as_secs_f64() * 1e3,
+            resumed_after.as_secs_f64() * 1e3,
+            line.trim()
+        );
+        assert!(kill.sent > 200, "{kill:?}");
+        assert!(kill.lost <= WINDOW, "more than in flight lost: {kill:?}");
+        assert!(kill.duplicates <= WINDOW, "{kill:?}");
+        assert_eq!(
+            nf.stats.tx_unexpected, 0,
+            "duplicate or unposted TX responses"
+        );
+        total.0 += kill.lost;
+        total.1 += kill.sent;
+        total.2 += kill.duplicates;
+        total.3 += kill.reordered;
+    }
+    eprintln!(
+        "kill -9, 3 times: {} of {} frames lost, {} duplicated, {} reordered",
+        total.0, total.1, total.2, total.3
+    );
 
     // 2. SIGTERM under load, then a new daemon: nothing lost, duplicated or reordered.
     let mark = s.begin_phase();
@@ -318,14 +347,14 @@ fn restart_keeps_guests_attached() {
     }
     assert!(child(&mut daemon).wait().unwrap().success());
     daemon.0 = None;
-    let stopped = std::fs::read_to_string(log("b")).unwrap();
+    let stopped = std::fs::read_to_string(log("d")).unwrap();
     assert!(
         stopped.contains("in flight delivered") && stopped.contains("left connected"),
         "{stopped}"
     );
-    std::fs::write(&cfg, config(&root, &prefix("c"), &maddr, "keep")).unwrap();
-    let mut daemon = start(&cfg, &log("c"));
-    wait_log(&mut s, &mut nf, &mut hostile, &log("c"), "vif resumed", 2);
+    std::fs::write(&cfg, config(&root, &prefix("e"), &maddr, "keep")).unwrap();
+    let mut daemon = start(&cfg, &log("e"));
+    wait_log(&mut s, &mut nf, &mut hostile, &log("e"), "vif resumed", 2);
     stream_for(&mut s, &mut nf, &mut hostile, Duration::from_millis(700));
     let term = s.end_phase(&mut nf, mark);
     eprintln!(
@@ -355,8 +384,8 @@ fn restart_keeps_guests_attached() {
     }
     daemon.0 = None;
     hostile.poke_tx_req_prod(0, 0x8000_0000);
-    std::fs::write(&cfg, config(&root, &prefix("d"), &maddr, "keep")).unwrap();
-    let mut daemon = start(&cfg, &log("d"));
+    std::fs::write(&cfg, config(&root, &prefix("f"), &maddr, "keep")).unwrap();
+    let mut daemon = start(&cfg, &log("f"));
     let hb = "/local/domain/0/backend/vif/62/0";
     wait_state(&xs, &format!("{hb}/state"), "6", 20);
     let err = xs
@@ -367,7 +396,7 @@ fn restart_keeps_guests_attached() {
         err.starts_with("tx-ring-ref: ring indices cannot be resumed (req_prod 2147483648"),
         "{err}"
     );
-    wait_log(&mut s, &mut nf, &mut hostile, &log("d"), "vif resumed", 1);
+    wait_log(&mut s, &mut nf, &mut hostile, &log("f"), "vif resumed", 1);
     stream_for(&mut s, &mut nf, &mut hostile, Duration::from_millis(300));
     let after = s.end_phase(&mut nf, mark);
     eprintln!(
@@ -394,32 +423,31 @@ fn restart_keeps_guests_attached() {
         "the vif's states left Connected: {seen:?}"
     );
     eprintln!(
-        "vif61 states across 3 restarts: {} watch events, every one Connected (4)",
+        "vif61 states across 5 restarts: {} watch events, every one Connected (4)",
         seen.len()
     );
 
     // 4. backend.on_stop = "close", applied live with SIGHUP: the stop closes the vifs.
-    std::fs::write(&cfg, config(&root, &prefix("d"), &maddr, "close")).unwrap();
+    std::fs::write(&cfg, config(&root, &prefix("f"), &maddr, "close")).unwrap();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child(&mut daemon).id() as i32, libc::SIGHUP) };
     wait_log(
         &mut s,
         &mut nf,
         &mut hostile,
-        &log("d"),
+        &log("f"),
         "backend.on_stop close",
         1,
     );
     assert!(term_and_wait(daemon).success());
     assert_eq!(xs.read(Tx::NONE, be).unwrap().as_deref(), Some("6"));
-    let closed = std::fs::read_to_string(log("d")).unwrap();
+    let closed = std::fs::read_to_string(log("f")).unwrap();
     assert!(closed.contains("vif(s) closed"), "{closed}");
 
     assert!(term_and_wait(sim).success());
-    // The killed daemon's DPDK runtime directory is ours to remove; the others removed
-    // theirs.
-    let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{}", prefix("a")));
-    for p in ["b", "c", "d"] {
+    // The killed daemons' DPDK runtime directories were ours to remove; the others
+    // removed theirs.
+    for p in ["a", "b", "c", "d", "e", "f"] {
         assert!(!std::path::Path::new(&format!("/var/run/dpdk/{}", prefix(p))).exists());
     }
     std::fs::remove_dir_all(&parent).unwrap();

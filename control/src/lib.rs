@@ -17,7 +17,7 @@ use dataplane::ctrl::{HashAlgorithm, HashState};
 use dataplane::engine::{
     least_loaded, Disable, Features, GroupHandle, QueueCounters, QueueId, QueueSetup,
 };
-use dataplane::netif::{BackRing, CtrlRing, RingError, RingKind, SharedPage};
+use dataplane::netif::{BackRing, CtrlRing, Journal, RingError, RingKind, SharedPage};
 use dataplane::txparse::Rogue;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -337,12 +337,44 @@ pub fn vif_mtu(key: Option<&str>, sg: bool) -> u16 {
     }
 }
 
+/// The file name of a ring's response journal.
+fn journal_name(domid: u16, devid: u32, queue: u16, dir: &str) -> String {
+    format!("vif{domid}.{devid}-q{queue}-{dir}")
+}
+
+/// Opens (or creates) a ring's journal file: one page in tmpfs, mapped shared so that what
+/// is written survives the process.
+fn open_journal(path: &std::path::Path, domid: u16, gref: u32) -> Result<Journal, xen::XenError> {
+    use xen::sim::shm::ShmFile;
+    let f = match ShmFile::open(path, Some(4096)) {
+        Ok(f) => f,
+        Err(_) => ShmFile::create(path, 4096)?,
+    };
+    let p = std::ptr::NonNull::new(f.as_ptr())
+        .ok_or_else(|| xen::XenError::Sim("journal mapped at null".into()))?;
+    // SAFETY: a 4096-byte page-aligned shared mapping, kept alive by the page's Arc.
+    let page = unsafe { SharedPage::from_raw(p, Some(Arc::new(f))) };
+    Ok(Journal {
+        page,
+        tag: u64::from(domid) << 32 | u64::from(gref),
+    })
+}
+
+/// A fresh ring, journaled when there is a journal.
+fn attach_ring<K: RingKind>(page: SharedPage, journal: Option<Journal>) -> BackRing<K> {
+    match journal {
+        Some(j) => BackRing::attach_journaled(page, j),
+        None => BackRing::attach(page),
+    }
+}
+
 /// [`BackRing::resume`] with the refusal naming the frontend's key.
 fn resume_ring<K: RingKind>(
     page: SharedPage,
+    journal: Option<Journal>,
     key: String,
 ) -> Result<(BackRing<K>, dataplane::netif::ResumePoint), FrontendError> {
-    BackRing::resume(page).map_err(|e| {
+    BackRing::resume(page, journal).map_err(|e| {
         // The only refusal `resume` has.
         let (req_prod, rsp_prod) = match e {
             RingError::ImpossibleIndex { prod, cons, .. } => (prod, cons),
@@ -448,6 +480,11 @@ pub struct BackendConfig {
     /// Rates the operator set per vif (daemon configuration or `netbackd ctl set rate`):
     /// they win over the toolstack's `rate` key while set.
     pub rates: HashMap<(u16, u32), Rate>,
+    /// Where each ring's response journal lives (a tmpfs directory that outlives the
+    /// daemon): a daemon killed mid-iteration leaves responses written but unpublished,
+    /// which the next one publishes from there (see `dataplane::netif::Journal`). None:
+    /// no journals (a resumed ring then starts at its `rsp_prod` only).
+    pub journal_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for BackendConfig {
@@ -459,6 +496,7 @@ impl Default for BackendConfig {
             vlans: HashMap::new(),
             pins: HashMap::new(),
             rates: HashMap::new(),
+            journal_dir: None,
         }
     }
 }
@@ -1231,7 +1269,11 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                 );
             }
             Err(e) => {
-                tracing::warn!(domid, devid, "resuming the connected vif failed: {e}; closing it");
+                tracing::warn!(
+                    domid,
+                    devid,
+                    "resuming the connected vif failed: {e}; closing it"
+                );
                 let _ = self
                     .xs
                     .write(Tx::NONE, &format!("{be}/error"), &e.to_string());
@@ -1325,19 +1367,36 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             };
             let tx_page = map(qk.tx_ring_ref, "tx-ring-ref")?;
             let rx_page = map(qk.rx_ring_ref, "rx-ring-ref")?;
+            let journal = |dir: &str, gref: u32| {
+                let d = self.cfg.journal_dir.as_deref()?;
+                let path = d.join(journal_name(domid, devid, q as u16, dir));
+                match open_journal(&path, domid, gref) {
+                    Ok(j) => Some(j),
+                    Err(e) => {
+                        tracing::warn!(domid, devid, "no response journal {}: {e}", path.display());
+                        None
+                    }
+                }
+            };
+            let (tx_j, rx_j) = (journal("tx", qk.tx_ring_ref), journal("rx", qk.rx_ring_ref));
+            let mut notify = (false, false);
             let (tx, rx) = if resume {
-                let tx = resume_ring(tx_page, qk.key("tx-ring-ref"))?;
-                let rx = resume_ring(rx_page, qk.key("rx-ring-ref"))?;
+                let tx = resume_ring(tx_page, tx_j, qk.key("tx-ring-ref"))?;
+                let rx = resume_ring(rx_page, rx_j, qk.key("rx-ring-ref"))?;
                 points.push(format!(
-                    "queue {q}: TX {} request(s) to answer from {}, RX {} buffer(s) posted from {}",
+                    "queue {q}: TX {} request(s) to answer from {} ({} answered from the \
+                     journal), RX {} buffer(s) posted from {} ({} filled from the journal)",
                     tx.1.outstanding(),
                     tx.1.rsp_prod,
+                    tx.1.replayed,
                     rx.1.outstanding(),
-                    rx.1.rsp_prod
+                    rx.1.rsp_prod,
+                    rx.1.replayed
                 ));
+                notify = (tx.1.notify, rx.1.notify);
                 (tx.0, rx.0)
             } else {
-                (BackRing::attach(tx_page), BackRing::attach(rx_page))
+                (attach_ring(tx_page, tx_j), attach_ring(rx_page, rx_j))
             };
             let [(ev_tx, tx_key), (ev_rx, rx_key)] = qk.channels();
             let local_tx =
@@ -1357,6 +1416,13 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                         port: ev_rx,
                     })?
             };
+            // Responses published from the journal: tell the frontend as their writer would.
+            if notify.0 {
+                let _ = self.ev.notify(local_tx);
+            }
+            if notify.1 {
+                let _ = self.ev.notify(local_rx);
+            }
             let v = self.vifs.get_mut(&key).expect("known vif");
             v.ports.push(local_tx);
             if local_rx != local_tx {
@@ -1545,7 +1611,13 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             .map(|(k, _)| *k)
             .collect();
         for &key in &keys {
-            tracing::info!(domid = key.0, devid = key.1, "closing the vif: netbackd stops");
+            tracing::info!(
+                domid = key.0,
+                devid = key.1,
+                "closing the vif: netbackd stops"
+            );
+            // Queues already released: this only drops the vif's journals.
+            self.disconnect(key);
             self.write_state(key, state::CLOSING);
             self.write_state(key, state::CLOSED);
         }
@@ -1569,6 +1641,14 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
         // The groups no longer use the channels (removal acknowledged): unbind them.
         for p in v.ports.drain(..) {
             let _ = self.ev.unbind(p);
+        }
+        // The connection is over: nothing of it is ever resumed.
+        if let Some(d) = &self.cfg.journal_dir {
+            for q in 0..counters.len().max(self.cfg.max_queues as usize) {
+                for dir in ["tx", "rx"] {
+                    let _ = std::fs::remove_file(d.join(journal_name(key.0, key.1, q as u16, dir)));
+                }
+            }
         }
         if !counters.is_empty() {
             self.event(key, Happened::Disconnected(counters));

@@ -4,5 +4,6 @@ pub mod ring;
 
 pub use abi::*;
 pub use ring::{
-    BackRing, CtrlRing, FrontRing, ResumePoint, RingError, RingKind, RxRing, SharedPage, TxRing,
+    BackRing, CtrlRing, FrontRing, Journal, ResumePoint, RingError, RingKind, RxRing, SharedPage,
+    TxRing,
 };
