@@ -562,7 +562,10 @@ fn a_dead_backend_process_loses_its_channels() {
     // The holder lives: a second backend process (here a device handle of ours) is refused.
     let mut again = xen::sim::SimEvtchn::device(h.layout().clone(), 0).unwrap();
     assert!(again.bind_interdomain(D, gport).is_err(), "still bound");
-    assert!(guest.is_connected(gport), "a live process's binding is kept");
+    assert!(
+        guest.is_connected(gport),
+        "a live process's binding is kept"
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();
@@ -580,7 +583,10 @@ fn a_dead_backend_process_loses_its_channels() {
     guest.notify(gport).unwrap();
     let b = again.bind_interdomain(D, gport).unwrap();
     assert!(guest.is_connected(gport));
-    assert!(!again.take_pending(b), "nothing carried over from the dead binding");
+    assert!(
+        !again.take_pending(b),
+        "nothing carried over from the dead binding"
+    );
     guest.notify(gport).unwrap();
     assert!(again.take_pending(b));
     again.notify(b).unwrap();

@@ -85,7 +85,10 @@ pub struct SimHost {
     store: Option<XenStore>,
     domains: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
     /// Closes dead processes' event channels, as a dom0 kernel does at their exit.
-    reaper: Option<(std::sync::Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>)>,
+    reaper: Option<(
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<()>,
+    )>,
 }
 
 /// How often the sim host looks for processes gone with event channels bound.
