@@ -3,19 +3,19 @@
 # netbackd; once 10% has arrived netbackd is killed with SIGKILL and started again (the
 # kernel closed its event channels and grant maps; the new daemon resumes the vif), once
 # 50% has arrived it is stopped with SIGTERM and started again. The vif's backend and
-# frontend states are sampled every 0.1 s throughout. The dom0 end of the uplink (net_tap)
+# frontend states are watched throughout. The dom0 end of the uplink (net_tap)
 # goes away with each daemon and is configured again after each start: the TCP connection
 # in dom0 rides it out on retransmissions.
 # PASS: the download completes with the guest's MD5, the vif never leaves 4/4, and each
 # new daemon logs "vif resumed".
 SCENARIO_NAME=restart
-SIZE=${RESTART_BYTES:-64000000}
+SIZE=${RESTART_BYTES:-48000000}
 DOMU_ARGS="realxen.serve=8080,$SIZE realxen.netdev=30"
 . /root/nb-common.sh
 MAC=00:16:3e:00:00:01
 
 # got_pct: percent of the blob downloaded so far (the downloader writes its count).
-got_pct() { awk -v s=$SIZE '{printf "%d", $1 * 100 / s}' /tmp/got.count 2>/dev/null || echo 0; }
+got_pct() { local n=$(cat /tmp/got.count 2>/dev/null); echo $(( ${n:-0} * 100 / SIZE )); }
 
 # wait_pct P TIMEOUT: until P% has arrived; fails if the download ended first.
 wait_pct() {
@@ -25,6 +25,14 @@ wait_pct() {
     [ $t -ge $(($2 * 10)) ] && { fail "the download did not reach $1% within $2 s"; return 1; }
     sleep 0.1; t=$((t+1))
   done
+}
+
+# watch_state PATH: every value PATH takes (a xenstore watch; the first event is the
+# registration), appended to /tmp/states.log as "PATH VALUE".
+watch_state() {
+  xenstore-watch "$1" | while read -r p _; do
+    echo "$p $(xenstore-read "$p" 2>/dev/null)"
+  done >> /tmp/states.log
 }
 
 # restart_daemon HOW: stops netbackd (KILL or TERM), starts it again, configures the tap.
@@ -59,18 +67,19 @@ scenario() {
   serve=$(wait_domu_line '^REALXEN-SERVE:' 200) || { fail "domU printed no REALXEN-SERVE line"; return; }
   log "domU: $serve"
   local be=$(be_path 0) fe=$(fe_path 0)
-  ( while :; do echo "$(xenstore-read $be/state 2>/dev/null) $(xenstore-read $fe/state 2>/dev/null)"; sleep 0.1; done ) > /tmp/states.log 2>&1 &
-  local sp=$!
+  watch_state $be/state & local sp1=$!
+  watch_state $fe/state & local sp2=$!
   local t1=$(cut -d' ' -f1 /proc/uptime)
   python3 - > /tmp/get.log 2>&1 <<PY &
-import hashlib, urllib.request
+import hashlib, os, urllib.request
 h = hashlib.md5(); n = 0
 with urllib.request.urlopen("http://$DOMU_IP:8080/blob", timeout=300) as r:
     while True:
         b = r.read(1 << 16)
         if not b: break
         h.update(b); n += len(b)
-        with open("/tmp/got.count", "w") as f: f.write(str(n))
+        with open("/tmp/got.tmp", "w") as f: f.write(str(n))
+        os.replace("/tmp/got.tmp", "/tmp/got.count")
 print(n, h.hexdigest())
 PY
   GETPID=$!
@@ -83,15 +92,15 @@ PY
     [ $t -ge 2400 ] && { fail "the download did not finish ($(got_pct)%)"; return; }
     sleep 0.1; t=$((t+1))
   done
-  kill $sp 2>/dev/null
+  pkill -P $sp1; pkill -P $sp2
   local got=$(tail -1 /tmp/get.log) secs=$(awk -v t="$t1" '{printf "%.1f", $1-t}' /proc/uptime)
-  local samples=$(wc -l < /tmp/states.log) other=$(grep -vc '^4 4$' /tmp/states.log)
+  local samples=$(wc -l < /tmp/states.log) other=$(grep -vc ' 4$' /tmp/states.log)
   log "dom0 downloaded from the guest: $got in ${secs}s across a SIGKILL and a SIGTERM restart"
-  log "vif states: $samples samples, $other not '4 4' ($(grep -v '^4 4$' /tmp/states.log | sort | uniq -c | tr '\n' ' '))"
+  log "vif state changes seen by xenstore watches: $samples, $other not 4 ($(grep -v ' 4$' /tmp/states.log | tr '\n' ' '))"
   log "$(nb_vif_summary 0)"
   local want=$(domu_field "$serve" md5)
   [ "$got" = "$SIZE $want" ] || { fail "guest->dom0: got '$got', guest says $SIZE $want"; return; }
-  [ "$other" -eq 0 ] || { fail "the vif left 4/4 during the restarts"; return; }
+  [ "$samples" -ge 2 ] && [ "$other" -eq 0 ] || { fail "the vif left 4/4 during the restarts"; return; }
   nb_stop || { fail "netbackd did not stop cleanly"; return; }
-  pass "TCP guest->dom0 $SIZE bytes md5 $want across kill -9 and SIGTERM restarts of netbackd (${secs}s); vif 4/4 in all $samples samples"
+  pass "TCP guest->dom0 $SIZE bytes md5 $want across kill -9 and SIGTERM restarts of netbackd (${secs}s); vif states never left 4 ($samples watch events)"
 }
