@@ -342,6 +342,30 @@ pub struct BackendSection {
     /// Offer frontends a control ring (`feature-ctrl-ring`) for receive-side hashing.
     #[serde(default = "yes")]
     pub ctrl_ring: bool,
+    /// What a clean stop does to the vifs: leave them Connected for the next start to
+    /// resume, or close them (the guests' frontends see the backend go away).
+    #[serde(default)]
+    pub on_stop: OnStop,
+    /// How long a clean stop waits for guests to post RX buffers for the frames it already
+    /// took in (they are dropped after it), milliseconds.
+    #[serde(default = "default_stop_drain_ms")]
+    pub stop_drain_ms: u32,
+}
+
+/// `backend.on_stop`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStop {
+    /// Vifs stay Connected in xenstore; the next daemon resumes them where they are.
+    #[default]
+    Keep,
+    /// Every vif is closed (backend state Closing, then Closed), as removing the backend
+    /// would: the frontends tear down and reconnect when a backend offers InitWait again.
+    Close,
+}
+
+fn default_stop_drain_ms() -> u32 {
+    2000
 }
 
 fn yes() -> bool {
@@ -358,6 +382,8 @@ impl Default for BackendSection {
             domid: 0,
             max_queues: 4,
             ctrl_ring: true,
+            on_stop: OnStop::Keep,
+            stop_drain_ms: default_stop_drain_ms(),
         }
     }
 }
@@ -469,6 +495,12 @@ impl Config {
             bail!(
                 "backend.max_queues: {} is not in 1..=8",
                 self.backend.max_queues
+            );
+        }
+        if self.backend.stop_drain_ms > 60_000 {
+            bail!(
+                "backend.stop_drain_ms: {} is not in 0..=60000",
+                self.backend.stop_drain_ms
             );
         }
         if !(1..=86_400).contains(&self.switch.ageing_secs) {
@@ -587,6 +619,11 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<String> {
             if let Some(e) = o.get_mut("engine").and_then(|e| e.as_object_mut()) {
                 e.remove("rebalance_secs");
                 e.remove("rebalance_gap_pct");
+            }
+            // Read when the daemon stops: the operator may change them just before.
+            if let Some(b) = o.get_mut("backend").and_then(|b| b.as_object_mut()) {
+                b.remove("on_stop");
+                b.remove("stop_drain_ms");
             }
         }
         v

@@ -32,7 +32,14 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the backend: serve the vifs of this domain's backend directory with DPDK ports
-    /// and busy-polling groups, until SIGINT/SIGTERM (vifs are left connectable).
+    /// and busy-polling groups, until SIGINT/SIGTERM.
+    ///
+    /// Restarts keep the guests attached: a stop delivers what the daemon took in and
+    /// leaves the vifs Connected; the next start resumes every vif Connected on both ends
+    /// where it is (rings, channels and ring indices), also after a kill -9 (then only
+    /// frames in flight are lost). To really detach the guests at a stop, set
+    /// backend.on_stop = "close" (SIGHUP applies it) before stopping, or detach single vifs
+    /// with `netbackd ctl detach`.
     Run {
         /// TOML configuration file (see the README's configuration reference).
         #[arg(long, value_name = "FILE")]

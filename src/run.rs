@@ -1,13 +1,15 @@
 //! `netbackd run`: EAL, the port, the groups on their lcores, and the xenbus control plane,
-//! until SIGINT/SIGTERM. On the way out the groups stop, ports close, and the vifs are left
-//! as they are in xenstore, so a restarted daemon reconnects them.
-use crate::config::{Config, CopyPath, HostKind, SwitchMode};
+//! until SIGINT/SIGTERM. On the way out the groups stop taking guest TX requests and
+//! deliver what they took in, the channels are unbound and the rings unmapped, and the vifs
+//! are left Connected in xenstore (`backend.on_stop = "keep"`), so a restarted daemon
+//! resumes them with nothing lost; or they are closed (`"close"`).
+use crate::config::{Config, CopyPath, HostKind, OnStop, SwitchMode};
 use anyhow::{bail, Context};
 use control::{Backend, BackendConfig};
 use dataplane::engine::{connect_groups, Adaptive, EngineConfig, Group, GroupIo};
 use dataplane::offload::{SoftGso, TxCaps};
 use dataplane::switch::{Mode, SwitchConfig};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use xen::{EventChannel, GrantCopy, GrantMap, XenStore};
@@ -26,6 +28,9 @@ pub trait Host {
     fn backend(&self) -> anyhow::Result<(Self::Map, Self::Ev)>;
     /// Grant copy for the control plane (control-ring keys and mapping tables).
     fn ctrl_copy(&self) -> anyhow::Result<Box<dyn GrantCopy>>;
+    /// Where the rings' response journals live: a tmpfs directory that outlives the
+    /// daemon (see `control::BackendConfig::journal_dir`).
+    fn journal_dir(&self) -> std::path::PathBuf;
     /// The mbuf pool (after EAL initialisation).
     fn mempool(&self, n: u32) -> anyhow::Result<pmd::Mempool> {
         default_pool(n)
@@ -49,8 +54,10 @@ impl Host for SimBackendHost {
     }
 
     fn group(&self) -> anyhow::Result<(Self::Copy, Self::Ev)> {
-        let ev =
-            xen::sim::SimEvtchn::new(self.layout.clone(), self.domid).context("event channels")?;
+        // As /dev/xen/evtchn: the channels die with this process (kill -9 too), so a
+        // restarted daemon can bind the guests' ports again.
+        let ev = xen::sim::SimEvtchn::device(self.layout.clone(), self.domid)
+            .context("event channels")?;
         let gm =
             xen::sim::SimGrant::new(xen::sim::DomainTable::new(self.layout.clone()), self.domid);
         Ok((gm, ev))
@@ -58,6 +65,13 @@ impl Host for SimBackendHost {
 
     fn backend(&self) -> anyhow::Result<(Self::Map, Self::Ev)> {
         self.group()
+    }
+
+    /// In the sim root (shared memory, removed with the host).
+    fn journal_dir(&self) -> std::path::PathBuf {
+        self.layout
+            .root()
+            .join(format!("netbackd-dom{}-rings", self.domid))
     }
 
     fn ctrl_copy(&self) -> anyhow::Result<Box<dyn GrantCopy>> {
@@ -147,6 +161,12 @@ impl Host for LinuxHost {
         Ok((xen::linux::LinuxGrantMap::open()?, self.ev.clone()))
     }
 
+    /// tmpfs, kept across restarts (the unit's RuntimeDirectoryPreserve), gone at reboot
+    /// with the guests whose rings it describes.
+    fn journal_dir(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/run/netbackd/rings-dom{}", self.domid))
+    }
+
     /// Always gntdev: the control ring's buffers are on the heap, not in the self-granted
     /// pages privcmd copies need.
     fn ctrl_copy(&self) -> anyhow::Result<Box<dyn GrantCopy>> {
@@ -205,6 +225,10 @@ impl Host for LinuxHost {
 fn default_pool(n: u32) -> anyhow::Result<pmd::Mempool> {
     pmd::Mempool::new("netbackd", n, 256, 2176, -1).context("mbuf pool")
 }
+
+/// A clean stop ends a group's delivery of frames in flight once nothing moved for this
+/// long with every backlog empty (frames sent to a looped port come back well within it).
+const DRAIN_QUIET: Duration = Duration::from_millis(20);
 
 /// Where the configuration came from, to read it again on SIGHUP (`flag`).
 pub struct Reload {
@@ -342,22 +366,56 @@ fn serve<H: Host>(
         let group_lcores: Vec<Option<u32>> = (0..built.len())
             .map(|gi| workers.get(gi).copied())
             .collect();
+        // How long a clean stop waits for RX buffers (live: SIGHUP may change it).
+        let drain_ms = Arc::new(AtomicU32::new(cfg.backend.stop_drain_ms));
         for (gi, mut g) in built.into_iter().enumerate() {
             let s = group_stop.clone();
+            let dm = drain_ms.clone();
+            let mut work = move || {
+                g.run(&s, adaptive);
+                let max = Duration::from_millis(u64::from(dm.load(Ordering::Relaxed)));
+                let d = g.drain(DRAIN_QUIET, max);
+                if d.timed_out {
+                    tracing::warn!(
+                        "group {gi}: stopping: {} frame(s) in flight delivered, {} dropped: \
+                         their guests posted no RX buffers within backend.stop_drain_ms = {} ms",
+                        d.delivered,
+                        d.dropped,
+                        max.as_millis()
+                    );
+                } else {
+                    tracing::info!(
+                        "group {gi}: stopped taking guest TX requests; {} frame(s) in flight \
+                         delivered in {:.1} ms",
+                        d.delivered,
+                        d.elapsed.as_secs_f64() * 1e3
+                    );
+                }
+            };
             match workers.get(gi) {
                 Some(&lc) => {
                     pmd::lcore::launch(lc, move || {
-                        g.run(&s, adaptive);
+                        work();
                         0
                     })?;
                     lcores.push(lc);
                 }
                 // Fewer lcores than groups: a plain thread (it shares the main core).
-                None => threads.push(std::thread::spawn(move || g.run(&s, adaptive))),
+                None => threads.push(std::thread::spawn(work)),
             }
         }
         let xs = host.xenstore()?;
+        let journal_dir = host.journal_dir();
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&journal_dir)
+                .with_context(|| format!("ring journal directory {}", journal_dir.display()))?;
+        }
         let bcfg = BackendConfig {
+            journal_dir: Some(journal_dir),
             backend_dom: cfg.backend.domid,
             max_queues: cfg.backend.max_queues,
             vlans: cfg.vlans(),
@@ -574,6 +632,7 @@ fn serve<H: Host>(
             n.send("STOPPING=1\nSTATUS=stopping");
         }
         tracing::info!("stopping");
+        drain_ms.store(running.backend.stop_drain_ms, Ordering::Relaxed);
         group_stop.store(true, Ordering::Relaxed);
         for lc in lcores {
             pmd::lcore::wait(lc);
@@ -581,7 +640,20 @@ fn serve<H: Host>(
         for t in threads {
             let _ = t.join();
         }
-        backend.release();
+        match running.backend.on_stop {
+            // Channels unbound and rings unmapped; xenstore untouched: the next daemon
+            // resumes every connected vif where this one left it.
+            OnStop::Keep => {
+                backend.release();
+                tracing::info!(
+                    "vifs left connected for the next start to resume (backend.on_stop = \"keep\")"
+                );
+            }
+            OnStop::Close => {
+                let n = backend.close_all();
+                tracing::info!("{n} vif(s) closed (backend.on_stop = \"close\")");
+            }
+        }
         drop(backend);
         shared.port.lock().unwrap_or_else(|e| e.into_inner()).take();
         shared.pool.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -704,6 +776,15 @@ fn reread<M: GrantMap, E: EventChannel + Clone>(
             g.set_ageing(u64::from(new.switch.ageing_secs) * 1_000_000_000);
         }
         applied.push(format!("switch.ageing_secs {}", new.switch.ageing_secs));
+    }
+    if new.backend.on_stop != running.backend.on_stop {
+        applied.push(format!("backend.on_stop {:?}", new.backend.on_stop).to_lowercase());
+    }
+    if new.backend.stop_drain_ms != running.backend.stop_drain_ms {
+        applied.push(format!(
+            "backend.stop_drain_ms {}",
+            new.backend.stop_drain_ms
+        ));
     }
     if new.log.filter != running.log.filter {
         if let Some(f) = &new.log.filter {

@@ -1,7 +1,7 @@
 //! `netbackd run` as an operator runs it, on the simulated host: `netbackd sim` provides
 //! the host and a vif, `netbackd run --config` serves it, a guest's netfront connects and
 //! passes traffic through the daemon (to the wire and back); SIGTERM stops the daemon and
-//! leaves the vif connected, and a restarted daemon reconnects it. A malformed config is
+//! leaves the vif connected, and a restarted daemon resumes it. A malformed config is
 //! refused with the offending key named.
 use guest::pktgen::PktGen;
 use guest::{FrontConfig, Netfront};
@@ -167,7 +167,7 @@ fn run_serves_sim_vifs() {
         Some("4")
     );
 
-    // A restarted daemon reconnects the vif to the same frontend rings; traffic flows again.
+    // A restarted daemon resumes the vif on the same frontend rings; traffic flows again.
     write_cfg(&format!("nbd-run-{pid}-b"));
     let run = Guard(Some(
         Command::new(BIN)
@@ -180,7 +180,8 @@ fn run_serves_sim_vifs() {
     let t = Instant::now();
     let mut sink_state_seen = false;
     while t.elapsed() < Duration::from_secs(10) {
-        // The new daemon goes through InitWait and back to Connected.
+        // The new daemon resumes the vif (tests/run_restart.rs watches that it stays
+        // Connected throughout).
         if xs
             .read(Tx::NONE, &format!("{be}/hotplug-status"))
             .unwrap()

@@ -17,7 +17,7 @@ use dataplane::ctrl::{HashAlgorithm, HashState};
 use dataplane::engine::{
     least_loaded, Disable, Features, GroupHandle, QueueCounters, QueueId, QueueSetup,
 };
-use dataplane::netif::{BackRing, CtrlRing, SharedPage};
+use dataplane::netif::{BackRing, CtrlRing, Journal, RingError, RingKind, SharedPage};
 use dataplane::txparse::Rogue;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -78,6 +78,19 @@ pub enum FrontendError {
     Map { key: String, gref: u32 },
     #[error("binding {key} (port {port}) failed")]
     Bind { key: String, port: u32 },
+    /// Resuming a vif a previous daemon left connected: the shared ring's indices are
+    /// impossible (more requests outstanding than the ring holds, or a producer behind
+    /// the responses), so where to resume is unknown.
+    #[error(
+        "{key}: ring indices cannot be resumed (req_prod {req_prod}, rsp_prod {rsp_prod}, \
+         ring size {size})"
+    )]
+    Resume {
+        key: String,
+        req_prod: u32,
+        rsp_prod: u32,
+        size: u32,
+    },
     /// The toolstack, not the frontend, writes `mac` (into the backend directory).
     #[error("mac missing from the backend directory")]
     MacMissing,
@@ -98,7 +111,8 @@ impl FrontendError {
             | FrontendError::OutOfRange { key, .. }
             | FrontendError::Invalid { key, .. }
             | FrontendError::Map { key, .. }
-            | FrontendError::Bind { key, .. } => key,
+            | FrontendError::Bind { key, .. }
+            | FrontendError::Resume { key, .. } => key,
             FrontendError::MacMissing | FrontendError::BadMac(_) => "mac",
             FrontendError::NoGroup => "no_group",
         }
@@ -323,6 +337,58 @@ pub fn vif_mtu(key: Option<&str>, sg: bool) -> u16 {
     }
 }
 
+/// The file name of a ring's response journal.
+fn journal_name(domid: u16, devid: u32, queue: u16, dir: &str) -> String {
+    format!("vif{domid}.{devid}-q{queue}-{dir}")
+}
+
+/// Opens (or creates) a ring's journal file: one page in tmpfs, mapped shared so that what
+/// is written survives the process.
+fn open_journal(path: &std::path::Path, domid: u16, gref: u32) -> Result<Journal, xen::XenError> {
+    use xen::sim::shm::ShmFile;
+    let f = match ShmFile::open(path, Some(4096)) {
+        Ok(f) => f,
+        Err(_) => ShmFile::create(path, 4096)?,
+    };
+    let p = std::ptr::NonNull::new(f.as_ptr())
+        .ok_or_else(|| xen::XenError::Sim("journal mapped at null".into()))?;
+    // SAFETY: a 4096-byte page-aligned shared mapping, kept alive by the page's Arc.
+    let page = unsafe { SharedPage::from_raw(p, Some(Arc::new(f))) };
+    Ok(Journal {
+        page,
+        tag: u64::from(domid) << 32 | u64::from(gref),
+    })
+}
+
+/// A fresh ring, journaled when there is a journal.
+fn attach_ring<K: RingKind>(page: SharedPage, journal: Option<Journal>) -> BackRing<K> {
+    match journal {
+        Some(j) => BackRing::attach_journaled(page, j),
+        None => BackRing::attach(page),
+    }
+}
+
+/// [`BackRing::resume`] with the refusal naming the frontend's key.
+fn resume_ring<K: RingKind>(
+    page: SharedPage,
+    journal: Option<Journal>,
+    key: String,
+) -> Result<(BackRing<K>, dataplane::netif::ResumePoint), FrontendError> {
+    BackRing::resume(page, journal).map_err(|e| {
+        // The only refusal `resume` has.
+        let (req_prod, rsp_prod) = match e {
+            RingError::ImpossibleIndex { prod, cons, .. } => (prod, cons),
+            RingError::Full => (0, 0),
+        };
+        FrontendError::Resume {
+            key,
+            req_prod,
+            rsp_prod,
+            size: K::SIZE,
+        }
+    })
+}
+
 /// Parses the backend's `mac` (six hex bytes separated by `:`, as libxl writes it).
 fn parse_mac(v: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
@@ -414,6 +480,11 @@ pub struct BackendConfig {
     /// Rates the operator set per vif (daemon configuration or `netbackd ctl set rate`):
     /// they win over the toolstack's `rate` key while set.
     pub rates: HashMap<(u16, u32), Rate>,
+    /// Where each ring's response journal lives (a tmpfs directory that outlives the
+    /// daemon): a daemon killed mid-iteration leaves responses written but unpublished,
+    /// which the next one publishes from there (see `dataplane::netif::Journal`). None:
+    /// no journals (a resumed ring then starts at its `rsp_prod` only).
+    pub journal_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for BackendConfig {
@@ -425,6 +496,7 @@ impl Default for BackendConfig {
             vlans: HashMap::new(),
             pins: HashMap::new(),
             rates: HashMap::new(),
+            journal_dir: None,
         }
     }
 }
@@ -1159,8 +1231,10 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             let _ = self
                 .xs
                 .watch(&format!("{fe}/state"), &format!("fe:{domid}:{devid}"));
-            self.advertise(&be);
-            self.write_state(key, state::INIT_WAIT);
+            if !self.resume(key, domid, devid) {
+                self.advertise(&be);
+                self.write_state(key, state::INIT_WAIT);
+            }
         }
         let online = self.read(&format!("{be}/online")).as_deref() != Some("0");
         let be_state = self
@@ -1262,6 +1336,55 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
         }
     }
 
+    /// A vif found Connected on both ends when first seen (a previous daemon served it and
+    /// stopped or died without closing it) is picked up where it is: rings mapped again,
+    /// channels bound again, ring indices resumed from the shared rings' `rsp_prod`, and
+    /// its xenstore state left Connected, so the guest sees nothing but a pause. Returns
+    /// false when the vif is not in that state (it then starts over with InitWait); a vif
+    /// that cannot be resumed is closed with an `error` node, as a refused configuration.
+    fn resume(&mut self, key: (u16, u32), domid: u16, devid: u32) -> bool {
+        let (be, fe) = {
+            let v = &self.vifs[&key];
+            (v.be.clone(), v.fe.clone())
+        };
+        let st = |p: String| self.read(&p).and_then(|s| parse_u32(&s));
+        let online = self.read(&format!("{be}/online")).as_deref() != Some("0");
+        if !online
+            || st(format!("{be}/state")) != Some(state::CONNECTED)
+            || st(format!("{fe}/state")) != Some(state::CONNECTED)
+        {
+            return false;
+        }
+        match self.connect_as(key, domid, devid, true) {
+            Ok(rings) => {
+                // Already Connected in xenstore: not written again (no watch fires).
+                if let Some(v) = self.vifs.get_mut(&key) {
+                    v.state = state::CONNECTED;
+                }
+                tracing::info!(
+                    domid,
+                    devid,
+                    "vif resumed, left connected by a previous daemon: {}",
+                    rings.join("; ")
+                );
+            }
+            Err(e) => {
+                tracing::warn!(
+                    domid,
+                    devid,
+                    "resuming the connected vif failed: {e}; closing it"
+                );
+                let _ = self
+                    .xs
+                    .write(Tx::NONE, &format!("{be}/error"), &e.to_string());
+                self.event(key, Happened::Closed(e.key().into()));
+                self.disconnect(key);
+                self.write_state(key, state::CLOSED);
+            }
+        }
+        true
+    }
+
     fn advertise(&self, be: &str) {
         let max_q = self.cfg.max_queues.to_string();
         for (k, v) in [
@@ -1285,6 +1408,20 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
     }
 
     fn connect(&mut self, key: (u16, u32), domid: u16, devid: u32) -> Result<(), FrontendError> {
+        self.connect_as(key, domid, devid, false).map(|_| ())
+    }
+
+    /// Connects the vif's queues to fresh rings (`resume` false: at the frontend's
+    /// `rsp_prod`, which it set up as empty) or resumes rings a previous daemon served
+    /// (checked: see [`BackRing::resume`]). Returns each ring's resume point, for the log.
+    fn connect_as(
+        &mut self,
+        key: (u16, u32),
+        domid: u16,
+        devid: u32,
+        resume: bool,
+    ) -> Result<Vec<String>, FrontendError> {
+        let mut points = Vec::new();
         let fe = self.vifs[&key].fe.clone();
         let be = self.vifs[&key].be.clone();
         let keys = read_frontend(
@@ -1328,8 +1465,39 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                 // SAFETY: the mapping is kept alive by the SharedPage that holds its Arc.
                 Ok(unsafe { SharedPage::from_raw(p, Some(m)) })
             };
-            let tx = BackRing::attach(map(qk.tx_ring_ref, "tx-ring-ref")?);
-            let rx = BackRing::attach(map(qk.rx_ring_ref, "rx-ring-ref")?);
+            let tx_page = map(qk.tx_ring_ref, "tx-ring-ref")?;
+            let rx_page = map(qk.rx_ring_ref, "rx-ring-ref")?;
+            let journal = |dir: &str, gref: u32| {
+                let d = self.cfg.journal_dir.as_deref()?;
+                let path = d.join(journal_name(domid, devid, q as u16, dir));
+                match open_journal(&path, domid, gref) {
+                    Ok(j) => Some(j),
+                    Err(e) => {
+                        tracing::warn!(domid, devid, "no response journal {}: {e}", path.display());
+                        None
+                    }
+                }
+            };
+            let (tx_j, rx_j) = (journal("tx", qk.tx_ring_ref), journal("rx", qk.rx_ring_ref));
+            let mut notify = (false, false);
+            let (tx, rx) = if resume {
+                let tx = resume_ring(tx_page, tx_j, qk.key("tx-ring-ref"))?;
+                let rx = resume_ring(rx_page, rx_j, qk.key("rx-ring-ref"))?;
+                points.push(format!(
+                    "queue {q}: TX {} request(s) to answer from {} ({} answered from the \
+                     journal), RX {} buffer(s) posted from {} ({} filled from the journal)",
+                    tx.1.outstanding(),
+                    tx.1.rsp_prod,
+                    tx.1.replayed,
+                    rx.1.outstanding(),
+                    rx.1.rsp_prod,
+                    rx.1.replayed
+                ));
+                notify = (tx.1.notify, rx.1.notify);
+                (tx.0, rx.0)
+            } else {
+                (attach_ring(tx_page, tx_j), attach_ring(rx_page, rx_j))
+            };
             let [(ev_tx, tx_key), (ev_rx, rx_key)] = qk.channels();
             let local_tx =
                 self.ev
@@ -1354,6 +1522,13 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                     }
                 }
             };
+            // Responses published from the journal: tell the frontend as their writer would.
+            if notify.0 {
+                let _ = self.ev.notify(local_tx);
+            }
+            if notify.1 {
+                let _ = self.ev.notify(local_rx);
+            }
             let v = self.vifs.get_mut(&key).expect("known vif");
             v.ports.push(local_tx);
             if local_rx != local_tx {
@@ -1398,7 +1573,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             v.counters.push(c);
         }
         self.steer_vif(key, mac);
-        Ok(())
+        Ok(points)
     }
 
     /// Maps the frontend's control ring and binds its channel (as Linux's
@@ -1530,6 +1705,31 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
         }
     }
 
+    /// Closes every vif as removing the backend would (state Closing, then Closed: the
+    /// frontends tear down their side), after the groups stopped: like
+    /// [`Backend::release`], nothing is asked of them. Returns the vifs closed.
+    pub fn close_all(&mut self) -> usize {
+        self.release();
+        let keys: Vec<_> = self
+            .vifs
+            .iter()
+            .filter(|(_, v)| v.state != state::CLOSED && v.state != 0)
+            .map(|(k, _)| *k)
+            .collect();
+        for &key in &keys {
+            tracing::info!(
+                domid = key.0,
+                devid = key.1,
+                "closing the vif: netbackd stops"
+            );
+            // Queues already released: this only drops the vif's journals.
+            self.disconnect(key);
+            self.write_state(key, state::CLOSING);
+            self.write_state(key, state::CLOSED);
+        }
+        keys.len()
+    }
+
     /// Takes the vif's queues back from their groups (each removal acknowledged).
     fn disconnect(&mut self, key: (u16, u32)) {
         let Some(v) = self.vifs.get_mut(&key) else {
@@ -1547,6 +1747,14 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
         // The groups no longer use the channels (removal acknowledged): unbind them.
         for p in v.ports.drain(..) {
             let _ = self.ev.unbind(p);
+        }
+        // The connection is over: nothing of it is ever resumed.
+        if let Some(d) = &self.cfg.journal_dir {
+            for q in 0..counters.len().max(self.cfg.max_queues as usize) {
+                for dir in ["tx", "rx"] {
+                    let _ = std::fs::remove_file(d.join(journal_name(key.0, key.1, q as u16, dir)));
+                }
+            }
         }
         if !counters.is_empty() {
             self.event(key, Happened::Disconnected(counters));

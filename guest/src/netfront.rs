@@ -150,6 +150,9 @@ pub struct FrontStats {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub tx_errors: u64,
+    /// TX responses whose id had no request outstanding: a response answered twice, or
+    /// one for a request never posted (a backend bug; a restarted backend must not).
+    pub tx_unexpected: u64,
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub rx_errors: u64,
@@ -936,11 +939,16 @@ impl Netfront {
             if r.status < 0 {
                 self.stats.tx_errors += 1;
             }
-            if let Some(buf) = q.tx_bufs.get_mut(usize::from(r.id)) {
-                if let Some(g) = buf.gref.take() {
+            match q
+                .tx_bufs
+                .get_mut(usize::from(r.id))
+                .and_then(|b| b.gref.take())
+            {
+                Some(g) => {
                     self.alloc.end_grant(g);
                     q.tx_free_ids.push(r.id);
                 }
+                None => self.stats.tx_unexpected += 1,
             }
         }
         Ok(n)

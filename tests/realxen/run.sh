@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs one of netbackd's scenarios in the realxen harness (real Xen 4.17, PV dom0, a PV guest
 # with Linux's xen-netfront, under QEMU; ~2 minutes, see ../shared/realxen/README.md):
-#   tests/realxen/run.sh handshake|ping|tcp|jumbo|two-vifs|two-guests|reattach|reboot [privcmd|groups] [run.sh options]
+#   tests/realxen/run.sh handshake|ping|tcp|jumbo|two-vifs|two-guests|reattach|reboot|restart [privcmd|groups] [run.sh options]
 # "privcmd" runs the daemon with the privcmd+gntalloc grant-copy path instead of gntdev;
 # "groups" with engine.groups = 2 (two-vifs then puts the guest's vifs in different groups).
 # Builds target/release/netbackd first. Prints the harness's REALXEN RESULT line last.

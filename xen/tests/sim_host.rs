@@ -514,3 +514,91 @@ fn concurrent_starts_across_processes() {
     );
     std::fs::remove_dir(&parent).unwrap();
 }
+
+/// A backend process killed with SIGKILL (this test binary re-run as the child): its
+/// event channels die with it as on a Linux dom0 (the guest's end goes back to unbound,
+/// offered to dom0), so a new backend process binds the same guest port again; while the
+/// old one lives, its binding holds.
+#[test]
+fn a_dead_backend_process_loses_its_channels() {
+    let _serial = serial();
+    if let Ok(root) = std::env::var("NBD_HOLDER_CHILD") {
+        let layout = xen::sim::SimLayout::new(&root);
+        let port: u32 = std::env::var("NBD_HOLDER_PORT").unwrap().parse().unwrap();
+        let mut ev = xen::sim::SimEvtchn::device(layout, 0).unwrap();
+        let local = ev.bind_interdomain(D, port).unwrap();
+        let tmp = std::path::Path::new(&root).join("holder.tmp");
+        std::fs::write(&tmp, local.to_string()).unwrap();
+        std::fs::rename(&tmp, std::path::Path::new(&root).join("holder")).unwrap();
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    let h = host();
+    let guest = h.evtchn(D).unwrap();
+    let gport = guest.alloc_unbound(0).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .args([
+            "--exact",
+            "a_dead_backend_process_loses_its_channels",
+            "--test-threads=1",
+        ])
+        .env("NBD_HOLDER_CHILD", h.root())
+        .env("NBD_HOLDER_PORT", gport.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pf = h.root().join("holder");
+    let t = Instant::now();
+    let old: u32 = loop {
+        if let Ok(s) = std::fs::read_to_string(&pf) {
+            break s.trim().parse().unwrap();
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "child bound nothing");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(guest.is_connected(gport));
+    // The holder lives: a second backend process (here a device handle of ours) is refused.
+    let mut again = xen::sim::SimEvtchn::device(h.layout().clone(), 0).unwrap();
+    assert!(again.bind_interdomain(D, gport).is_err(), "still bound");
+    assert!(
+        guest.is_connected(gport),
+        "a live process's binding is kept"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    // The host notices within its reaping period, without anyone binding.
+    let t = Instant::now();
+    while guest.is_connected(gport) {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the dead process's channel stays bound"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!("dead backend's channel closed after {:?}", t.elapsed());
+    // A notify from the guest meanwhile is dropped, as on an unbound port.
+    guest.notify(gport).unwrap();
+    let b = again.bind_interdomain(D, gport).unwrap();
+    assert!(guest.is_connected(gport));
+    assert!(
+        !again.take_pending(b),
+        "nothing carried over from the dead binding"
+    );
+    guest.notify(gport).unwrap();
+    assert!(again.take_pending(b));
+    again.notify(b).unwrap();
+    assert!(guest.take_pending(gport));
+    let _ = old;
+    // A kernel-owned (SimEvtchn::new) binding is not a process's: it is never reaped.
+    let g2 = guest.alloc_unbound(0).unwrap();
+    let mut kernel = h.evtchn(0).unwrap();
+    let kb = kernel.bind_interdomain(D, g2).unwrap();
+    assert_eq!(xen::sim::evtchn::reap_dead(h.layout(), 0), 0);
+    assert!(guest.is_connected(g2));
+    kernel.unbind(kb).unwrap();
+    again.unbind(b).unwrap();
+    assert!(!guest.is_connected(gport));
+}

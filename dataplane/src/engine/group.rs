@@ -74,6 +74,8 @@ pub struct Group<G: GrantCopy, E: EventChannel> {
     pub(super) in_handoffs: bool,
     /// Frames for queues being moved (`Place::Held`), in arrival order, until released.
     pub(super) held: Vec<(EndpointId, u16, Mbuf)>,
+    /// Set by [`Group::drain`]: guest TX requests are no longer consumed.
+    pub(super) draining: bool,
 }
 
 /// Every vif's queues by queue number, the vifs sorted by endpoint: a binary search costs
@@ -253,6 +255,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             vifs: Routes::default(),
             in_handoffs: false,
             held: Vec::new(),
+            draining: false,
         }
     }
 
@@ -719,7 +722,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
     pub fn poll(&mut self) -> usize {
         let t0 = pmd::tsc::cycles();
         self.apply_commands();
-        let tx_work = self.guest_tx();
+        let tx_work = if self.draining { 0 } else { self.guest_tx() };
         let t_tx = pmd::tsc::cycles();
         let mut work = tx_work;
         work += self.take_handoffs();

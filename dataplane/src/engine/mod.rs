@@ -15,6 +15,7 @@
 //!
 //! A frontend breaking the protocol (impossible indices, rogue requests) gets its queue
 mod counters;
+mod drain;
 mod fabric;
 mod forward;
 mod group;
@@ -24,6 +25,7 @@ mod rx;
 mod tx;
 
 pub use counters::{GroupCounters, QueueCounters};
+pub use drain::Drained;
 pub use fabric::{connect_groups, move_queue, HANDOFF_RING};
 pub use group::{Group, GroupIo};
 pub use inspect::{GroupSnapshot, QueueSnapshot, RingIndices};

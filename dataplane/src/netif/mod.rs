@@ -3,4 +3,7 @@ pub mod abi;
 pub mod ring;
 
 pub use abi::*;
-pub use ring::{BackRing, CtrlRing, FrontRing, RingError, RingKind, RxRing, SharedPage, TxRing};
+pub use ring::{
+    BackRing, CtrlRing, FrontRing, Journal, ResumePoint, RingError, RingKind, RxRing, SharedPage,
+    TxRing,
+};

@@ -17,7 +17,7 @@ use super::abi::{
 };
 use std::marker::PhantomData;
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::atomic::{compiler_fence, fence, AtomicU32, Ordering};
 use std::sync::Arc;
 use thiserror::Error;
 
@@ -150,6 +150,26 @@ pub fn needs_notify(old: u32, new: u32, event: u32) -> bool {
     new.wrapping_sub(event) < new.wrapping_sub(old)
 }
 
+/// Where [`BackRing::resume`] found a ring: requests `rsp_prod..req_prod` were the ones
+/// not answered yet, the first `replayed` of them by the previous backend's journal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumePoint {
+    pub req_prod: u32,
+    pub rsp_prod: u32,
+    /// Responses the previous backend wrote but never published, published from its
+    /// journal.
+    pub replayed: u32,
+    /// The frontend asked to be notified of the replayed responses.
+    pub notify: bool,
+}
+
+impl ResumePoint {
+    /// Requests posted and not answered when the ring was found.
+    pub fn outstanding(&self) -> u32 {
+        self.req_prod.wrapping_sub(self.rsp_prod)
+    }
+}
+
 /// The backend's view of a ring: consumes requests, produces responses.
 pub struct BackRing<K: RingKind> {
     page: SharedPage,
@@ -157,7 +177,55 @@ pub struct BackRing<K: RingKind> {
     rsp_prod_pvt: u32,
     /// The producer index as read and checked by the last `begin_batch`.
     batch_prod: u32,
+    /// Where every response is written first (see [`Journal`]).
+    journal: Option<SharedPage>,
     _k: PhantomData<K>,
+}
+
+/// Offsets in a journal page's header (the slots follow at the ring's own offsets).
+const J_MAGIC: usize = 0;
+const J_TAG_LO: usize = 4;
+/// `rsp_prod_pvt` after the last response written (slots below it are complete).
+const J_PVT: usize = 8;
+/// `rsp_prod` as last published by the backend.
+const J_PUB: usize = 12;
+const J_TAG_HI: usize = 16;
+const JOURNAL_MAGIC: u32 = 0x4e42_4a31;
+
+/// A page of the backend's own (a file in tmpfs, which outlives the process) where each
+/// response is written before it goes into the shared ring. A response overwrites its
+/// request's slot; a backend killed after writing responses and before publishing them
+/// leaves slots that are neither requests nor visible responses, which a successor must
+/// not read as requests (an RX GSO extra read so would name grant reference 1 or 2, the
+/// guest's xenstore ring on Linux). The successor publishes those responses from the
+/// journal instead: each request is answered exactly once, as the killed backend meant.
+#[derive(Clone)]
+pub struct Journal {
+    pub page: SharedPage,
+    /// What ring the journal belongs to (frontend domain and ring grant): a journal of
+    /// another ring is never replayed.
+    pub tag: u64,
+}
+
+impl Journal {
+    fn tag_of(page: &SharedPage) -> Option<u64> {
+        (page.index(J_MAGIC).load(Ordering::Acquire) == JOURNAL_MAGIC).then(|| {
+            u64::from(page.index(J_TAG_LO).load(Ordering::Relaxed))
+                | u64::from(page.index(J_TAG_HI).load(Ordering::Relaxed)) << 32
+        })
+    }
+
+    /// Starts the journal over for a ring served from `at`.
+    fn init(&self, at: u32) {
+        let p = &self.page;
+        p.index(J_MAGIC).store(0, Ordering::Relaxed);
+        p.index(J_TAG_LO).store(self.tag as u32, Ordering::Relaxed);
+        p.index(J_TAG_HI)
+            .store((self.tag >> 32) as u32, Ordering::Relaxed);
+        p.index(J_PVT).store(at, Ordering::Relaxed);
+        p.index(J_PUB).store(at, Ordering::Relaxed);
+        p.index(J_MAGIC).store(JOURNAL_MAGIC, Ordering::Release);
+    }
 }
 
 impl<K: RingKind> BackRing<K> {
@@ -169,8 +237,87 @@ impl<K: RingKind> BackRing<K> {
             req_cons: start,
             rsp_prod_pvt: start,
             batch_prod: start,
+            journal: None,
             _k: PhantomData,
         }
+    }
+
+    /// `attach`, writing every response to `journal` first (started over for this ring).
+    pub fn attach_journaled(page: SharedPage, journal: Journal) -> Self {
+        let mut r = Self::attach(page);
+        journal.init(r.rsp_prod_pvt);
+        r.journal = Some(journal.page);
+        r
+    }
+
+    /// Attaches to a ring that a previous backend served and left without closing it (a
+    /// restarted daemon): resumes at the frontend-visible `rsp_prod`. The previous
+    /// backend's `req_cons` was private; resuming there answers each request the frontend
+    /// has not seen answered exactly once (those consumed but unanswered are read again),
+    /// never one it did not post. `req_prod` and `rsp_prod` are read once each; more than a
+    /// ring apart they are impossible (a broken or hostile frontend) and refused.
+    ///
+    /// With the previous backend's `journal` of this ring, responses it wrote and did
+    /// not publish are published first (`ResumePoint::replayed`; the frontend is due a
+    /// notification when `ResumePoint::notify`), and the ring is journaled from then on.
+    pub fn resume(
+        page: SharedPage,
+        journal: Option<Journal>,
+    ) -> Result<(Self, ResumePoint), RingError> {
+        let rsp_prod = page.index(RSP_PROD).load(Ordering::Acquire);
+        let req_prod = page.index(REQ_PROD).load(Ordering::Acquire);
+        let outstanding = req_prod.wrapping_sub(rsp_prod);
+        if outstanding > K::SIZE {
+            return Err(RingError::ImpossibleIndex {
+                prod: req_prod,
+                cons: rsp_prod,
+                size: K::SIZE,
+            });
+        }
+        let mut at = ResumePoint {
+            req_prod,
+            rsp_prod,
+            replayed: 0,
+            notify: false,
+        };
+        if let Some(j) = &journal {
+            let p = &j.page;
+            let pvt = p.index(J_PVT).load(Ordering::Acquire);
+            let unpublished = pvt.wrapping_sub(rsp_prod);
+            // Only a journal of this very ring, last published exactly where the ring's
+            // rsp_prod is, and with no more unpublished responses than requests posted.
+            if Journal::tag_of(p) == Some(j.tag)
+                && p.index(J_PUB).load(Ordering::Acquire) == rsp_prod
+                && unpublished <= outstanding
+            {
+                for i in 0..unpublished {
+                    let idx = rsp_prod.wrapping_add(i);
+                    page.write_slot::<K, K::Rsp>(idx, p.read_slot::<K, K::Rsp>(idx));
+                }
+                if unpublished > 0 {
+                    let new = rsp_prod.wrapping_add(unpublished);
+                    page.index(RSP_PROD).store(new, Ordering::Release);
+                    fence(Ordering::SeqCst);
+                    let event = page.index(RSP_EVENT).load(Ordering::Relaxed);
+                    at.notify = needs_notify(rsp_prod, new, event);
+                    at.replayed = unpublished;
+                }
+            }
+        }
+        let start = rsp_prod.wrapping_add(at.replayed);
+        let mut ring = BackRing {
+            page,
+            req_cons: start,
+            rsp_prod_pvt: start,
+            batch_prod: start,
+            journal: None,
+            _k: PhantomData,
+        };
+        if let Some(j) = journal {
+            j.init(start);
+            ring.journal = Some(j.page);
+        }
+        Ok((ring, at))
     }
 
     pub fn page(&self) -> &SharedPage {
@@ -289,6 +436,14 @@ impl<K: RingKind> BackRing<K> {
             self.pending_responses() > 0,
             "response without a consumed request (engine bug)"
         );
+        if let Some(j) = &self.journal {
+            j.write_slot::<K, K::Rsp>(self.rsp_prod_pvt, rsp);
+            j.index(J_PVT)
+                .store(self.rsp_prod_pvt.wrapping_add(1), Ordering::Release);
+            // The journal holds the response before the ring slot is overwritten, also
+            // as a process killed between the two leaves them.
+            compiler_fence(Ordering::SeqCst);
+        }
         self.page.write_slot::<K, K::Rsp>(self.rsp_prod_pvt, rsp);
         self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
     }
@@ -300,6 +455,9 @@ impl<K: RingKind> BackRing<K> {
         let new = self.rsp_prod_pvt;
         // Release: the slot writes are visible before the index (wmb).
         self.page.index(RSP_PROD).store(new, Ordering::Release);
+        if let Some(j) = &self.journal {
+            j.index(J_PUB).store(new, Ordering::Release);
+        }
         // mb: the index store is visible before we read the frontend's event index.
         fence(Ordering::SeqCst);
         let event = self.page.index(RSP_EVENT).load(Ordering::Relaxed);
@@ -553,6 +711,160 @@ mod tests {
         assert_eq!(b.check_indices(), Ok(()));
         page.index(REQ_PROD).store(u32::MAX, Ordering::Release);
         assert!(b.check_indices().is_err());
+    }
+
+    /// A backend killed after consuming requests it never answered: its successor resumes
+    /// at `rsp_prod`, answers each outstanding request once (the unanswered ones again, the
+    /// answered ones never), and refuses impossible indices, also across the wrap.
+    #[test]
+    fn resume_answers_each_request_once() {
+        let page = SharedPage::new_owned();
+        let mut f = FrontRing::<TxRing>::init_at(page.clone(), u32::MAX - 2);
+        let mut old = BackRing::<TxRing>::attach(page.clone());
+        for id in 0..6 {
+            f.push_request(tx(id)).unwrap();
+        }
+        f.push_requests_and_check_notify();
+        for _ in 0..4 {
+            old.next_request().unwrap();
+        }
+        old.push_response(TxResponse { id: 0, status: 0 });
+        old.push_response(TxResponse { id: 1, status: 0 });
+        old.push_responses_and_check_notify();
+        // Killed here: 2 and 3 consumed, unanswered; 4 and 5 not consumed.
+        drop(old);
+        let (mut new, at) = BackRing::<TxRing>::resume(page.clone(), None).unwrap();
+        assert_eq!(at.outstanding(), 4);
+        assert_eq!(at.rsp_prod, (u32::MAX - 2).wrapping_add(2));
+        let mut ids = Vec::new();
+        while let Some(r) = new.next_request() {
+            ids.push(r.id);
+            new.push_response(TxResponse {
+                id: r.id,
+                status: 0,
+            });
+        }
+        assert_eq!(ids, [2, 3, 4, 5]);
+        new.push_responses_and_check_notify();
+        let mut seen = Vec::new();
+        while let Some(r) = f.next_response().unwrap() {
+            seen.push(r.id);
+        }
+        assert_eq!(seen, [0, 1, 2, 3, 4, 5], "each answered once, in order");
+        // A producer more than a ring ahead of rsp_prod: refused, nothing attached.
+        let rsp = page.index(RSP_PROD).load(Ordering::Relaxed);
+        page.index(REQ_PROD)
+            .store(rsp.wrapping_add(257), Ordering::Release);
+        assert_eq!(
+            BackRing::<TxRing>::resume(page.clone(), None).err(),
+            Some(RingError::ImpossibleIndex {
+                prod: rsp.wrapping_add(257),
+                cons: rsp,
+                size: 256
+            })
+        );
+        // Behind rsp_prod (a response for an unposted request would follow): refused.
+        page.index(REQ_PROD)
+            .store(rsp.wrapping_sub(1), Ordering::Release);
+        assert!(BackRing::<TxRing>::resume(page.clone(), None).is_err());
+        page.index(REQ_PROD)
+            .store(rsp.wrapping_add(256), Ordering::Release);
+        assert_eq!(
+            BackRing::<TxRing>::resume(page, None).map(|r| r.1.outstanding()),
+            Ok(256)
+        );
+    }
+
+    /// Killed after writing responses it never published (their slots no longer hold the
+    /// requests): the successor publishes them from the journal, once, and goes on after
+    /// them; a journal of another ring, or one the ring's rsp_prod disagrees with, is
+    /// never replayed.
+    #[test]
+    fn journal_publishes_what_a_killed_backend_wrote() {
+        let page = SharedPage::new_owned();
+        let jpage = SharedPage::new_owned();
+        let journal = |tag| Journal {
+            page: jpage.clone(),
+            tag,
+        };
+        let mut f = FrontRing::<TxRing>::init_at(page.clone(), u32::MAX - 1);
+        let mut old = BackRing::<TxRing>::attach_journaled(page.clone(), journal(77));
+        for id in 0..5 {
+            f.push_request(tx(id)).unwrap();
+        }
+        f.push_requests_and_check_notify();
+        for id in 0..4 {
+            assert_eq!(old.next_request().map(|r| r.id), Some(id));
+        }
+        old.push_response(TxResponse { id: 0, status: 0 });
+        old.push_responses_and_check_notify();
+        assert_eq!(f.next_response().unwrap().map(|r| r.id), Some(0));
+        // The frontend waits for the next response.
+        assert!(!f.final_check_for_responses().unwrap());
+        old.push_response(TxResponse { id: 1, status: 0 });
+        old.push_response(TxResponse { id: 2, status: -1 });
+        // Killed after the journal got response 3 and before its ring slot did.
+        let j = old.journal.clone().unwrap();
+        let at = old.rsp_prod_pvt;
+        j.write_slot::<TxRing, TxResponse>(at, TxResponse { id: 3, status: 0 });
+        j.index(J_PVT).store(at.wrapping_add(1), Ordering::Release);
+        drop(old);
+        let saved: Vec<u8> = (0..PAGE_SIZE)
+            // SAFETY: reading the owned page byte by byte.
+            .map(|i| unsafe { *page.as_ptr().add(i) })
+            .collect();
+        let restore = || {
+            for (i, b) in saved.iter().enumerate() {
+                // SAFETY: writing the owned page byte by byte.
+                unsafe { *page.as_ptr().add(i) = *b };
+            }
+        };
+        // Another ring's journal: not replayed (the slots would be read as requests).
+        let (_, at) = BackRing::<TxRing>::resume(page.clone(), Some(journal(78))).unwrap();
+        assert_eq!((at.replayed, at.notify), (0, false));
+        restore();
+        jpage.index(J_TAG_LO).store(77, Ordering::Relaxed);
+        // rsp_prod is not where the journal last published: not replayed either.
+        let pubd = jpage.index(J_PUB).load(Ordering::Relaxed);
+        jpage
+            .index(J_PUB)
+            .store(pubd.wrapping_add(1), Ordering::Relaxed);
+        let (_, at) = BackRing::<TxRing>::resume(page.clone(), Some(journal(77))).unwrap();
+        assert_eq!(at.replayed, 0);
+        restore();
+        jpage.index(J_TAG_LO).store(77, Ordering::Relaxed);
+        jpage.index(J_PUB).store(pubd, Ordering::Relaxed);
+        jpage
+            .index(J_PVT)
+            .store(pubd.wrapping_add(3), Ordering::Relaxed);
+        for (i, r) in [(1, 0), (2, -1), (3, 0)] {
+            jpage.write_slot::<TxRing, TxResponse>(
+                pubd.wrapping_add(i - 1),
+                TxResponse {
+                    id: i as u16,
+                    status: r,
+                },
+            );
+        }
+        let (mut new, at) = BackRing::<TxRing>::resume(page.clone(), Some(journal(77))).unwrap();
+        assert_eq!((at.outstanding(), at.replayed, at.notify), (4, 3, true));
+        let mut seen = Vec::new();
+        while let Some(r) = f.next_response().unwrap() {
+            seen.push((r.id, r.status));
+        }
+        assert_eq!(seen, [(1, 0), (2, -1), (3, 0)]);
+        // Only request 4 is left to answer.
+        assert_eq!(new.next_request().map(|r| r.id), Some(4));
+        assert_eq!(new.next_request(), None);
+        new.push_response(TxResponse { id: 4, status: 0 });
+        new.push_responses_and_check_notify();
+        assert_eq!(f.next_response().unwrap().map(|r| r.id), Some(4));
+        assert_eq!(f.next_response().unwrap(), None);
+        // The journal started over where the new backend serves from.
+        assert_eq!(
+            jpage.index(J_PUB).load(Ordering::Relaxed),
+            pubd.wrapping_add(4)
+        );
     }
 
     #[test]

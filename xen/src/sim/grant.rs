@@ -212,6 +212,7 @@ pub(crate) fn create_domain(
     std::fs::create_dir(&dir).map_err(|e| XenError::io(format!("mkdir {}", dir.display()), e))?;
     ShmFile::create(&dir.join("memory"), frames as usize * PAGE)?;
     ShmFile::create(&dir.join("grant-table"), grants as usize * 8)?;
+    super::evtchn::OwnerTable::create(layout, domid)?;
     PortTable::create(layout, domid)
 }
 

@@ -83,8 +83,16 @@ pub struct SimHost {
     layout: SimLayout,
     xenstored: Option<Child>,
     store: Option<XenStore>,
-    domains: std::sync::Mutex<Vec<u16>>,
+    domains: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
+    /// Closes dead processes' event channels, as a dom0 kernel does at their exit.
+    reaper: Option<(
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<()>,
+    )>,
 }
+
+/// How often the sim host looks for processes gone with event channels bound.
+const REAP_EVERY: Duration = Duration::from_millis(50);
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -95,7 +103,7 @@ const MAX_SOCKET_PATH: usize = 107;
 
 /// The start time of process `pid` (field 22 of /proc/<pid>/stat, clock ticks after boot):
 /// with the pid it names a process uniquely (pids are reused).
-fn start_time(pid: i32) -> Option<u64> {
+pub(crate) fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces: skip past it.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -103,7 +111,7 @@ fn start_time(pid: i32) -> Option<u64> {
 }
 
 /// Whether the process named by (pid, start time) still runs.
-fn owner_alive(pid: i32, start: Option<u64>) -> bool {
+pub(crate) fn owner_alive(pid: i32, start: Option<u64>) -> bool {
     // SAFETY: kill with signal 0 only checks for existence/permission.
     let exists = pid > 0
         && (unsafe { libc::kill(pid, 0) } == 0
@@ -210,7 +218,8 @@ impl SimHost {
             layout: layout.clone(),
             xenstored: None,
             store: None,
-            domains: std::sync::Mutex::new(Vec::new()),
+            domains: Default::default(),
+            reaper: None,
         };
         let me = std::process::id() as i32;
         let owner = match start_time(me) {
@@ -275,6 +284,21 @@ impl SimHost {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(0);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (doms, layout, st) = (host.domains.clone(), host.layout.clone(), stop.clone());
+        let t = std::thread::Builder::new()
+            .name("sim-reaper".into())
+            .spawn(move || {
+                while !st.load(Ordering::Relaxed) {
+                    let list = doms.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    for d in list {
+                        evtchn::reap_dead(&layout, d);
+                    }
+                    std::thread::sleep(REAP_EVERY);
+                }
+            })
+            .map_err(|e| XenError::io("spawn the reaper thread", e))?;
+        host.reaper = Some((stop, t));
         Ok(host)
     }
 
@@ -440,6 +464,10 @@ impl SimHost {
     }
 
     fn shutdown(&mut self) -> Result<(), XenError> {
+        if let Some((stop, t)) = self.reaper.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = t.join();
+        }
         self.store = None;
         if let Some(mut c) = self.xenstored.take() {
             // SAFETY: signalling our own child.
