@@ -124,9 +124,17 @@ fn groups_share_one_l2_domain() {
         let (mut nfa, sa, _) = attach(h, 5, 0, MA);
         let (mut nfb, sb, cb) = attach(h, 6, 0, MB);
         let (mut nfc, sc, _) = attach(h, 7, 0, MC);
+        // Step 8 sends 2000 frames a phase at once: the backlogs hold them all, so that
+        // a receiver slowed by a loaded host cannot turn into counted overflow drops (the
+        // step is about moves losing nothing).
+        let cfg = EngineConfig {
+            backlog_packets: 4096,
+            backlog_bytes: 4 << 20,
+            ..Default::default()
+        };
         let mut groups = vec![
-            env.group_on(0, EngineConfig::default(), TxCaps::default()),
-            env.group_on(1, EngineConfig::default(), TxCaps::default()),
+            env.group_on(0, cfg, TxCaps::default()),
+            env.group_on(1, cfg, TxCaps::default()),
         ];
         let handles: Vec<GroupHandle> =
             connect_groups(&mut groups, dataplane::engine::HANDOFF_RING).expect("handoff rings");
