@@ -324,7 +324,7 @@ pub fn vif_mtu(key: Option<&str>, sg: bool) -> u16 {
 }
 
 /// Parses the backend's `mac` (six hex bytes separated by `:`, as libxl writes it).
-fn parse_mac(v: &str) -> Option<[u8; 6]> {
+pub fn parse_mac(v: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = v.split(':');
     for b in &mut mac {
