@@ -57,7 +57,7 @@ struct Script {
 const SIZE: u32 = <TxRing as RingKind>::SIZE;
 
 fn index(page: &SharedPage, off: usize) -> &AtomicU32 {
-    assert!(off < RING_HEADER_SIZE && off % 4 == 0);
+    assert!(off < RING_HEADER_SIZE && off.is_multiple_of(4));
     // SAFETY: the page is an owned, page-aligned 4096-byte allocation kept alive by
     // `page`; `off` is a 4-aligned offset inside its header; the ring code accesses the
     // same words only atomically.
