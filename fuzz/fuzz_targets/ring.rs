@@ -108,6 +108,18 @@ impl Model {
         self.check(back);
     }
 
+    /// Answers request `idx`: the response overwrites the first bytes of its slot (the
+    /// rings share their slots), which a later read past a hostile producer sees.
+    fn respond(&mut self, back: &mut BackRing<TxRing>, idx: u32, id: u16) {
+        let rsp = TxResponse { id, status: 0 };
+        back.push_response(rsp);
+        let slot = &mut self.slots[(idx & (SIZE - 1)) as usize];
+        let mut b = slot.to_bytes();
+        b[..4].copy_from_slice(&rsp.to_bytes());
+        *slot = TxRequest::from_bytes(b);
+        self.check(back);
+    }
+
     fn check(&self, back: &BackRing<TxRing>) {
         let pending = back.req_cons().wrapping_sub(back.rsp_prod_pvt());
         assert!(
@@ -149,7 +161,7 @@ fuzz_target!(|s: Script| {
             }
             while let Some((idx, id)) = m.unanswered.pop_front() {
                 assert_eq!(back.rsp_prod_pvt(), idx);
-                back.push_response(TxResponse { id, status: 0 });
+                m.respond(&mut back, idx, id);
                 m.check(&back);
             }
             back.push_responses_and_check_notify();
@@ -241,7 +253,7 @@ fn step(
                     idx,
                     "response not in its request's slot"
                 );
-                back.push_response(TxResponse { id, status: 0 });
+                m.respond(back, idx, id);
                 m.check(back);
             }
         }
