@@ -4,6 +4,9 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// The control socket's default path (`ctl.socket`, and where `netbackd ctl` looks).
+pub const DEFAULT_SOCKET: &str = "/run/netbackd/ctl.sock";
+
 /// Which hypervisor interface to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -54,7 +57,7 @@ pub struct CtlSection {
 }
 
 fn default_ctl_socket() -> String {
-    crate::ctl::DEFAULT_SOCKET.into()
+    DEFAULT_SOCKET.into()
 }
 
 impl Default for CtlSection {
@@ -399,7 +402,6 @@ pub struct Overrides {
 
 impl Config {
     /// Parses and validates; errors name the file and the offending key.
-    #[cfg(test)]
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Config> {
         Config::parse_with(text, origin, &Overrides::default())
     }

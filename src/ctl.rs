@@ -22,8 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The socket's default path.
-pub const DEFAULT_SOCKET: &str = "/run/netbackd/ctl.sock";
+pub use crate::config::DEFAULT_SOCKET;
 /// How long a group has to answer an inspection.
 pub const INSPECT_TIMEOUT: Duration = Duration::from_millis(300);
 /// A client that sends nothing for this long is disconnected.

@@ -6,7 +6,7 @@
 //! runs with.
 use anyhow::Context;
 
-mod config;
+use netbackd::config;
 mod ctl;
 mod ctlcli;
 mod demo;

@@ -390,7 +390,7 @@ fn resume_ring<K: RingKind>(
 }
 
 /// Parses the backend's `mac` (six hex bytes separated by `:`, as libxl writes it).
-fn parse_mac(v: &str) -> Option<[u8; 6]> {
+pub fn parse_mac(v: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = v.split(':');
     for b in &mut mac {

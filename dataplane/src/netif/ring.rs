@@ -388,8 +388,13 @@ impl<K: RingKind> BackRing<K> {
     }
 
     /// `unconsumed` as of the last `begin_batch` (never more than the ring holds: the
-    /// snapshot was checked and `req_cons` only advances up to it).
+    /// snapshot was checked). Consuming through the live calls (`next_request`,
+    /// `advance`) can take `req_cons` past the snapshot; the snapshot then offers nothing,
+    /// not the slots beyond the producer that the wrapped difference would count.
     pub fn batch_unconsumed(&self) -> u32 {
+        if self.batch_prod.wrapping_sub(self.req_cons) > K::SIZE {
+            return 0;
+        }
         self.available(self.batch_prod)
     }
 
@@ -642,6 +647,31 @@ mod tests {
             .store(b.req_cons() + 300, Ordering::Release);
         assert!(b.begin_batch().is_err());
         assert_eq!(b.batch_unconsumed(), 1);
+    }
+
+    /// Found by the `ring` fuzz target: a snapshot taken before requests were consumed
+    /// through the live calls offered up to a ring's worth of slots the frontend never
+    /// published (the difference to `req_cons` wrapped).
+    #[test]
+    fn stale_batch_snapshot_offers_nothing() {
+        let page = SharedPage::new_owned();
+        let mut f = FrontRing::<TxRing>::init(page.clone());
+        let mut b = BackRing::<TxRing>::attach(page.clone());
+        b.begin_batch().unwrap();
+        for id in 0..3 {
+            f.push_request(tx(id)).unwrap();
+        }
+        f.push_requests_and_check_notify();
+        assert_eq!(b.next_request(), Some(tx(0)));
+        assert_eq!(b.batch_unconsumed(), 0);
+        assert_eq!(b.next_batch_request(), None);
+        assert_eq!(b.batch_request(0), None);
+        b.advance(1);
+        assert_eq!(b.batch_unconsumed(), 0);
+        // A new snapshot sees the one request left.
+        b.begin_batch().unwrap();
+        assert_eq!(b.batch_unconsumed(), 1);
+        assert_eq!(b.next_batch_request(), Some(tx(2)));
     }
 
     #[test]
