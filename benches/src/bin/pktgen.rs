@@ -156,6 +156,23 @@ fn plan(a: &mut Args) -> anyhow::Result<Plan> {
     if a.wire != "null" && a.wire != "memif" {
         bail!("--wire must be null or memif");
     }
+    // The null wire's frames are one mbuf each, their length set without data (net_null
+    // does not check it against the buffer): larger ones would be read past the mbuf.
+    let room = MBUF_DATA - pmd::sys::RTE_PKTMBUF_HEADROOM as usize;
+    let guest_rx = a.wire == "null"
+        && dirs
+            .iter()
+            .any(|d| matches!(d, Direction::Rx | Direction::Bidir));
+    if let Some(big) = sizes
+        .iter()
+        .find(|s| matches!(s, FrameSize::Bytes(n) if *n > room))
+        .filter(|_| guest_rx)
+    {
+        bail!(
+            "--sizes {}: guest RX from the wire takes frames of at most {room} bytes (one mbuf)",
+            big.label()
+        );
+    }
     if a.intervals == 0 || a.rounds == 0 {
         bail!("--intervals and --rounds must be > 0");
     }
