@@ -42,6 +42,17 @@ fn stream(a: &mut Netfront, b: &mut Netfront, g: &mut PktGen, sink: &mut Sink, d
     }
 }
 
+/// Takes what `b` still receives until `sink` has `sent` frames (3 s at most).
+fn drain(b: &mut Netfront, sink: &mut Sink, sent: u64) {
+    let t = Instant::now();
+    while sink.stats.packets < sent && t.elapsed() < Duration::from_secs(3) {
+        for p in b.poll_rx(0).unwrap() {
+            sink.accept(&p.data);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 fn signal(pid: i32, sig: libc::c_int) {
     // SAFETY: kill(2) on the sim's own xenstored child, by pid.
     assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
@@ -106,14 +117,7 @@ fn xenstored_stalled_for_seconds() {
         &mut sink,
         Duration::from_millis(500),
     );
-    // Drain.
-    let t2 = Instant::now();
-    while sink.stats.packets < g.seq && t2.elapsed() < Duration::from_secs(3) {
-        for p in b.poll_rx(0).unwrap() {
-            sink.accept(&p.data);
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    drain(&mut b, &mut sink, g.seq);
     let st = sink.stats;
     eprintln!(
         "xenstored stopped {outage:?}: {during} frames forwarded during the outage; \
@@ -149,13 +153,7 @@ fn xenstored_stalled_for_seconds() {
         &mut sink2,
         Duration::from_millis(300),
     );
-    let t3 = Instant::now();
-    while sink2.stats.packets < g2.seq && t3.elapsed() < Duration::from_secs(3) {
-        for p in b.poll_rx(0).unwrap() {
-            sink2.accept(&p.data);
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    drain(&mut b, &mut sink2, g2.seq);
     assert!(
         g2.seq > 0 && sink2.stats.packets == g2.seq,
         "{:?}",

@@ -68,9 +68,19 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 q.features.gso_tcpv4 || q.features.gso_prefix,
                 q.features.gso_tcpv6,
             );
-            if q.gro_fresh >= 2 && self.cfg.gro && q.features.sg && (v4 || v6) {
-                // The frames that arrived since the last pass (the backlog's tail).
-                let start = q.backlog.len() - q.gro_fresh.min(q.backlog.len());
+            let start = q.backlog.len() - q.gro_fresh.min(q.backlog.len());
+            if q.gro_fresh >= 2
+                && self.cfg.gro
+                && q.features.sg
+                && (v4 || v6)
+                && q.backlog
+                    .range(start..)
+                    .filter(|m| crate::gro::maybe_tcp(m))
+                    .nth(1)
+                    .is_some()
+            {
+                // The frames that arrived since the last pass (the backlog's tail), when two
+                // of them may be TCP segments.
                 let out = &mut self.scratch.gro_out;
                 let st = self
                     .scratch
