@@ -23,6 +23,20 @@ fn mac(d: u16) -> [u8; 6] {
     [0x00, 0x16, 0x3e, 0x00, 0x0b, d as u8]
 }
 
+/// A 300-byte UDP stream from guest `from` to guest `to`.
+fn gen(from: u8, to: u8) -> PktGen {
+    PktGen {
+        src_mac: mac(u16::from(from)),
+        dst_mac: mac(u16::from(to)),
+        src_ip: [10, 11, 0, from],
+        dst_ip: [10, 11, 0, to],
+        sport: 9,
+        dport: 9,
+        frame_len: 300,
+        seq: 0,
+    }
+}
+
 /// Streams `a` -> `b` for `dur`, paced; returns what `b` received.
 fn stream(a: &mut Netfront, b: &mut Netfront, g: &mut PktGen, sink: &mut Sink, dur: Duration) {
     let mut f = Vec::new();
@@ -75,16 +89,7 @@ fn xenstored_stalled_for_seconds() {
     let run = spawn_run(&cfg);
     let mut a = attach_front(&root, &xs, FrontConfig::new(95, 0));
     let mut b = attach_front(&root, &xs, FrontConfig::new(96, 0));
-    let mut g = PktGen {
-        src_mac: mac(95),
-        dst_mac: mac(96),
-        src_ip: [10, 11, 0, 95],
-        dst_ip: [10, 11, 0, 96],
-        sport: 9,
-        dport: 9,
-        frame_len: 300,
-        seq: 0,
-    };
+    let mut g = gen(95, 96);
     let mut sink = Sink::default();
     stream(
         &mut a,
@@ -135,16 +140,7 @@ fn xenstored_stalled_for_seconds() {
 
     // The store answers again: a new vif connects and passes traffic; the old ones stay.
     let mut c = attach_front(&root, &xs, FrontConfig::new(97, 0));
-    let mut g2 = PktGen {
-        src_mac: mac(97),
-        dst_mac: mac(96),
-        src_ip: [10, 11, 0, 97],
-        dst_ip: [10, 11, 0, 96],
-        sport: 9,
-        dport: 9,
-        frame_len: 300,
-        seq: 0,
-    };
+    let mut g2 = gen(97, 96);
     let mut sink2 = Sink::default();
     stream(
         &mut c,

@@ -1038,13 +1038,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
         }
         if let Err(e) = plugged {
             tracing::warn!(domid, devid, "plugging the vif again failed: {e}");
-            let be = self.vifs[&key].be.clone();
-            let _ = self
-                .xs
-                .write(Tx::NONE, &format!("{be}/error"), &e.to_string());
-            self.event(key, Happened::Closed(e.key().into()));
-            self.disconnect(key);
-            self.write_state(key, state::CLOSED);
+            self.close_with_error(key, &e.to_string(), e.key());
         }
         true
     }
@@ -1280,12 +1274,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                     }
                     Err(e) => {
                         tracing::warn!(domid, devid, "frontend configuration refused: {e}");
-                        let _ = self
-                            .xs
-                            .write(Tx::NONE, &format!("{be}/error"), &e.to_string());
-                        self.event(key, Happened::Closed(e.key().into()));
-                        self.disconnect(key);
-                        self.write_state(key, state::CLOSED);
+                        self.close_with_error(key, &e.to_string(), e.key());
                     }
                 }
             }
@@ -1374,12 +1363,7 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                     devid,
                     "resuming the connected vif failed: {e}; closing it"
                 );
-                let _ = self
-                    .xs
-                    .write(Tx::NONE, &format!("{be}/error"), &e.to_string());
-                self.event(key, Happened::Closed(e.key().into()));
-                self.disconnect(key);
-                self.write_state(key, state::CLOSED);
+                self.close_with_error(key, &e.to_string(), e.key());
             }
         }
         true
@@ -1675,16 +1659,27 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
     /// saying so, its queues taken back, Closed, counted under `label`. The frontend can
     /// reconnect from scratch.
     fn close_broken(&mut self, key: (u16, u32), why: &str, label: &str) {
-        let Some(be) = self.vifs.get(&key).map(|v| v.be.clone()) else {
+        if !self.vifs.contains_key(&key) {
             return;
-        };
+        }
         tracing::warn!(
             domid = key.0,
             devid = key.1,
             "frontend broke the netif protocol ({why}); closing"
         );
-        let msg = format!("frontend broke the netif protocol: {why}");
-        let _ = self.xs.write(Tx::NONE, &format!("{be}/error"), &msg);
+        self.close_with_error(
+            key,
+            &format!("frontend broke the netif protocol: {why}"),
+            label,
+        );
+    }
+
+    /// Closes a vif over an error: its `error` node, the closed event (`label` for the
+    /// metric), queues and channels let go, Closed.
+    fn close_with_error(&mut self, key: (u16, u32), error: &str, label: &str) {
+        if let Some(be) = self.vifs.get(&key).map(|v| v.be.clone()) {
+            let _ = self.xs.write(Tx::NONE, &format!("{be}/error"), error);
+        }
         self.event(key, Happened::Closed(label.into()));
         self.disconnect(key);
         self.write_state(key, state::CLOSED);

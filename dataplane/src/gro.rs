@@ -340,13 +340,6 @@ pub struct Gro {
 }
 
 impl Gro {
-    pub fn new() -> Gro {
-        Gro {
-            flows: Vec::with_capacity(MAX_FLOWS),
-            spare: Vec::new(),
-        }
-    }
-
     /// Moves `input`'s frames, in order, to the end of `out`, coalescing TCP segments of
     /// one flow (IPv4 if `v4`, IPv6 if `v6`). Frames of different flows may change order
     /// relative to each other; within a flow the order is kept.
