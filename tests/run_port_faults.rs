@@ -8,6 +8,13 @@
 //!   refused (`netbackd_group_port_tx_full_total`; the device's own TX errors too);
 //! - link up again: the next 2000 frames arrive, and the kernel's pings to the guest are
 //!   answered, on the same vif, which never left Connected.
+//!
+//! And the port refusing frames for seconds (`uplink_refusing_for_seconds`): a `net_memif`
+//! port whose peer, a `dpdk-testpmd` memif client in rxonly, is stopped (SIGSTOP) for two
+//! seconds while the guest keeps sending: its TX ring keeps being answered, what the full
+//! port refuses is counted, and once the peer runs again every frame gets through. At the
+//! end testpmd's own RX count equals what the guest sent minus what netbackd counted as
+//! refused.
 use guest::netfront::NetfrontLink;
 use guest::pktgen::PktGen;
 use guest::stack::Stack;
@@ -217,4 +224,247 @@ fn uplink_link_down_and_up() {
     assert!(term_and_wait(sim).success());
     std::fs::remove_dir_all(&parent).unwrap();
     assert!(!std::path::Path::new(&format!("/var/run/dpdk/nbd-rpf-{pid}")).exists());
+}
+
+/// A `dpdk-testpmd` memif client in rxonly on CPU 1, its output collected.
+struct Testpmd {
+    child: Option<std::process::Child>,
+    prefix: String,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Testpmd {
+    fn start(socket: &std::path::Path, prefix: &str) -> Testpmd {
+        let vdev = format!(
+            "net_memif0,role=client,socket={},socket-abstract=no",
+            socket.display()
+        );
+        let mut child = Command::new("dpdk-testpmd")
+            .args(["--lcores", "0@1,1@1", "--no-pci", "--no-huge", "-m", "256"])
+            .args([
+                "--single-file-segments",
+                "--no-shconf",
+                "--file-prefix",
+                prefix,
+            ])
+            .args(["--log-level", "*:notice", "--vdev", &vdev, "--"])
+            .args(["--nb-cores=1", "--forward-mode=rxonly", "--stats-period=1"])
+            .args(["--total-num-mbufs=8192"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("dpdk-testpmd (Debian package dpdk)");
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let readers = [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ]
+        .into_iter()
+        .map(|r| {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for l in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+                    let mut o = out.lock().unwrap();
+                    o.push_str(&l);
+                    o.push('\n');
+                }
+            })
+        })
+        .collect();
+        let t = Testpmd {
+            child: Some(child),
+            prefix: prefix.to_string(),
+            out,
+            readers,
+        };
+        let start = Instant::now();
+        while !t.output().contains("start packet forwarding") {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "testpmd did not start:\n{}",
+                t.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        t
+    }
+
+    fn output(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, sig) };
+    }
+
+    /// SIGINT, wait, and the RX-packets of its final totals.
+    fn stop(mut self) -> u64 {
+        self.signal(libc::SIGINT);
+        let status = self.child.take().unwrap().wait().unwrap();
+        for r in self.readers.drain(..) {
+            r.join().unwrap();
+        }
+        let out = self.output();
+        assert!(status.success(), "testpmd: {status}\n{out}");
+        // The EAL runtime directory testpmd leaves behind.
+        let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{}", self.prefix));
+        let at = out
+            .rfind("Accumulated forward statistics")
+            .unwrap_or_else(|| panic!("no totals:\n{out}"));
+        let rest = &out[at..];
+        let i = rest.find("RX-packets:").expect("RX-packets") + "RX-packets:".len();
+        rest[i..]
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("RX-packets value")
+    }
+}
+
+impl Drop for Testpmd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child (SIGCONT first: it may be stopped).
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGCONT);
+                libc::kill(c.id() as i32, libc::SIGINT);
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            let _ = c.kill();
+            let _ = c.wait();
+            let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{}", self.prefix));
+        }
+    }
+}
+
+#[test]
+fn uplink_refusing_for_seconds() {
+    let pid = std::process::id();
+    let parent = std::env::temp_dir().join(format!("nbd-pfull-{pid}"));
+    std::fs::create_dir_all(&parent).unwrap();
+    let (sim, root, _out) = start_sim_with(&[(82, mac(82))], &parent);
+    let xs = XenStore::open_at(&format!("{root}/xenstored/socket")).unwrap();
+    let maddr = free_addr();
+    let socket = parent.join("memif.sock");
+    let cfg = parent.join("netbackd.toml");
+    std::fs::write(
+        &cfg,
+        sim_config(&root, &format!("nbd-rpfull-{pid}"), &maddr, "").replace(
+            "net_ring0",
+            &format!(
+                "net_memif0,role=server,socket={},socket-abstract=no",
+                socket.display()
+            ),
+        ) + "[engine]\nidle_sleep_us = 200\n",
+    )
+    .unwrap();
+    let run = spawn_run(&cfg);
+    let t = Instant::now();
+    while !socket.exists() {
+        assert!(t.elapsed() < Duration::from_secs(20), "memif socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let peer = Testpmd::start(&socket, &format!("nbd-tpmd-{pid}"));
+    let mut nf = attach_front(&root, &xs, FrontConfig::new(82, 0));
+    let mut g = PktGen {
+        src_mac: mac(82),
+        dst_mac: [0x02, 0, 0, 0, 0, 0x99],
+        src_ip: [10, 11, 0, 82],
+        dst_ip: [10, 11, 0, 99],
+        sport: 9,
+        dport: 9,
+        frame_len: 200,
+        seq: 0,
+    };
+    let metrics = |maddr: &str| -> (f64, f64) {
+        let (code, body) = http_get(maddr, "/metrics");
+        assert_eq!(code, 200);
+        (
+            sample(&body, "netbackd_group_port_tx_full_total", &[]).unwrap_or(0.0),
+            sample(&body, "netbackd_vif_tx_packets_total", &["domid=\"82\""]).unwrap_or(0.0),
+        )
+    };
+    // The memif link comes up once the client connected.
+    let mut sent = 0u64;
+    let t = Instant::now();
+    loop {
+        let before = metrics(&maddr).0;
+        sent += 50;
+        send(&mut nf, &mut g, 50, 50);
+        std::thread::sleep(Duration::from_millis(100));
+        if metrics(&maddr).0 == before {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "memif link never took frames"
+        );
+    }
+
+    // 1. The peer reads: nothing refused.
+    let f0 = metrics(&maddr).0;
+    let w_up = send(&mut nf, &mut g, 2000, 50);
+    sent += 2000;
+    std::thread::sleep(Duration::from_millis(300));
+    let f1 = metrics(&maddr).0;
+    assert_eq!(f1, f0, "refused while the peer reads");
+
+    // 2. The peer stopped for 2 s: the ring fills, the port refuses, the guest's TX ring
+    //    keeps being answered (each burst's responses within the bound `send` checks).
+    peer.signal(libc::SIGSTOP);
+    let t = Instant::now();
+    let mut w_full = Duration::ZERO;
+    while t.elapsed() < Duration::from_secs(2) {
+        w_full = w_full.max(send(&mut nf, &mut g, 500, 50));
+        sent += 500;
+    }
+    let f2 = metrics(&maddr).0;
+    let refused = f2 - f1;
+    assert!(
+        refused > 0.0,
+        "a stopped peer's full ring refused nothing (sent {sent})"
+    );
+    assert!(
+        w_full < Duration::from_secs(1),
+        "guest TX responses waited {w_full:?} behind a full port"
+    );
+
+    // 3. The peer runs again: nothing more refused.
+    peer.signal(libc::SIGCONT);
+    std::thread::sleep(Duration::from_millis(500));
+    let w_again = send(&mut nf, &mut g, 2000, 50);
+    sent += 2000;
+    std::thread::sleep(Duration::from_millis(500));
+    let (f3, tx) = metrics(&maddr);
+    assert_eq!(f3, f2, "refused after the peer came back");
+    assert_eq!(tx, sent as f64, "every guest frame taken from its ring");
+
+    // Both ends agree: what testpmd received is what the port did not refuse.
+    let got = peer.stop();
+    eprintln!(
+        "port full for 2 s: guest sent {sent}, port refused {refused} (counted), testpmd \
+         received {got}; longest wait for a burst's TX responses: peer up {w_up:?}, \
+         stopped {w_full:?}, up again {w_again:?}"
+    );
+    assert_eq!(
+        got as f64,
+        tx - f3,
+        "testpmd's RX vs netbackd's sent minus refused"
+    );
+    assert_eq!(
+        xs.read(xen::Tx::NONE, "/local/domain/0/backend/vif/82/0/state")
+            .unwrap()
+            .as_deref(),
+        Some("4")
+    );
+    nf.close().unwrap();
+    assert!(term_and_wait(run).success());
+    assert!(term_and_wait(sim).success());
+    std::fs::remove_dir_all(&parent).unwrap();
+    assert!(!std::path::Path::new(&format!("/var/run/dpdk/nbd-rpfull-{pid}")).exists());
 }

@@ -501,6 +501,25 @@ impl Default for BackendConfig {
     }
 }
 
+/// What a batch of watch events asks the control plane to reconcile (see `Backend::step`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Target {
+    Vif(u16, u32),
+    Domain(u16),
+    All,
+}
+
+/// Watch events taken per step at most before the vifs they name are reconciled.
+const MAX_EVENTS_PER_STEP: usize = 4096;
+
+/// One consistent view of a vif's xenstore keys (see `Control::snapshot`).
+struct Snapshot {
+    fe: String,
+    online: bool,
+    be_state: u32,
+    fe_state: u32,
+}
+
 /// What the backend knows of one vif.
 struct Vif {
     be: String,
@@ -1075,12 +1094,35 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
             std::thread::sleep(timeout);
             return 0;
         }
+        // Every queued event first, then each vif they name reconciled once: a reconcile
+        // reads the current state, and one attach alone fires dozens of events (our own
+        // writes included). Handling them one by one fell behind a fast toolstack, and
+        // libxenstore's queue of unread events grew for as long as it kept going.
         let mut n = 0;
+        let mut todo: Vec<Target> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let mut ev = self.xs.read_watch_timeout(timeout);
         while let Some(e) = ev {
             n += 1;
-            self.on_event(&e.path);
+            if let Some(t) = self.target(&e.path) {
+                if seen.insert(t) {
+                    todo.push(t);
+                }
+            }
+            if n == MAX_EVENTS_PER_STEP {
+                break;
+            }
             ev = self.xs.try_read_watch();
+        }
+        if seen.contains(&Target::All) {
+            todo = vec![Target::All];
+        }
+        for t in todo {
+            match t {
+                Target::Vif(domid, devid) => self.reconcile(domid, devid),
+                Target::Domain(domid) => self.rescan_domain(domid),
+                Target::All => self.rescan(),
+            }
         }
         self.close_disabled();
         self.serve_ctrl();
@@ -1106,31 +1148,28 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
         }
     }
 
-    fn on_event(&mut self, path: &str) {
+    /// What a watch event on `path` asks to look at again.
+    fn target(&self, path: &str) -> Option<Target> {
         if let Some(rest) = path.strip_prefix(&self.root) {
             let mut it = rest.trim_start_matches('/').split('/');
-            match (
-                it.next().and_then(|d| d.parse().ok()),
-                it.next().and_then(parse_u32),
-            ) {
-                (Some(domid), Some(devid)) => self.reconcile(domid, devid),
-                (Some(domid), None) => self.rescan_domain(domid),
-                _ => self.rescan(),
+            return Some(
+                match (
+                    it.next().and_then(|d| d.parse().ok()),
+                    it.next().and_then(parse_u32),
+                ) {
+                    (Some(domid), Some(devid)) => Target::Vif(domid, devid),
+                    (Some(domid), None) => Target::Domain(domid),
+                    _ => Target::All,
+                },
+            );
+        }
+        // A frontend path: /local/domain/<domid>/device/vif/<devid>/...
+        let parts: Vec<&str> = path.split('/').collect();
+        match parts.as_slice() {
+            ["", "local", "domain", domid, "device", "vif", devid, ..] => {
+                Some(Target::Vif(domid.parse().ok()?, parse_u32(devid)?))
             }
-        } else if let Some(key) = path
-            .split('/')
-            .nth(3)
-            .filter(|_| path.starts_with("/local/domain/"))
-        {
-            // A frontend path: /local/domain/<domid>/device/vif/<devid>/...
-            let parts: Vec<&str> = path.split('/').collect();
-            if let (Ok(domid), Some(devid)) =
-                (key.parse::<u16>(), parts.get(6).and_then(|d| parse_u32(d)))
-            {
-                if parts.get(4) == Some(&"device") && parts.get(5) == Some(&"vif") {
-                    self.reconcile(domid, devid);
-                }
-            }
+            _ => None,
         }
     }
 
@@ -1175,6 +1214,42 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
         self.xs.read(Tx::NONE, path).ok().flatten()
     }
 
+    /// The keys a reconcile decides on, read in one transaction: the toolstack removes and
+    /// re-creates a vif's directories in transactions, and a decision taken on `online` of
+    /// the old directory and `state` of the new one closed the new vif as it attached.
+    /// `None` when the backend directory has no `frontend` (removed or never complete).
+    fn snapshot(&self, be: &str) -> Option<Snapshot> {
+        let num = |t: Tx, p: &str| -> Result<u32, xen::XenError> {
+            Ok(self.xs.read(t, p)?.and_then(|s| parse_u32(&s)).unwrap_or(0))
+        };
+        let r = self.xs.transaction(8, |t| {
+            let Some(fe) = self.xs.read(t, &format!("{be}/frontend"))? else {
+                return Ok(None);
+            };
+            Ok(Some(Snapshot {
+                online: self.xs.read(t, &format!("{be}/online"))?.as_deref() != Some("0"),
+                be_state: num(t, &format!("{be}/state"))?,
+                fe_state: num(t, &format!("{fe}/state"))?,
+                fe,
+            }))
+        });
+        match r {
+            Ok(s) => s,
+            // The store refused transactions (busy, quota): the same reads outside one.
+            Err(e) => {
+                tracing::debug!(path = be, "snapshot transaction failed ({e}); plain reads");
+                let fe = self.read(&format!("{be}/frontend"))?;
+                let n = |p: String| self.read(&p).and_then(|s| parse_u32(&s)).unwrap_or(0);
+                Some(Snapshot {
+                    online: self.read(&format!("{be}/online")).as_deref() != Some("0"),
+                    be_state: n(format!("{be}/state")),
+                    fe_state: n(format!("{fe}/state")),
+                    fe,
+                })
+            }
+        }
+    }
+
     fn write_state(&mut self, key: (u16, u32), st: u32) {
         if let Some(v) = self.vifs.get_mut(&key) {
             if v.state != st {
@@ -1190,14 +1265,14 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
     fn reconcile(&mut self, domid: u16, devid: u32) {
         let key = (domid, devid);
         let be = format!("{}/{domid}/{devid}", self.root);
-        if self.read(&format!("{be}/frontend")).is_none() {
+        let Some(snap) = self.snapshot(&be) else {
             // Directory removed (or never complete): let go of everything.
             self.disconnect(key);
             self.vifs.remove(&key);
             return;
-        }
+        };
         if !self.vifs.contains_key(&key) {
-            let fe = self.read(&format!("{be}/frontend")).unwrap_or_default();
+            let fe = snap.fe.clone();
             let name = self
                 .read(&format!("/local/domain/{domid}/name"))
                 .unwrap_or_default()
@@ -1230,16 +1305,13 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
                 self.write_state(key, state::INIT_WAIT);
             }
         }
-        let online = self.read(&format!("{be}/online")).as_deref() != Some("0");
-        let be_state = self
-            .read(&format!("{be}/state"))
-            .and_then(|s| parse_u32(&s))
-            .unwrap_or(0);
+        let Snapshot {
+            online,
+            be_state,
+            fe_state,
+            ..
+        } = snap;
         let fe = self.vifs[&key].fe.clone();
-        let fe_state = self
-            .read(&format!("{fe}/state"))
-            .and_then(|s| parse_u32(&s))
-            .unwrap_or(0);
         let mut ours = self.vifs[&key].state;
         // The toolstack re-created the directory (state 1 again, our keys gone) before we saw
         // it removed: start this vif over as a new one.

@@ -236,9 +236,17 @@ impl Port {
                     self.name, info.driver, info.min_mtu, info.max_mtu
                 )));
             }
-            // Ethernet header, a VLAN tag and the CRC around the IP packet.
-            let frame = u32::from(mtu) + 14 + 4 + 4;
-            if info.max_rx_pktlen != 0 && frame > info.max_rx_pktlen {
+            // The largest frame the MTU lets in, with DPDK's overhead for this device (what
+            // `rte_eth_dev_configure` checks): the gap between its largest frame and MTU where
+            // it has one, else Ethernet header + CRC. (A VLAN tag on top was our own rule and
+            // refused the default 1500 on devices that take exactly 1518, e.g. net_memif.)
+            let overhead =
+                if info.max_mtu != u16::MAX && info.max_rx_pktlen > u32::from(info.max_mtu) {
+                    info.max_rx_pktlen - u32::from(info.max_mtu)
+                } else {
+                    14 + 4
+                };
+            if info.max_rx_pktlen != 0 && u32::from(mtu) + overhead > info.max_rx_pktlen {
                 return Err(PmdError::InvalidArgument(format!(
                     "mtu {mtu}: port {} ({}) receives frames of at most {} bytes",
                     self.name, info.driver, info.max_rx_pktlen
@@ -250,7 +258,8 @@ impl Port {
             // SAFETY: the pool is a valid pktmbuf pool.
             let room = unsafe { sys::nbd_pktmbuf_data_room_size(pool.as_ptr()) };
             let room = u32::from(room).saturating_sub(sys::RTE_PKTMBUF_HEADROOM);
-            if frame > room {
+            // Scatter where a frame (a VLAN tag included) can exceed one mbuf.
+            if u32::from(mtu) + 14 + 4 + 4 > room {
                 conf.rxmode.offloads |=
                     u64::from(sys::NBD_RX_OFFLOAD_SCATTER) & info.rx_offload_capa;
             }
