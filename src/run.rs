@@ -31,9 +31,10 @@ pub trait Host {
     /// Where the rings' response journals live: a tmpfs directory that outlives the
     /// daemon (see `control::BackendConfig::journal_dir`).
     fn journal_dir(&self) -> std::path::PathBuf;
-    /// The mbuf pool (after EAL initialisation).
-    fn mempool(&self, n: u32) -> anyhow::Result<pmd::Mempool> {
-        default_pool(n)
+    /// The mbuf pool (after EAL initialisation): `n` mbufs of `room` bytes of data room
+    /// (`explicit`: the operator set it, rather than it being derived from the MTU).
+    fn mempool(&self, n: u32, room: u16, _explicit: bool) -> anyhow::Result<pmd::Mempool> {
+        default_pool(n, room)
     }
 }
 
@@ -173,9 +174,17 @@ impl Host for LinuxHost {
         Ok(Box::new(xen::linux::LinuxGrantCopy::open()?))
     }
 
-    fn mempool(&self, n: u32) -> anyhow::Result<pmd::Mempool> {
+    fn mempool(&self, n: u32, room: u16, explicit: bool) -> anyhow::Result<pmd::Mempool> {
         if self.copy == CopyPath::Gntdev {
-            return default_pool(n);
+            return default_pool(n, room);
+        }
+        // Here an mbuf never crosses a page: jumbo frames are chains (RX scatter).
+        if explicit && room > crate::config::DATA_ROOM_DEFAULT {
+            anyhow::bail!(
+                "eal.mbuf_data_room: {room} does not fit one 4 KiB page with xen.grant_copy = \
+                 \"privcmd\" (at most {})",
+                crate::config::DATA_ROOM_DEFAULT
+            );
         }
         // One mbuf per 4 KiB page (an object never crosses a page), plus slack for the
         // pool's own header objects.
@@ -204,7 +213,7 @@ impl Host for LinuxHost {
                 "netbackd",
                 n,
                 256,
-                2176,
+                room.min(crate::config::DATA_ROOM_DEFAULT),
                 region.as_ptr(),
                 region.len(),
                 4096,
@@ -222,8 +231,13 @@ impl Host for LinuxHost {
     }
 }
 
-fn default_pool(n: u32) -> anyhow::Result<pmd::Mempool> {
-    pmd::Mempool::new("netbackd", n, 256, 2176, -1).context("mbuf pool")
+fn default_pool(n: u32, room: u16) -> anyhow::Result<pmd::Mempool> {
+    pmd::Mempool::new("netbackd", n, 256, room, -1).with_context(|| {
+        format!(
+            "mbuf pool: {n} mbufs of {room} bytes (eal.mbufs, eal.mbuf_data_room; the EAL's \
+             memory, -m or hugepages, must hold them)"
+        )
+    })
 }
 
 /// A clean stop ends a group's delivery of frames in flight once nothing moved for this
@@ -301,7 +315,13 @@ fn serve<H: Host>(
     let t0 = Instant::now();
     let eal = pmd::Eal::init(&args).context("EAL initialisation (eal.args)")?;
     {
-        let pool = Arc::new(host.mempool(cfg.eal.mbufs)?);
+        let room = cfg.eal.data_room(cfg.port[0].mtu);
+        let pool = Arc::new(host.mempool(cfg.eal.mbufs, room, cfg.eal.mbuf_data_room.is_some())?);
+        tracing::info!(
+            "mbuf pool: {} mbufs, data room {} bytes",
+            cfg.eal.mbufs,
+            pool.data_room()
+        );
         let mut port =
             pmd::Port::by_name(&name).with_context(|| format!("port[0].devargs {devargs}"))?;
         let info = port.info().context("port info")?;

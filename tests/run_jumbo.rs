@@ -1,6 +1,6 @@
 //! `[[port]] mtu` against `netbackd run` on the simulated host.
-//! - `net_ring0` at MTU 9000: a guest's 8000-byte frames (two TX slots) go out through the
-//!   port as mbuf chains, come back (net_ring loops TX to RX) and reach the guest again
+//! - `net_ring0` at MTU 9000 with `eal.mbuf_data_room = 2176` (2 KiB mbufs, as RX scatter
+//!   gives): a guest's 8000-byte frames (two TX slots) go out through the port as mbuf chains, come back (net_ring loops TX to RX) and reach the guest again
 //!   intact (two RX slots); a guest whose netfront did not negotiate scatter-gather gets
 //!   none of them (each drop counted per vif) but small frames still, and neither does a
 //!   guest whose vif has no `mtu` key (1500; 51's has `mtu = 9000` as libxl writes it);
@@ -81,10 +81,12 @@ fn port_mtu_9000() {
     let maddr = free_addr();
     let cfg = parent.join("netbackd.toml");
     let config = |devargs: &str, run: &str| {
-        sim_config(&root, &format!("nbd-rjum-{pid}-{run}"), &maddr, "").replace(
-            "devargs = \"net_ring0\"",
-            &format!("devargs = \"{devargs}\"\nmtu = 9000"),
-        )
+        sim_config(&root, &format!("nbd-rjum-{pid}-{run}"), &maddr, "")
+            .replace(
+                "devargs = \"net_ring0\"",
+                &format!("devargs = \"{devargs}\"\nmtu = 9000"),
+            )
+            .replace("[eal]\n", "[eal]\nmbuf_data_room = 2176\n")
     };
 
     // 1. net_tap cannot: the daemon says so and exits.
@@ -235,7 +237,7 @@ s.close()
 
 /// MTU 9000 end to end with a kernel: `net_pcap` on one end of a veth pair whose other end
 /// is in a namespace at MTU 9000 (DPDK 22.11's `net_tap` reports 1522-byte frames at most,
-/// see above; `net_pcap` carries jumbo frames as mbuf chains).
+/// see above). The pool's data room follows the MTU (9216 bytes): each frame one mbuf.
 /// - the kernel's 8000-byte pings reach guest 91 (MTU 9000, smoltcp) and come back;
 /// - a TCP transfer each way at MTU 9000, byte-exact (stream sums at both ends; smoltcp and
 ///   the kernel check every TCP checksum; toward the guest GRO coalesces the segments);

@@ -102,6 +102,11 @@ struct Args {
     /// interleaved; the last line gives the ratios.
     #[arg(long)]
     quick: bool,
+    /// Bytes of each mbuf's data room (headroom included) in the pool: 2176 gives 2 KiB
+    /// segments (frames over that become chains, as with RX scatter); 9344 holds a 9000-byte
+    /// MTU's frame in one mbuf (the larger-data-room alternative to scatter).
+    #[arg(long, default_value_t = MBUF_DATA as u16, value_parser = clap::value_parser!(u16).range(1152..))]
+    data_room: u16,
 }
 
 /// Removes the run's scratch directory (pcap file, memif sockets) on every exit path.
@@ -158,7 +163,7 @@ fn plan(a: &mut Args) -> anyhow::Result<Plan> {
     }
     // The null wire's frames are one mbuf each, their length set without data (net_null
     // does not check it against the buffer): larger ones would be read past the mbuf.
-    let room = MBUF_DATA - pmd::sys::RTE_PKTMBUF_HEADROOM as usize;
+    let room = usize::from(a.data_room) - pmd::sys::RTE_PKTMBUF_HEADROOM as usize;
     let guest_rx = a.wire == "null"
         && dirs
             .iter()
@@ -325,7 +330,7 @@ fn run() -> anyhow::Result<()> {
     }
     let eal = Eal::init(&eal_args)?;
     let host = SimHost::start(SimOptions::default())?;
-    let pool = Arc::new(Mempool::new("pktgen", MBUFS, 256, MBUF_DATA as u16, -1)?);
+    let pool = Arc::new(Mempool::new("pktgen", MBUFS, 256, args.data_room, -1)?);
     let start = |p: Port| -> anyhow::Result<Arc<Port>> {
         let mut p = p;
         p.configure_and_start(&PortConfig::default(), &pool)?;
