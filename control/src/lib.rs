@@ -512,7 +512,7 @@ enum Target {
 /// Watch events taken per step at most before the vifs they name are reconciled.
 const MAX_EVENTS_PER_STEP: usize = 4096;
 
-/// One consistent view of a vif's xenstore keys (see `Control::snapshot`).
+/// One consistent view of a vif's xenstore keys (see `Backend::snapshot`).
 struct Snapshot {
     fe: String,
     online: bool,
