@@ -257,6 +257,25 @@ fn build_tx(
 ) -> Option<(Mbuf, SlotRsps)> {
     let mut head = mbufs.get()?;
     let room = usize::from(head.tailroom());
+    // One data slot that fits the first mbuf (most small frames): one op, no chain walk.
+    if let ([r @ Rsp::Data { .. }], [s]) = (rsps.as_slice(), pkt.slots.as_slice()) {
+        if usize::from(s.len) <= room {
+            let local = head.append(s.len)?.as_mut_ptr();
+            let r0 = ops.len();
+            ops.push(CopyOp {
+                domid,
+                gref: s.gref,
+                offset: s.offset,
+                local,
+                len: s.len,
+                dir: CopyDir::FromForeign,
+                status: 99,
+            });
+            out.clear();
+            out.push((*r, r0..ops.len()));
+            return Some((head, out));
+        }
+    }
     let mut remaining = pkt.len as usize;
     // Extend the chain to hold the whole packet.
     let first = remaining.min(room);
