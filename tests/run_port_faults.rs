@@ -10,7 +10,8 @@
 //!   answered, on the same vif, which never left Connected.
 //!
 //! And the port refusing frames for seconds (`uplink_refusing_for_seconds`): a `net_memif`
-//! port whose peer, a `dpdk-testpmd` memif client in rxonly, is stopped (SIGSTOP) for two
+//! port whose peer, a `dpdk-testpmd` memif client in rxonly (the pktgen harness's
+//! `MemifPeer`), is stopped (SIGSTOP) for two
 //! seconds while the guest keeps sending: its TX ring keeps being answered, what the full
 //! port refuses is counted, and once the peer runs again every frame gets through. At the
 //! end testpmd's own RX count equals what the guest sent minus what netbackd counted as
@@ -19,6 +20,7 @@ use guest::netfront::NetfrontLink;
 use guest::pktgen::PktGen;
 use guest::stack::Stack;
 use guest::{FrontConfig, Netfront, TxMeta};
+use netbackd_benches::baseline::{memif_server_devargs, MemifMode, MemifPeer};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use xen::XenStore;
@@ -226,122 +228,6 @@ fn uplink_link_down_and_up() {
     assert!(!std::path::Path::new(&format!("/var/run/dpdk/nbd-rpf-{pid}")).exists());
 }
 
-/// A `dpdk-testpmd` memif client in rxonly on CPU 1, its output collected.
-struct Testpmd {
-    child: Option<std::process::Child>,
-    prefix: String,
-    out: std::sync::Arc<std::sync::Mutex<String>>,
-    readers: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Testpmd {
-    fn start(socket: &std::path::Path, prefix: &str) -> Testpmd {
-        let vdev = format!(
-            "net_memif0,role=client,socket={},socket-abstract=no",
-            socket.display()
-        );
-        let mut child = Command::new("dpdk-testpmd")
-            .args(["--lcores", "0@1,1@1", "--no-pci", "--no-huge", "-m", "256"])
-            .args([
-                "--single-file-segments",
-                "--no-shconf",
-                "--file-prefix",
-                prefix,
-            ])
-            .args(["--log-level", "*:notice", "--vdev", &vdev, "--"])
-            .args(["--nb-cores=1", "--forward-mode=rxonly", "--stats-period=1"])
-            .args(["--total-num-mbufs=8192"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("dpdk-testpmd (Debian package dpdk)");
-        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let readers = [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ]
-        .into_iter()
-        .map(|r| {
-            let out = out.clone();
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for l in std::io::BufReader::new(r).lines().map_while(Result::ok) {
-                    let mut o = out.lock().unwrap();
-                    o.push_str(&l);
-                    o.push('\n');
-                }
-            })
-        })
-        .collect();
-        let t = Testpmd {
-            child: Some(child),
-            prefix: prefix.to_string(),
-            out,
-            readers,
-        };
-        let start = Instant::now();
-        while !t.output().contains("start packet forwarding") {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "testpmd did not start:\n{}",
-                t.output()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        t
-    }
-
-    fn output(&self) -> String {
-        self.out.lock().unwrap().clone()
-    }
-
-    fn signal(&self, sig: i32) {
-        let pid = self.child.as_ref().unwrap().id() as i32;
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid, sig) };
-    }
-
-    /// SIGINT, wait, and the RX-packets of its final totals.
-    fn stop(mut self) -> u64 {
-        self.signal(libc::SIGINT);
-        let status = self.child.take().unwrap().wait().unwrap();
-        for r in self.readers.drain(..) {
-            r.join().unwrap();
-        }
-        let out = self.output();
-        assert!(status.success(), "testpmd: {status}\n{out}");
-        // The EAL runtime directory testpmd leaves behind.
-        let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{}", self.prefix));
-        let at = out
-            .rfind("Accumulated forward statistics")
-            .unwrap_or_else(|| panic!("no totals:\n{out}"));
-        let rest = &out[at..];
-        let i = rest.find("RX-packets:").expect("RX-packets") + "RX-packets:".len();
-        rest[i..]
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .expect("RX-packets value")
-    }
-}
-
-impl Drop for Testpmd {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: signalling our own child (SIGCONT first: it may be stopped).
-            unsafe {
-                libc::kill(c.id() as i32, libc::SIGCONT);
-                libc::kill(c.id() as i32, libc::SIGINT);
-            }
-            std::thread::sleep(Duration::from_secs(1));
-            let _ = c.kill();
-            let _ = c.wait();
-            let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{}", self.prefix));
-        }
-    }
-}
-
 #[test]
 fn uplink_refusing_for_seconds() {
     let pid = std::process::id();
@@ -354,22 +240,19 @@ fn uplink_refusing_for_seconds() {
     let cfg = parent.join("netbackd.toml");
     std::fs::write(
         &cfg,
-        sim_config(&root, &format!("nbd-rpfull-{pid}"), &maddr, "").replace(
-            "net_ring0",
-            &format!(
-                "net_memif0,role=server,socket={},socket-abstract=no",
-                socket.display()
-            ),
-        ) + "[engine]\nidle_sleep_us = 200\n",
+        sim_config(&root, &format!("nbd-rpfull-{pid}"), &maddr, "")
+            .replace("net_ring0", &memif_server_devargs(&socket, 0))
+            + "[engine]\nidle_sleep_us = 200\n",
     )
     .unwrap();
     let run = spawn_run(&cfg);
-    let t = Instant::now();
-    while !socket.exists() {
-        assert!(t.elapsed() < Duration::from_secs(20), "memif socket");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let peer = Testpmd::start(&socket, &format!("nbd-tpmd-{pid}"));
+    // testpmd as the memif client in rxonly on CPU 1 (it waits for the daemon's socket).
+    let peer = MemifPeer::start(MemifMode::Rxonly, &socket, 64, [0; 6], 1, "pfull")
+        .expect("dpdk-testpmd memif peer");
+    let stop_cont = |sig: i32| {
+        // SAFETY: signalling our own child (testpmd).
+        unsafe { libc::kill(peer.pid() as i32, sig) };
+    };
     let mut nf = attach_front(&root, &xs, FrontConfig::new(82, 0));
     let mut g = PktGen {
         src_mac: mac(82),
@@ -416,7 +299,7 @@ fn uplink_refusing_for_seconds() {
 
     // 2. The peer stopped for 2 s: the ring fills, the port refuses, the guest's TX ring
     //    keeps being answered (each burst's responses within the bound `send` checks).
-    peer.signal(libc::SIGSTOP);
+    stop_cont(libc::SIGSTOP);
     let t = Instant::now();
     let mut w_full = Duration::ZERO;
     while t.elapsed() < Duration::from_secs(2) {
@@ -435,7 +318,7 @@ fn uplink_refusing_for_seconds() {
     );
 
     // 3. The peer runs again: nothing more refused.
-    peer.signal(libc::SIGCONT);
+    stop_cont(libc::SIGCONT);
     std::thread::sleep(Duration::from_millis(500));
     let w_again = send(&mut nf, &mut g, 2000, 50);
     sent += 2000;
@@ -445,7 +328,7 @@ fn uplink_refusing_for_seconds() {
     assert_eq!(tx, sent as f64, "every guest frame taken from its ring");
 
     // Both ends agree: what testpmd received is what the port did not refuse.
-    let got = peer.stop();
+    let got = peer.stop().expect("testpmd's totals").rx_packets;
     eprintln!(
         "port full for 2 s: guest sent {sent}, port refused {refused} (counted), testpmd \
          received {got}; longest wait for a burst's TX responses: peer up {w_up:?}, \

@@ -1219,35 +1219,23 @@ impl<M: GrantMap, E: EventChannel + Clone> Backend<M, E> {
     /// the old directory and `state` of the new one closed the new vif as it attached.
     /// `None` when the backend directory has no `frontend` (removed or never complete).
     fn snapshot(&self, be: &str) -> Option<Snapshot> {
-        let num = |t: Tx, p: &str| -> Result<u32, xen::XenError> {
-            Ok(self.xs.read(t, p)?.and_then(|s| parse_u32(&s)).unwrap_or(0))
-        };
-        let r = self.xs.transaction(8, |t| {
-            let Some(fe) = self.xs.read(t, &format!("{be}/frontend"))? else {
-                return Ok(None);
-            };
-            Ok(Some(Snapshot {
-                online: self.xs.read(t, &format!("{be}/online"))?.as_deref() != Some("0"),
-                be_state: num(t, &format!("{be}/state"))?,
-                fe_state: num(t, &format!("{fe}/state"))?,
+        // A failed read counts as a missing key, as everywhere in the control plane.
+        let read = |t: Tx, p: &str| self.xs.read(t, p).ok().flatten();
+        let num = |t: Tx, p: &str| read(t, p).and_then(|s| parse_u32(&s)).unwrap_or(0);
+        let take = |t: Tx| {
+            let fe = read(t, &format!("{be}/frontend"))?;
+            Some(Snapshot {
+                online: read(t, &format!("{be}/online")).as_deref() != Some("0"),
+                be_state: num(t, &format!("{be}/state")),
+                fe_state: num(t, &format!("{fe}/state")),
                 fe,
-            }))
-        });
-        match r {
-            Ok(s) => s,
+            })
+        };
+        self.xs.transaction(8, |t| Ok(take(t))).unwrap_or_else(|e| {
             // The store refused transactions (busy, quota): the same reads outside one.
-            Err(e) => {
-                tracing::debug!(path = be, "snapshot transaction failed ({e}); plain reads");
-                let fe = self.read(&format!("{be}/frontend"))?;
-                let n = |p: String| self.read(&p).and_then(|s| parse_u32(&s)).unwrap_or(0);
-                Some(Snapshot {
-                    online: self.read(&format!("{be}/online")).as_deref() != Some("0"),
-                    be_state: n(format!("{be}/state")),
-                    fe_state: n(format!("{fe}/state")),
-                    fe,
-                })
-            }
-        }
+            tracing::debug!(path = be, "snapshot transaction failed ({e}); plain reads");
+            take(Tx::NONE)
+        })
     }
 
     fn write_state(&mut self, key: (u16, u32), st: u32) {
