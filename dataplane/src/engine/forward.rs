@@ -45,6 +45,13 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 true
             }
             Decision::Flood { domain } => {
+                if let Some((to, e)) = self.switch.sole_flood_target(domain, cache) {
+                    let mut m = m;
+                    if apply_egress(&mut m, e) {
+                        self.deliver(to, m);
+                    }
+                    return true;
+                }
                 let mut targets = std::mem::take(&mut self.scratch.flood);
                 self.switch
                     .flood_targets_into(from, domain, cache, &mut targets);
