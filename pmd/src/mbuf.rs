@@ -105,10 +105,12 @@ impl Mbuf {
         }
     }
 
-    /// Pointer to the first segment's data (the grant-copy target/source).
+    /// Pointer to the first segment's data (the grant-copy target/source); `rte_pktmbuf_mtod`
+    /// from the fields, without a call across the FFI per packet.
     pub fn data_ptr(&mut self) -> *mut u8 {
-        // SAFETY: valid owned mbuf.
-        unsafe { dpdk_sys::nbd_pktmbuf_mtod(self.0.as_ptr()) as *mut u8 }
+        let m = self.raw_mut();
+        // SAFETY: data_off lies inside the buffer of a valid mbuf.
+        unsafe { (m.buf_addr as *mut u8).add(usize::from(m.data_off)) }
     }
 
     pub fn headroom(&self) -> u16 {

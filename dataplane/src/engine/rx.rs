@@ -147,6 +147,34 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 let m = q.backlog.pop_front().expect("head");
                 q.backlog_bytes -= m.pkt_len() as usize;
                 let flags = guest_rx_csum_flags(m.ol_flags());
+                if let (Some(c), None, None) = (single, gso, hash) {
+                    // One buffer, no extras (most packets): its request, one op, no plan.
+                    let req = q.rx.next_batch_request().expect("counted above");
+                    let mut m = m;
+                    let r0 = self.ops.len();
+                    self.ops.push(CopyOp {
+                        domid: q.id.domid,
+                        gref: req.gref,
+                        offset: c.buf_off,
+                        local: m.data_ptr(),
+                        len: c.len,
+                        dir: CopyDir::ToForeign,
+                        status: 99,
+                    });
+                    let b0 = self.scratch.rx_bufs.len();
+                    self.scratch.rx_bufs.push((req.id, r0..r0 + 1, c.len));
+                    self.prx.push(PendingRx {
+                        q: qi,
+                        mbuf: m,
+                        bufs: b0..b0 + 1,
+                        gso: None,
+                        prefix: false,
+                        hash: None,
+                        flags,
+                    });
+                    n += 1;
+                    continue;
+                }
                 let reqs = &mut self.scratch.rx_reqs;
                 reqs.clear();
                 for _ in 0..needed {

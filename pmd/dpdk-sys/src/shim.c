@@ -23,7 +23,6 @@ int nbd_pktmbuf_trim(struct rte_mbuf *m, uint16_t len) { return rte_pktmbuf_trim
 int nbd_pktmbuf_chain(struct rte_mbuf *head, struct rte_mbuf *tail) { return rte_pktmbuf_chain(head, tail); }
 uint16_t nbd_pktmbuf_headroom(const struct rte_mbuf *m) { return rte_pktmbuf_headroom(m); }
 uint16_t nbd_pktmbuf_tailroom(const struct rte_mbuf *m) { return rte_pktmbuf_tailroom(m); }
-void *nbd_pktmbuf_mtod(struct rte_mbuf *m) { return rte_pktmbuf_mtod(m, void *); }
 uint16_t nbd_pktmbuf_data_room_size(struct rte_mempool *mp) { return rte_pktmbuf_data_room_size(mp); }
 int nbd_errno(void) { return rte_errno; }
 unsigned nbd_lcore_id(void) { return rte_lcore_id(); }

@@ -23,7 +23,6 @@ int nbd_pktmbuf_trim(struct rte_mbuf *m, uint16_t len);
 int nbd_pktmbuf_chain(struct rte_mbuf *head, struct rte_mbuf *tail);
 uint16_t nbd_pktmbuf_headroom(const struct rte_mbuf *m);
 uint16_t nbd_pktmbuf_tailroom(const struct rte_mbuf *m);
-void *nbd_pktmbuf_mtod(struct rte_mbuf *m);
 uint16_t nbd_pktmbuf_data_room_size(struct rte_mempool *mp);
 int nbd_errno(void);
 unsigned nbd_lcore_id(void);
