@@ -3,7 +3,7 @@
 //! checksum flags and the GSO extra (or legacy prefix) -> stall detection (XSA-392).
 use super::forward::Ingress;
 use super::queue::Features;
-use super::{Disable, Group, UPLINK};
+use super::{push_in_place, Disable, Group, UPLINK};
 use crate::netif::{
     ExtraInfo, RxResponse, NETRXF_EXTRA_INFO, NETRXF_GSO_PREFIX, NETRXF_MORE_DATA,
     XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6, XEN_NETIF_RSP_ERROR,
@@ -33,15 +33,20 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
     pub(super) fn guest_rx(&mut self) -> usize {
         let now = self.now();
         // Pull no more than the queues can take this iteration: what stays in the port is
-        // not allocated just to be dropped at a full backlog.
-        let live = self
+        // not allocated just to be dropped at a full backlog. A queue takes a budget a
+        // iteration, less what already waits for it: under overload the excess stays in
+        // the port (whose drops cost no cycles) instead of standing in the backlogs, whose
+        // mbufs would then be cold when their turn came. With groups sharing an L2 domain
+        // one burst at least: frames for other groups' queues come through here too.
+        let free: usize = self
             .queues
             .iter()
             .filter(|q| q.disabled.is_none())
-            .count()
-            .max(1);
-        let want = (self.cfg.budget * live).div_ceil(usize::from(self.cfg.burst.max(1)));
-        let bursts = want.clamp(1, usize::from(self.cfg.rx_bursts.max(1)));
+            .map(|q| self.cfg.budget.saturating_sub(q.backlog.len()))
+            .sum();
+        let want = free.div_ceil(usize::from(self.cfg.burst.max(1)));
+        let least = usize::from(self.handoff.is_some() || self.queues.is_empty());
+        let bursts = want.clamp(least, usize::from(self.cfg.rx_bursts.max(1)));
         for _ in 0..bursts {
             let n = self
                 .port
@@ -163,7 +168,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     });
                     let b0 = self.scratch.rx_bufs.len();
                     self.scratch.rx_bufs.push((req.id, r0..r0 + 1, c.len));
-                    self.prx.push(PendingRx {
+                    push_in_place(&mut self.prx, || PendingRx {
                         q: qi,
                         mbuf: m,
                         bufs: b0..b0 + 1,

@@ -2,7 +2,7 @@
 //! ops -> one batched copy -> responses by each slot's own copies -> offload -> switch -> port.
 use super::forward::Ingress;
 use super::group::MbufCache;
-use super::{Disable, Group, SlotRsps};
+use super::{push_in_place, Disable, Group, SlotRsps};
 use crate::credit::Admit;
 use crate::netif::{
     TxResponse, NETTXF_CSUM_BLANK, XEN_NETIF_RSP_ERROR, XEN_NETIF_RSP_NULL, XEN_NETIF_RSP_OKAY,
@@ -94,7 +94,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                             &mut self.scratch.seg_ptrs,
                             out,
                         ) {
-                            Some((mbuf, rsps)) => self.ptx.push(PendingTx {
+                            Some((mbuf, rsps)) => push_in_place(&mut self.ptx, || PendingTx {
                                 q: qi,
                                 mbuf,
                                 csum_blank: pkt.flags & NETTXF_CSUM_BLANK != 0,
