@@ -711,6 +711,7 @@ impl Switch {
 
 /// Applies an egress tag operation to a frame; false when it cannot be done (no headroom,
 /// shared mbuf), in which case the caller drops and counts the frame.
+#[inline]
 pub fn apply_egress(m: &mut pmd::Mbuf, e: Egress) -> bool {
     match e {
         Egress::AsIs => true,

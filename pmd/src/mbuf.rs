@@ -129,6 +129,10 @@ impl Mbuf {
 
     fn last_segment(&self) -> *mut rte_mbuf {
         let mut m = self.0.as_ptr();
+        // One segment (the head's count, in its first cache line; `next` is in the second).
+        if self.raw().nb_segs == 1 {
+            return m;
+        }
         // SAFETY: walking our own chain; `next` is null-terminated.
         unsafe {
             while !(*m).next.is_null() {

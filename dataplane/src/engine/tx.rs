@@ -18,9 +18,17 @@ pub(super) struct PendingTx {
     mbuf: Mbuf,
     csum_blank: bool,
     gso: Option<Gso>,
-    /// Responses in slot order; data slots carry the index range of their ops.
-    rsps: SlotRsps,
+    rsps: TxRsps,
     len: u32,
+}
+
+/// A guest TX packet's responses in slot order, with the copy ops of each data slot.
+pub(super) enum TxRsps {
+    /// A packet of one data slot (most packets): its response and its one op's index,
+    /// kept inline (a list per packet cost a pool round trip and a heap line).
+    One(Rsp, usize),
+    /// Any other packet: data slots carry the index range of their ops.
+    Many(SlotRsps),
 }
 
 impl<G: GrantCopy, E: EventChannel> Group<G, E> {
@@ -84,7 +92,6 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     Verdict::Packet => {
                         q.tx.advance(parsed.consumed);
                         let pkt = &parsed.packet;
-                        let out = self.scratch.rsps_pool.pop().unwrap_or_default();
                         match build_tx(
                             &mut self.mbufs,
                             q.id.domid,
@@ -92,7 +99,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                             &parsed.responses,
                             &mut self.ops,
                             &mut self.scratch.seg_ptrs,
-                            out,
+                            &mut self.scratch.rsps_pool,
                         ) {
                             Some((mbuf, rsps)) => push_in_place(&mut self.ptx, || PendingTx {
                                 q: qi,
@@ -120,13 +127,23 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         let mut out = std::mem::take(&mut self.scratch.offload_out);
         for p in ptx.drain(..) {
             let q = &mut self.queues[p.q];
-            let mut ok = true;
-            for (rsp, range) in &p.rsps {
-                let good = self.ops[range.clone()].iter().all(|o| o.status == 0);
-                ok &= good;
-                q.tx.push_response(settled(*rsp, good));
-            }
-            self.scratch.rsps_pool.push(p.rsps);
+            let ok = match p.rsps {
+                TxRsps::One(rsp, op) => {
+                    let good = self.ops[op].status == 0;
+                    q.tx.push_response(settled(rsp, good));
+                    good
+                }
+                TxRsps::Many(list) => {
+                    let mut ok = true;
+                    for (rsp, range) in &list {
+                        let good = self.ops[range.clone()].iter().all(|o| o.status == 0);
+                        ok &= good;
+                        q.tx.push_response(settled(*rsp, good));
+                    }
+                    self.scratch.rsps_pool.push(list);
+                    ok
+                }
+            };
             if !ok {
                 q.local.tx_drop_copy_error += 1;
                 continue;
@@ -189,7 +206,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
 pub struct TxBatchBuilder {
     mbufs: MbufCache,
     segs: Vec<(*mut u8, usize)>,
-    rsps: SlotRsps,
+    rsps: Vec<SlotRsps>,
 }
 
 impl TxBatchBuilder {
@@ -210,9 +227,18 @@ impl TxBatchBuilder {
         rsps: &crate::txparse::SmallVec<Rsp, { crate::txparse::MAX_PACKET_SLOTS }>,
         ops: &mut Vec<CopyOp>,
     ) -> Option<Mbuf> {
-        let out = std::mem::take(&mut self.rsps);
-        let (m, out) = build_tx(&mut self.mbufs, domid, pkt, rsps, ops, &mut self.segs, out)?;
-        self.rsps = out;
+        let (m, out) = build_tx(
+            &mut self.mbufs,
+            domid,
+            pkt,
+            rsps,
+            ops,
+            &mut self.segs,
+            &mut self.rsps,
+        )?;
+        if let TxRsps::Many(v) = out {
+            self.rsps.push(v);
+        }
         Some(m)
     }
 }
@@ -245,7 +271,8 @@ fn settled(r: Rsp, good: bool) -> TxResponse {
 }
 
 /// Allocates the mbuf chain for a guest packet and appends its copy ops. The first mbuf
-/// takes as much as fits (>= 128 bytes: the headers are contiguous, XSA-423).
+/// takes as much as fits (>= 128 bytes: the headers are contiguous, XSA-423). A list of
+/// responses, when one is needed, comes from `pool`.
 fn build_tx(
     mbufs: &mut MbufCache,
     domid: u16,
@@ -253,15 +280,14 @@ fn build_tx(
     rsps: &crate::txparse::SmallVec<Rsp, { crate::txparse::MAX_PACKET_SLOTS }>,
     ops: &mut Vec<CopyOp>,
     segs: &mut Vec<(*mut u8, usize)>,
-    mut out: SlotRsps,
-) -> Option<(Mbuf, SlotRsps)> {
+    pool: &mut Vec<SlotRsps>,
+) -> Option<(Mbuf, TxRsps)> {
     let mut head = mbufs.get()?;
     let room = usize::from(head.tailroom());
     // One data slot that fits the first mbuf (most small frames): one op, no chain walk.
     if let ([r @ Rsp::Data { .. }], [s]) = (rsps.as_slice(), pkt.slots.as_slice()) {
         if usize::from(s.len) <= room {
             let local = head.append(s.len)?.as_mut_ptr();
-            let r0 = ops.len();
             ops.push(CopyOp {
                 domid,
                 gref: s.gref,
@@ -271,9 +297,7 @@ fn build_tx(
                 dir: CopyDir::FromForeign,
                 status: 99,
             });
-            out.clear();
-            out.push((*r, r0..ops.len()));
-            return Some((head, out));
+            return Some((head, TxRsps::One(*r, ops.len() - 1)));
         }
     }
     let mut remaining = pkt.len as usize;
@@ -291,6 +315,7 @@ fn build_tx(
     head.segment_ptrs(segs);
     let (mut si, mut so) = (0usize, 0usize);
     let mut data = pkt.slots.as_slice().iter();
+    let mut out = pool.pop().unwrap_or_default();
     out.clear();
     // Responses in slot order; each data response owns the ops of the next data slot.
     for r in rsps.as_slice() {
@@ -322,5 +347,5 @@ fn build_tx(
         }
         out.push((*r, r0..ops.len()));
     }
-    Some((head, out))
+    Some((head, TxRsps::Many(out)))
 }
