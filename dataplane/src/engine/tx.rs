@@ -92,7 +92,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     Verdict::Packet => {
                         q.tx.advance(parsed.consumed);
                         let pkt = &parsed.packet;
-                        match build_tx(
+                        let built = build_tx(
                             &mut self.mbufs,
                             q.id.domid,
                             pkt,
@@ -100,20 +100,12 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                             &mut self.ops,
                             &mut self.scratch.seg_ptrs,
                             &mut self.scratch.rsps_pool,
-                        ) {
-                            Some((mbuf, rsps)) => push_in_place(&mut self.ptx, || PendingTx {
-                                q: qi,
-                                mbuf,
-                                csum_blank: pkt.flags & NETTXF_CSUM_BLANK != 0,
-                                gso: pkt.gso,
-                                rsps,
-                                len: pkt.len,
-                            }),
-                            None => {
-                                q.local.tx_drop_no_mbuf += 1;
-                                for r in parsed.responses.as_slice() {
-                                    q.tx.push_response(settled(*r, false));
-                                }
+                            (qi, &mut self.ptx),
+                        );
+                        if !built {
+                            q.local.tx_drop_no_mbuf += 1;
+                            for r in parsed.responses.as_slice() {
+                                q.tx.push_response(settled(*r, false));
                             }
                         }
                     }
@@ -207,6 +199,7 @@ pub struct TxBatchBuilder {
     mbufs: MbufCache,
     segs: Vec<(*mut u8, usize)>,
     rsps: Vec<SlotRsps>,
+    built: Vec<PendingTx>,
 }
 
 impl TxBatchBuilder {
@@ -215,6 +208,7 @@ impl TxBatchBuilder {
             mbufs: MbufCache::new(pool),
             segs: Vec::new(),
             rsps: Vec::new(),
+            built: Vec::new(),
         }
     }
 
@@ -227,7 +221,7 @@ impl TxBatchBuilder {
         rsps: &crate::txparse::SmallVec<Rsp, { crate::txparse::MAX_PACKET_SLOTS }>,
         ops: &mut Vec<CopyOp>,
     ) -> Option<Mbuf> {
-        let (m, out) = build_tx(
+        let built = build_tx(
             &mut self.mbufs,
             domid,
             pkt,
@@ -235,11 +229,13 @@ impl TxBatchBuilder {
             ops,
             &mut self.segs,
             &mut self.rsps,
-        )?;
-        if let TxRsps::Many(v) = out {
+            (0, &mut self.built),
+        );
+        let p = self.built.pop().filter(|_| built)?;
+        if let TxRsps::Many(v) = p.rsps {
             self.rsps.push(v);
         }
-        Some(m)
+        Some(p.mbuf)
     }
 }
 
@@ -272,7 +268,12 @@ fn settled(r: Rsp, good: bool) -> TxResponse {
 
 /// Allocates the mbuf chain for a guest packet and appends its copy ops. The first mbuf
 /// takes as much as fits (>= 128 bytes: the headers are contiguous, XSA-423). A list of
-/// responses, when one is needed, comes from `pool`.
+/// responses, when one is needed, comes from `pool`. The packet goes into `to.1` as queue
+/// `to.0`'s; false when the pool is empty. It is pushed here, not returned: returned
+/// through memory, the result was written field by field and read back wider, a
+/// store-forwarding stall per packet. The chain path stays out of line.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn build_tx(
     mbufs: &mut MbufCache,
     domid: u16,
@@ -281,13 +282,26 @@ fn build_tx(
     ops: &mut Vec<CopyOp>,
     segs: &mut Vec<(*mut u8, usize)>,
     pool: &mut Vec<SlotRsps>,
-) -> Option<(Mbuf, TxRsps)> {
-    let mut head = mbufs.get()?;
+    to: (usize, &mut Vec<PendingTx>),
+) -> bool {
+    let Some(mut head) = mbufs.get() else {
+        return false;
+    };
     let room = usize::from(head.tailroom());
+    let pending = |mbuf, rsps| PendingTx {
+        q: to.0,
+        mbuf,
+        csum_blank: pkt.flags & NETTXF_CSUM_BLANK != 0,
+        gso: pkt.gso,
+        rsps,
+        len: pkt.len,
+    };
     // One data slot that fits the first mbuf (most small frames): one op, no chain walk.
     if let ([r @ Rsp::Data { .. }], [s]) = (rsps.as_slice(), pkt.slots.as_slice()) {
         if usize::from(s.len) <= room {
-            let local = head.append(s.len)?.as_mut_ptr();
+            let Some(local) = head.append(s.len).map(|d| d.as_mut_ptr()) else {
+                return false;
+            };
             ops.push(CopyOp {
                 domid,
                 gref: s.gref,
@@ -297,9 +311,34 @@ fn build_tx(
                 dir: CopyDir::FromForeign,
                 status: 99,
             });
-            return Some((head, TxRsps::One(*r, ops.len() - 1)));
+            let op = ops.len() - 1;
+            push_in_place(to.1, || pending(head, TxRsps::One(*r, op)));
+            return true;
         }
     }
+    match build_tx_chain(head, room, mbufs, domid, pkt, rsps, ops, segs, pool) {
+        Some((m, r)) => {
+            push_in_place(to.1, || pending(m, r));
+            true
+        }
+        None => false,
+    }
+}
+
+/// `build_tx` for any other packet: the chain extended to hold it, ops per segment piece.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn build_tx_chain(
+    mut head: Mbuf,
+    room: usize,
+    mbufs: &mut MbufCache,
+    domid: u16,
+    pkt: &crate::txparse::TxPacket,
+    rsps: &crate::txparse::SmallVec<Rsp, { crate::txparse::MAX_PACKET_SLOTS }>,
+    ops: &mut Vec<CopyOp>,
+    segs: &mut Vec<(*mut u8, usize)>,
+    pool: &mut Vec<SlotRsps>,
+) -> Option<(Mbuf, TxRsps)> {
     let mut remaining = pkt.len as usize;
     // Extend the chain to hold the whole packet.
     let first = remaining.min(room);
