@@ -240,6 +240,7 @@ impl Default for FwdCache {
 }
 
 /// The header bytes a decision depends on: MACs and, if tagged, the tag; None for a runt.
+#[inline]
 fn cache_key(frame: &[u8]) -> Option<u128> {
     // Two 8-byte loads straight from the frame: a byte copy into a stack array and a
     // wider load of it stalled on store forwarding (most of this lookup's cycles).
@@ -456,8 +457,32 @@ impl Switch {
 
     /// [`Switch::forward`] through `cache`, the ingress endpoint's own: the same header as
     /// last time in an unchanged switch gets the same decision without a lookup. The
-    /// source is still learned, once a second (or a quarter of the ageing time).
+    /// source is still learned, once a second (or a quarter of the ageing time). The hit
+    /// is inlined into the caller's per-packet loop; the rest is out of line.
+    #[inline]
     pub fn forward_cached(
+        &mut self,
+        ingress: EndpointId,
+        frame: &[u8],
+        now_ns: u64,
+        cache: &mut FwdCache,
+    ) -> Decision {
+        if let (Some(hdr), Some(d)) = (cache_key(frame), cache.decision) {
+            if cache.generation == self.generation
+                && cache.hdr == hdr
+                && now_ns < cache.valid_until_ns
+                && now_ns < cache.relearn_at_ns
+            {
+                return d;
+            }
+        }
+        self.forward_uncached(ingress, frame, now_ns, cache)
+    }
+
+    /// `forward_cached` past its hit: decides, refreshing the source's entry, and fills
+    /// the cache (a change of the entry voids other caches through the generation).
+    #[inline(never)]
+    fn forward_uncached(
         &mut self,
         ingress: EndpointId,
         frame: &[u8],
@@ -467,20 +492,6 @@ impl Switch {
         let Some(hdr) = cache_key(frame) else {
             return self.forward(ingress, frame, now_ns);
         };
-        if let Some(d) = cache.decision {
-            if cache.generation == self.generation
-                && cache.hdr == hdr
-                && now_ns < cache.valid_until_ns
-            {
-                if now_ns >= cache.relearn_at_ns {
-                    // Refresh the source's entry; a change voids this cache (generation).
-                    let (d2, until) = self.decide(ingress, frame, now_ns);
-                    self.fill(cache, hdr, d2, until, now_ns);
-                    return d2;
-                }
-                return d;
-            }
-        }
         let (d, until) = self.decide(ingress, frame, now_ns);
         self.fill(cache, hdr, d, until, now_ns);
         d

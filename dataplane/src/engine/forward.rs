@@ -23,7 +23,9 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
     /// Switches one frame entering at `from` to its destinations (copying it for all but
     /// the last of a flood); false when the switch or the egress tagging dropped it.
     /// `ingress` names the decision cache in place (a cache is ~180 bytes: copying it in
-    /// and out per frame cost more than the lookup it saves).
+    /// and out per frame cost more than the lookup it saves). Inlined into the per-packet
+    /// loops; a flood of more than one destination is out of line.
+    #[inline]
     pub(super) fn switch_frame(
         &mut self,
         from: EndpointId,
@@ -52,33 +54,51 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     }
                     return true;
                 }
-                let mut targets = std::mem::take(&mut self.scratch.flood);
-                self.switch
-                    .flood_targets_into(from, domain, cache, &mut targets);
-                let n = targets.len();
-                let mut m = Some(m);
-                for (k, &(to, e)) in targets.iter().enumerate() {
-                    let copy = if k + 1 == n {
-                        m.take()
-                    } else {
-                        m.as_ref().and_then(|o| o.deep_copy(&self.pool).ok())
-                    };
-                    if let Some(mut c) = copy {
-                        if apply_egress(&mut c, e) {
-                            self.deliver(to, c);
-                        }
-                    }
-                }
-                self.scratch.flood = targets;
+                self.flood(from, m, domain, ingress);
                 true
             }
             Decision::Drop(_) => false,
         }
     }
 
+    /// Delivers a flooded frame to each destination of its domain (a copy for all but the
+    /// last).
+    #[inline(never)]
+    fn flood(
+        &mut self,
+        from: EndpointId,
+        m: Mbuf,
+        domain: crate::switch::Domain,
+        ingress: Ingress,
+    ) {
+        let cache = match ingress {
+            Ingress::Uplink => &mut self.uplink_fwd,
+            Ingress::Queue(qi) => &mut self.queues[qi].fwd,
+        };
+        let mut targets = std::mem::take(&mut self.scratch.flood);
+        self.switch
+            .flood_targets_into(from, domain, cache, &mut targets);
+        let n = targets.len();
+        let mut m = Some(m);
+        for (k, &(to, e)) in targets.iter().enumerate() {
+            let copy = if k + 1 == n {
+                m.take()
+            } else {
+                m.as_ref().and_then(|o| o.deep_copy(&self.pool).ok())
+            };
+            if let Some(mut c) = copy {
+                if apply_egress(&mut c, e) {
+                    self.deliver(to, c);
+                }
+            }
+        }
+        self.scratch.flood = targets;
+    }
+
     /// Hands a packet to the uplink, or to one queue of the destination vif (chosen by a
     /// flow hash when it has several): its backlog here, or the ring of the group it runs
     /// in (tagged with the vif's endpoint and the queue, sent at the end of the iteration).
+    #[inline]
     pub(super) fn deliver(&mut self, to: EndpointId, m: Mbuf) {
         if to == UPLINK {
             if self.port_frame_max != 0
@@ -91,6 +111,12 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             self.to_port.push(m);
             return;
         }
+        self.deliver_to_vif(to, m);
+    }
+
+    /// `deliver` to a vif's queue.
+    #[inline(never)]
+    fn deliver_to_vif(&mut self, to: EndpointId, m: Mbuf) {
         // Gone since the decision: dropped.
         let Some(routes) = self.vifs.get(&to) else {
             return;
