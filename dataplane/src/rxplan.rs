@@ -73,6 +73,7 @@ pub fn plan(seg_lens: impl IntoIterator<Item = u32>, mut emit: impl FnMut(Chunk)
 /// The plan of a packet in one segment that fits one buffer (most packets): its one
 /// chunk, without the walk; None when the general walk is needed. Equal to `plan` on
 /// `[len]` by construction (checked for every length in the tests).
+#[inline]
 pub fn single(len: u32) -> Option<Chunk> {
     (1..=BUFFER_SIZE).contains(&len).then_some(Chunk {
         seg: 0,

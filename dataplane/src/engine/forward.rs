@@ -25,7 +25,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
     /// `ingress` names the decision cache in place (a cache is ~180 bytes: copying it in
     /// and out per frame cost more than the lookup it saves). Inlined into the per-packet
     /// loops; a flood of more than one destination is out of line.
-    #[inline]
+    #[inline(always)]
     pub(super) fn switch_frame(
         &mut self,
         from: EndpointId,
@@ -239,6 +239,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
     /// Queues a packet for one of this group's queues (segmenting a TSO frame for a
     /// frontend that did not negotiate its GSO type; a frame over the vif's MTU is
     /// dropped, counted, as a bridge drops it).
+    #[inline]
     fn deliver_to_queue(&mut self, qi: usize, m: Mbuf) {
         let max = self.queues[qi].max_frame;
         if max != 0 && m.pkt_len() > max && m.ol_flags() & pmd::sys::RTE_MBUF_F_TX_TCP_SEG == 0 {

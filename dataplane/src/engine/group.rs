@@ -171,10 +171,17 @@ impl MbufCache {
     }
 
     /// One mbuf, or None when the pool is empty.
+    #[inline]
     pub(super) fn get(&mut self) -> Option<Mbuf> {
-        if let Some(m) = self.v.pop() {
-            return Some(m);
+        match self.v.pop() {
+            Some(m) => Some(m),
+            None => self.refill(),
         }
+    }
+
+    /// A burst from the pool, one of it returned.
+    #[inline(never)]
+    fn refill(&mut self) -> Option<Mbuf> {
         if Mbuf::alloc_bulk(&self.pool, &mut self.v, Self::BURST).is_ok() {
             return self.v.pop();
         }

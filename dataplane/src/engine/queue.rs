@@ -81,6 +81,7 @@ pub(super) struct Queue {
     pub(super) steer: Option<Arc<crate::ctrl::HashState>>,
 }
 
+#[inline]
 pub(super) fn enqueue_backlog(q: &mut Queue, m: Mbuf, cfg: &EngineConfig) {
     let len = m.pkt_len() as usize;
     if q.disabled.is_some()
