@@ -111,6 +111,16 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             self.to_port.push(m);
             return;
         }
+        // A vif with one queue, here (the common case): straight to its backlog.
+        if let Some(r) = self.vifs.get(&to) {
+            if let [(_, Place::Local(qi))] = r.queues.as_slice() {
+                let qi = *qi;
+                if qi < self.queues.len() {
+                    self.deliver_to_queue(qi, m);
+                }
+                return;
+            }
+        }
         self.deliver_to_vif(to, m);
     }
 

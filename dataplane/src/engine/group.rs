@@ -94,6 +94,7 @@ pub(super) struct VifRoutes {
 }
 
 impl Routes {
+    #[inline]
     pub(super) fn get(&self, e: &EndpointId) -> Option<&VifRoutes> {
         let i = self.0.binary_search_by_key(e, |x| x.0).ok()?;
         Some(&self.0[i].1)
