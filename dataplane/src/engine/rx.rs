@@ -243,6 +243,29 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         let mut prx = std::mem::take(&mut self.prx);
         for p in prx.drain(..) {
             let q = &mut self.queues[p.q];
+            if let (1, None, None) = (p.bufs.len(), p.gso, p.hash) {
+                // One buffer, no extras (most packets): its one response.
+                let (id, ref ops, bytes) = self.scratch.rx_bufs[p.bufs.start];
+                let ok = self.ops[ops.clone()].iter().all(|o| o.status == 0);
+                q.rx.push_response(RxResponse {
+                    id,
+                    offset: 0,
+                    flags: p.flags,
+                    status: if ok {
+                        bytes as i16
+                    } else {
+                        XEN_NETIF_RSP_ERROR
+                    },
+                });
+                if ok {
+                    q.local.rx_packets += 1;
+                    q.local.rx_bytes += u64::from(p.mbuf.pkt_len());
+                } else {
+                    q.local.rx_drop_copy_error += 1;
+                }
+                self.scratch.done.push(p.mbuf);
+                continue;
+            }
             let bufs = &self.scratch.rx_bufs[p.bufs];
             let ok = bufs
                 .iter()
