@@ -257,12 +257,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                         XEN_NETIF_RSP_ERROR
                     },
                 });
-                if ok {
-                    q.local.rx_packets += 1;
-                    q.local.rx_bytes += u64::from(p.mbuf.pkt_len());
-                } else {
-                    q.local.rx_drop_copy_error += 1;
-                }
+                count_rx(&mut q.local, ok, p.mbuf.pkt_len());
                 self.scratch.done.push(p.mbuf);
                 continue;
             }
@@ -310,12 +305,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     }
                 }
             }
-            if ok {
-                q.local.rx_packets += 1;
-                q.local.rx_bytes += u64::from(p.mbuf.pkt_len());
-            } else {
-                q.local.rx_drop_copy_error += 1;
-            }
+            count_rx(&mut q.local, ok, p.mbuf.pkt_len());
             self.scratch.done.push(p.mbuf);
         }
         self.prx = prx;
@@ -327,6 +317,17 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             }
         }
         packets
+    }
+}
+
+/// Counts a packet whose copies to the guest all succeeded (`ok`) or not.
+#[inline]
+fn count_rx(l: &mut super::counters::Local, ok: bool, bytes: u32) {
+    if ok {
+        l.rx_packets += 1;
+        l.rx_bytes += u64::from(bytes);
+    } else {
+        l.rx_drop_copy_error += 1;
     }
 }
 
