@@ -239,17 +239,25 @@ impl Default for FwdCache {
     }
 }
 
-/// The header bytes a decision depends on: MACs and, if tagged, the tag; None for a runt.
+/// The header bytes a decision depends on: MACs, the ethertype and, if tagged, the tag;
+/// None for a runt, tagged ones included (their decision, a drop, is never cached: a key
+/// of their first bytes would match a whole tagged frame's).
 #[inline]
 fn cache_key(frame: &[u8]) -> Option<u128> {
     // Two 8-byte loads straight from the frame: a byte copy into a stack array and a
     // wider load of it stalled on store forwarding (most of this lookup's cycles).
     let word = |at: usize| u64::from_le_bytes(frame[at..at + 8].try_into().expect("8 bytes"));
+    let tagged = frame.len() >= ETH_HLEN && frame[12..14] == ETHERTYPE_VLAN.to_be_bytes();
+    if tagged && frame.len() < ETH_HLEN + 4 {
+        return None;
+    }
     if frame.len() >= 16 {
-        let hi = word(8);
-        let vlan = frame[12..14] == ETHERTYPE_VLAN.to_be_bytes();
         // Untagged: the key is the first 14 bytes (the rest is the payload's).
-        let hi = if vlan { hi } else { hi & 0x0000_ffff_ffff_ffff };
+        let hi = if tagged {
+            word(8)
+        } else {
+            word(8) & 0x0000_ffff_ffff_ffff
+        };
         Some(u128::from(word(0)) | u128::from(hi) << 64)
     } else if frame.len() >= ETH_HLEN {
         // 14 or 15 bytes: bytes 8..14 are the top six of the word at 6.
@@ -765,6 +773,13 @@ mod tests {
             c[at] ^= 1;
             assert_ne!(cache_key(&c), cache_key(&a), "byte {at}");
         }
+        // A tagged runt has no key (it would match the whole tagged frame's).
+        let mut t0 = frame(MAC_V2, MAC_V1, Some(10));
+        t0.resize(64, 0);
+        for len in 14..18 {
+            assert_eq!(cache_key(&t0[..len]), None, "tagged {len} bytes");
+        }
+        assert!(cache_key(&t0[..18]).is_some());
         // Tagged: the tag is part of the key.
         let mut t1 = frame(MAC_V2, MAC_V1, Some(10));
         t1.resize(64, 0);
@@ -904,6 +919,29 @@ mod tests {
             }
         }
         assert!(hits > 1000, "the cache was used ({hits} of {frames})");
+    }
+
+    /// Fuzz (switch target, 30 s in CI): a tagged frame's decision was cached, then a
+    /// runt of its first 16 bytes (too short for the tag) hit that cache instead of being
+    /// dropped as a runt.
+    #[test]
+    fn tagged_runt_does_not_hit_a_tagged_frames_cache() {
+        let mut s = basic();
+        let mut c = FwdCache::default();
+        s.forward(P0, &frame(MAC_V1, HOST_A, None), SEC);
+        let mut f = frame(HOST_A, MAC_V1, Some(5));
+        f.resize(64, 0);
+        let whole = s.forward_cached(V1, &f, 2 * SEC, &mut c);
+        assert!(!matches!(whole, Decision::Drop(_)), "{whole:?}");
+        for len in 14..18 {
+            // The whole frame's decision cached, then its runt.
+            assert_eq!(s.forward_cached(V1, &f, 2 * SEC, &mut c), whole);
+            assert_eq!(
+                s.forward_cached(V1, &f[..len], 2 * SEC, &mut c),
+                Decision::Drop(DropReason::Runt),
+                "{len} bytes"
+            );
+        }
     }
 
     #[test]
