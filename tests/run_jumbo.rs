@@ -1,7 +1,8 @@
 //! `[[port]] mtu` against `netbackd run` on the simulated host.
 //! - `net_ring0` at MTU 9000 with `eal.mbuf_data_room = 2176` (2 KiB mbufs, as RX scatter
-//!   gives): a guest's 8000-byte frames (two TX slots) go out through the port as mbuf chains, come back (net_ring loops TX to RX) and reach the guest again
-//!   intact (two RX slots); a guest whose netfront did not negotiate scatter-gather gets
+//!   gives): a guest's 8000-byte frames (two TX slots) go out through the port as mbuf
+//!   chains, come back (net_ring loops TX to RX) and reach the guest again intact (two RX
+//!   slots); a guest whose netfront did not negotiate scatter-gather gets
 //!   none of them (each drop counted per vif) but small frames still, and neither does a
 //!   guest whose vif has no `mtu` key (1500; 51's has `mtu = 9000` as libxl writes it);
 //!   the port counts no errors.

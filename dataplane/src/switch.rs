@@ -475,7 +475,8 @@ impl Switch {
         now_ns: u64,
         cache: &mut FwdCache,
     ) -> Decision {
-        if let (Some(hdr), Some(d)) = (cache_key(frame), cache.decision) {
+        let hdr = cache_key(frame);
+        if let (Some(hdr), Some(d)) = (hdr, cache.decision) {
             if cache.generation == self.generation
                 && cache.hdr == hdr
                 && now_ns < cache.valid_until_ns
@@ -484,20 +485,22 @@ impl Switch {
                 return d;
             }
         }
-        self.forward_uncached(ingress, frame, now_ns, cache)
+        self.forward_uncached(ingress, frame, hdr, now_ns, cache)
     }
 
-    /// `forward_cached` past its hit: decides, refreshing the source's entry, and fills
-    /// the cache (a change of the entry voids other caches through the generation).
+    /// `forward_cached` past its hit (`hdr`: the frame's cache key): decides, refreshing
+    /// the source's entry, and fills the cache (a change of the entry voids other caches
+    /// through the generation).
     #[inline(never)]
     fn forward_uncached(
         &mut self,
         ingress: EndpointId,
         frame: &[u8],
+        hdr: Option<u128>,
         now_ns: u64,
         cache: &mut FwdCache,
     ) -> Decision {
-        let Some(hdr) = cache_key(frame) else {
+        let Some(hdr) = hdr else {
             return self.forward(ingress, frame, now_ns);
         };
         let (d, until) = self.decide(ingress, frame, now_ns);
