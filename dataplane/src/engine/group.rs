@@ -406,6 +406,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             local: Local::default(),
             backlog: VecDeque::new(),
             gro_fresh: 0,
+            gro_tcp: 0,
             backlog_bytes: 0,
             head_wait_since: None,
             stalled: false,

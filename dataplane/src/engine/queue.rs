@@ -27,6 +27,13 @@ pub struct Features {
     pub mcast: bool,
 }
 
+impl Features {
+    /// Takes coalesced TCP frames (`crate::gro`): scatter-gather and a TCP GSO type.
+    pub fn gro_capable(&self) -> bool {
+        self.sg && (self.gso_tcpv4 || self.gso_prefix || self.gso_tcpv6)
+    }
+}
+
 /// Everything the control plane hands over to make a queue run.
 pub struct QueueSetup {
     pub id: QueueId,
@@ -63,6 +70,9 @@ pub(super) struct Queue {
     pub(super) backlog_bytes: usize,
     /// Frames at the end of the backlog that no GRO pass has seen yet.
     pub(super) gro_fresh: usize,
+    /// How many of those may be TCP segments (`gro::maybe_tcp`, counted as they arrive,
+    /// while the header is in cache): a pass runs only for two or more.
+    pub(super) gro_tcp: usize,
     /// Since when the head packet has waited for RX buffers.
     pub(super) head_wait_since: Option<u64>,
     pub(super) stalled: bool,
@@ -92,6 +102,9 @@ pub(super) fn enqueue_backlog(q: &mut Queue, m: Mbuf, cfg: &EngineConfig) {
         return;
     }
     q.backlog_bytes += len;
+    if cfg.gro && q.features.gro_capable() {
+        q.gro_tcp += usize::from(crate::gro::maybe_tcp(&m));
+    }
     q.backlog.push_back(m);
     q.gro_fresh += 1;
 }

@@ -74,16 +74,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 q.features.gso_tcpv6,
             );
             let start = q.backlog.len() - q.gro_fresh.min(q.backlog.len());
-            if q.gro_fresh >= 2
-                && self.cfg.gro
-                && q.features.sg
-                && (v4 || v6)
-                && q.backlog
-                    .range(start..)
-                    .filter(|m| crate::gro::maybe_tcp(m))
-                    .nth(1)
-                    .is_some()
-            {
+            if q.gro_tcp >= 2 && q.gro_fresh >= 2 && self.cfg.gro && q.features.gro_capable() {
                 // The frames that arrived since the last pass (the backlog's tail), when two
                 // of them may be TCP segments.
                 let out = &mut self.scratch.gro_out;
@@ -97,6 +88,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 q.local.rx_gro_segments += st.segments;
             }
             q.gro_fresh = 0;
+            q.gro_tcp = 0;
             if q.rx.begin_batch().is_err() {
                 self.disable(qi, Disable::ImpossibleRxIndex);
                 continue;
