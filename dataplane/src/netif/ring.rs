@@ -175,6 +175,8 @@ pub struct BackRing<K: RingKind> {
     page: SharedPage,
     req_cons: u32,
     rsp_prod_pvt: u32,
+    /// `rsp_prod` as this backend last published it.
+    rsp_prod_pub: u32,
     /// The producer index as read and checked by the last `begin_batch`.
     batch_prod: u32,
     /// Where every response is written first (see [`Journal`]).
@@ -236,6 +238,7 @@ impl<K: RingKind> BackRing<K> {
             page,
             req_cons: start,
             rsp_prod_pvt: start,
+            rsp_prod_pub: start,
             batch_prod: start,
             journal: None,
             _k: PhantomData,
@@ -309,6 +312,7 @@ impl<K: RingKind> BackRing<K> {
             page,
             req_cons: start,
             rsp_prod_pvt: start,
+            rsp_prod_pub: start,
             batch_prod: start,
             journal: None,
             _k: PhantomData,
@@ -454,10 +458,17 @@ impl<K: RingKind> BackRing<K> {
     }
 
     /// Publishes the written responses (`RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`); true when
-    /// the frontend asked to be notified of them.
+    /// the frontend asked to be notified of them. The previous index is the one this
+    /// backend published (not read back from the page, where the frontend could have
+    /// written anything); with nothing new the shared line is not written at all (a
+    /// store of the same value would still take the line from the polling frontend).
     pub fn push_responses_and_check_notify(&mut self) -> bool {
-        let old = self.page.index(RSP_PROD).load(Ordering::Relaxed);
-        let new = self.rsp_prod_pvt;
+        let (old, new) = (self.rsp_prod_pub, self.rsp_prod_pvt);
+        if new == old {
+            // Nothing new: the shared index line (which the frontend polls) is left alone.
+            return false;
+        }
+        self.rsp_prod_pub = new;
         // Release: the slot writes are visible before the index (wmb).
         self.page.index(RSP_PROD).store(new, Ordering::Release);
         if let Some(j) = &self.journal {
@@ -710,6 +721,33 @@ mod tests {
         assert!(b.next_request().is_some());
         b.push_response(TxResponse { id: 3, status: -1 });
         assert!(b.push_responses_and_check_notify());
+    }
+
+    #[test]
+    fn publishing_nothing_new_leaves_the_shared_index_alone() {
+        let page = SharedPage::new_owned();
+        let mut f = FrontRing::<TxRing>::init(page.clone());
+        let mut b = BackRing::<TxRing>::attach(page.clone());
+        for i in 1..=2 {
+            f.push_request(tx(i)).unwrap();
+        }
+        f.push_requests_and_check_notify();
+        assert!(b.next_request().is_some());
+        b.push_response(TxResponse { id: 1, status: 0 });
+        assert!(b.push_responses_and_check_notify());
+        assert_eq!(page.index(RSP_PROD).load(Ordering::Relaxed), 1);
+        // The frontend scribbles over rsp_prod and asks for an event at 5. With nothing
+        // new to publish the backend writes nothing (the scribble stays).
+        page.index(RSP_PROD).store(3, Ordering::Relaxed);
+        page.index(RSP_EVENT).store(5, Ordering::Relaxed);
+        assert!(!b.push_responses_and_check_notify());
+        assert_eq!(page.index(RSP_PROD).load(Ordering::Relaxed), 3);
+        // The next response is published from the backend's own index (1 -> 2): no event
+        // is due before 5. Read back from the page (3 -> 2) it would have notified.
+        assert!(b.next_request().is_some());
+        b.push_response(TxResponse { id: 2, status: 0 });
+        assert!(!b.push_responses_and_check_notify());
+        assert_eq!(page.index(RSP_PROD).load(Ordering::Relaxed), 2);
     }
 
     #[test]
