@@ -411,7 +411,9 @@ impl std::fmt::Debug for Mbuf {
     }
 }
 
-/// Frees many mbufs in one DPDK call (`rte_pktmbuf_free_bulk`), emptying `v`.
+/// Frees many mbufs in one call, emptying `v`: one-segment direct mbufs of one pool each
+/// referenced once (a port's RX burst) go back with one mempool put, reading only their
+/// first cache lines; any other mix through `rte_pktmbuf_free_bulk`.
 pub fn free_bulk(v: &mut Vec<Mbuf>) {
     if v.is_empty() {
         return;
@@ -419,7 +421,7 @@ pub fn free_bulk(v: &mut Vec<Mbuf>) {
     // SAFETY: Mbuf is repr(transparent) over a valid owned pointer; after the call the
     // mbufs are freed, so the Vec's length is set to 0 without running their Drop.
     unsafe {
-        dpdk_sys::rte_pktmbuf_free_bulk(v.as_mut_ptr() as *mut *mut rte_mbuf, v.len() as u32);
+        dpdk_sys::nbd_pktmbuf_free_bulk(v.as_mut_ptr() as *mut *mut rte_mbuf, v.len() as u32);
         v.set_len(0);
     }
 }

@@ -15,6 +15,7 @@ uint16_t nbd_eth_tx_prepare(uint16_t port, uint16_t queue, struct rte_mbuf **pkt
 struct rte_mbuf *nbd_pktmbuf_alloc(struct rte_mempool *mp);
 int nbd_pktmbuf_alloc_bulk(struct rte_mempool *mp, struct rte_mbuf **mbufs, unsigned count);
 void nbd_pktmbuf_free(struct rte_mbuf *m);
+void nbd_pktmbuf_free_bulk(struct rte_mbuf **mbufs, unsigned count);
 void nbd_pktmbuf_reset(struct rte_mbuf *m);
 char *nbd_pktmbuf_append(struct rte_mbuf *m, uint16_t len);
 char *nbd_pktmbuf_prepend(struct rte_mbuf *m, uint16_t len);
