@@ -18,8 +18,12 @@ use xen::{CopyDir, CopyOp, EventChannel, GrantCopy};
 pub(super) struct PendingRx {
     q: usize,
     mbuf: Mbuf,
-    /// Its data buffers: a range of the iteration's `Scratch::rx_bufs`, in slot order.
+    /// Its data buffers: a range of the iteration's `Scratch::rx_bufs`, in slot order;
+    /// with `one`, the index range of its one copy op instead.
     bufs: std::ops::Range<usize>,
+    /// One buffer without extras (most packets): its request id and bytes, kept here
+    /// rather than in `rx_bufs`.
+    one: Option<(u16, u16)>,
     /// The GSO extra and the id of the request slot it takes.
     gso: Option<(u16, u8, u16)>,
     /// GSO as a prefix slot before the data (legacy frontends) instead of an extra.
@@ -158,12 +162,11 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                         dir: CopyDir::ToForeign,
                         status: 99,
                     });
-                    let b0 = self.scratch.rx_bufs.len();
-                    self.scratch.rx_bufs.push((req.id, r0..r0 + 1, c.len));
                     push_in_place(&mut self.prx, || PendingRx {
                         q: qi,
                         mbuf: m,
-                        bufs: b0..b0 + 1,
+                        bufs: r0..r0 + 1,
+                        one: Some((req.id, c.len)),
                         gso: None,
                         prefix: false,
                         hash: None,
@@ -222,6 +225,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     q: qi,
                     mbuf: m,
                     bufs: b0..self.scratch.rx_bufs.len(),
+                    one: None,
                     gso: gso_slot,
                     prefix,
                     hash,
@@ -235,10 +239,9 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
         let mut prx = std::mem::take(&mut self.prx);
         for p in prx.drain(..) {
             let q = &mut self.queues[p.q];
-            if let (1, None, None) = (p.bufs.len(), p.gso, p.hash) {
+            if let Some((id, bytes)) = p.one {
                 // One buffer, no extras (most packets): its one response.
-                let (id, ref ops, bytes) = self.scratch.rx_bufs[p.bufs.start];
-                let ok = self.ops[ops.clone()].iter().all(|o| o.status == 0);
+                let ok = self.ops[p.bufs.start].status == 0;
                 q.rx.push_response(RxResponse {
                     id,
                     offset: 0,
