@@ -84,6 +84,14 @@ pub fn single(len: u32) -> Option<Chunk> {
     })
 }
 
+/// The length of `single`'s one chunk (its offsets and indices are 0): the engine's fast
+/// path keeps this scalar rather than the struct, which, built field by field on the stack
+/// and read back wider, stalled on store forwarding once per packet.
+#[inline]
+pub fn single_len(len: u32) -> Option<u16> {
+    single(len).map(|c| c.len)
+}
+
 /// Data buffers the packet needs (the dry run of `plan`).
 pub fn buffers_needed(seg_lens: impl IntoIterator<Item = u32>) -> u32 {
     plan(seg_lens, |_| {})
@@ -103,8 +111,16 @@ mod tests {
             let mut chunks = Vec::new();
             let n = plan([len], |c| chunks.push(c));
             match single(len) {
-                Some(c) => assert_eq!((n, chunks), (1, vec![c]), "len {len}"),
-                None => assert!(n != 1 || chunks.len() != 1, "len {len} has one chunk"),
+                Some(c) => {
+                    assert_eq!((n, chunks), (1, vec![c]), "len {len}");
+                    // The engine's fast path copies `single_len` bytes to the buffer's start.
+                    assert_eq!((c.seg, c.seg_off, c.buf, c.buf_off), (0, 0, 0, 0));
+                    assert_eq!(single_len(len), Some(c.len));
+                }
+                None => {
+                    assert!(n != 1 || chunks.len() != 1, "len {len} has one chunk");
+                    assert_eq!(single_len(len), None);
+                }
             }
         }
     }

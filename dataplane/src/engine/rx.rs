@@ -105,9 +105,10 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 };
                 let gso = head_gso(head, &q.features);
                 let hash = q.steer.as_ref().and_then(|s| s.frame_hash(head.data()));
-                // Most packets are one segment that fits one buffer: no walk needed.
+                // Most packets are one segment that fits one buffer: no walk needed (its
+                // one chunk's length; the chunk starts the buffer).
                 let single = if head.nb_segs() == 1 {
-                    rxplan::single(u32::from(head.data_len()))
+                    rxplan::single_len(u32::from(head.data_len()))
                 } else {
                     None
                 };
@@ -148,7 +149,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 let m = q.backlog.pop_front().expect("head");
                 q.backlog_bytes -= m.pkt_len() as usize;
                 let flags = guest_rx_csum_flags(m.ol_flags());
-                if let (Some(c), None, None) = (single, gso, hash) {
+                if let (Some(len), None, None) = (single, gso, hash) {
                     // One buffer, no extras (most packets): its request, one op, no plan.
                     let req = q.rx.next_batch_request().expect("counted above");
                     let mut m = m;
@@ -156,9 +157,9 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     self.ops.push(CopyOp {
                         domid: q.id.domid,
                         gref: req.gref,
-                        offset: c.buf_off,
+                        offset: 0,
                         local: m.data_ptr(),
-                        len: c.len,
+                        len,
                         dir: CopyDir::ToForeign,
                         status: 99,
                     });
@@ -166,7 +167,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                         q: qi,
                         mbuf: m,
                         bufs: r0..r0 + 1,
-                        one: Some((req.id, c.len)),
+                        one: Some((req.id, len)),
                         gso: None,
                         prefix: false,
                         hash: None,
@@ -214,7 +215,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                     b.1.end = ops.len();
                     b.2 += c.len;
                 };
-                match single {
+                match single.and_then(|len| rxplan::single(u32::from(len))) {
                     Some(c) => emit(c),
                     None => {
                         rxplan::plan(segs.iter().copied(), emit);
