@@ -190,6 +190,17 @@ pub fn parse_tx(
     p
 }
 
+/// True when `first` alone is a whole packet the parser accepts as it is: one slot, no
+/// extras, at least an Ethernet header, inside its page (most packets). The parser's
+/// result for it is `Packet` with one data slot = the request, `gso` None, one `Data`
+/// response; the engine builds such a packet from the request itself.
+#[inline]
+pub fn one_slot_packet(first: &TxRequest) -> bool {
+    first.flags & (TXF_EXTRA_INFO | TXF_MORE_DATA) == 0
+        && first.size >= ETH_HLEN
+        && usize::from(first.offset) + usize::from(first.size) <= PAGE_SIZE
+}
+
 /// `parse_tx` writing into `out` (every field is overwritten). A packet of one slot
 /// without extras (most packets) is decided inline, by the same rules.
 #[inline]
@@ -471,6 +482,18 @@ mod tests {
                         parse_tx_into(&mut fast, r, avail, |_| unreachable!(), false);
                         let mut gen = Parsed::default();
                         parse_tx_general(&mut gen, r, avail, |_| unreachable!(), false);
+                        let one = gen.verdict == Verdict::Packet
+                            && gen.consumed == 1
+                            && gen.responses.as_slice() == [Rsp::Data { id: r.id }]
+                            && gen.packet.gso.is_none()
+                            && (gen.packet.len, gen.packet.flags) == (u32::from(size), flags)
+                            && gen.packet.slots.as_slice()
+                                == [Slot {
+                                    gref: r.gref,
+                                    offset,
+                                    len: size,
+                                }];
+                        assert_eq!(one_slot_packet(&r), one, "size {size} offset {offset}");
                         assert_eq!(
                             (fast.consumed, fast.verdict, fast.responses.as_slice()),
                             (gen.consumed, gen.verdict, gen.responses.as_slice()),

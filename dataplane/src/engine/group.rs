@@ -159,16 +159,27 @@ pub(super) enum Place {
 pub(super) struct MbufCache {
     v: Vec<Mbuf>,
     pool: Arc<Mempool>,
+    /// Bytes a fresh mbuf of the pool takes after its headroom.
+    room: u16,
 }
 
 impl MbufCache {
     const BURST: usize = 32;
 
     pub(super) fn new(pool: Arc<Mempool>) -> Self {
+        let room = pool
+            .data_room()
+            .saturating_sub(pmd::sys::RTE_PKTMBUF_HEADROOM as u16);
         MbufCache {
             v: Vec::with_capacity(Self::BURST),
             pool,
+            room,
         }
+    }
+
+    /// Bytes a fresh mbuf holds (its data room less the headroom).
+    pub(super) fn room(&self) -> u16 {
+        self.room
     }
 
     /// One mbuf, or None when the pool is empty.

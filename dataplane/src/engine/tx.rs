@@ -8,7 +8,7 @@ use crate::netif::{
     TxResponse, NETTXF_CSUM_BLANK, XEN_NETIF_RSP_ERROR, XEN_NETIF_RSP_NULL, XEN_NETIF_RSP_OKAY,
 };
 use crate::offload::{needs_finishing, prepare_guest_tx};
-use crate::txparse::{parse_tx_into, Gso, Rsp, Verdict};
+use crate::txparse::{one_slot_packet, parse_tx_into, Gso, Rsp, Verdict};
 use pmd::Mbuf;
 use xen::{CopyDir, CopyOp, EventChannel, GrantCopy};
 
@@ -53,6 +53,18 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 if let Admit::Throttled { .. } = q.credit.admit(u32::from(first.size)) {
                     q.local.tx_credit_throttled += 1;
                     break;
+                }
+                // A packet of one slot that the parser would take as it is and that fits one
+                // mbuf (most packets): built from the request, without the parser's record.
+                if one_slot_packet(&first) && first.size <= self.mbufs.room() {
+                    q.tx.advance(1);
+                    let to = (qi, &mut self.ptx);
+                    if !build_tx_one(&mut self.mbufs, q.id.domid, &first, &mut self.ops, to) {
+                        q.local.tx_drop_no_mbuf += 1;
+                        q.tx.push_response(settled(Rsp::Data { id: first.id }, false));
+                    }
+                    n += 1;
+                    continue;
                 }
                 let tx = &q.tx;
                 let parsed = &mut self.scratch.parsed;
@@ -323,6 +335,45 @@ fn build_tx(
         }
         None => false,
     }
+}
+
+/// `build_tx` for a packet that is its one request (`txparse::one_slot_packet`) and fits
+/// one mbuf: the request's fields are used as read (in registers), not through the
+/// parser's record, whose fields written one by one and read back wider stalled store
+/// forwarding. False when the pool is empty.
+#[inline(always)]
+fn build_tx_one(
+    mbufs: &mut MbufCache,
+    domid: u16,
+    r: &crate::netif::TxRequest,
+    ops: &mut Vec<CopyOp>,
+    to: (usize, &mut Vec<PendingTx>),
+) -> bool {
+    let Some(mut head) = mbufs.get() else {
+        return false;
+    };
+    let Some(local) = head.append(r.size).map(|d| d.as_mut_ptr()) else {
+        return false;
+    };
+    ops.push(CopyOp {
+        domid,
+        gref: r.gref,
+        offset: r.offset,
+        local,
+        len: r.size,
+        dir: CopyDir::FromForeign,
+        status: 99,
+    });
+    let op = ops.len() - 1;
+    push_in_place(to.1, || PendingTx {
+        q: to.0,
+        mbuf: head,
+        csum_blank: r.flags & NETTXF_CSUM_BLANK != 0,
+        gso: None,
+        rsps: TxRsps::One(Rsp::Data { id: r.id }, op),
+        len: u32::from(r.size),
+    });
+    true
 }
 
 /// `build_tx` for any other packet: the chain extended to hold it, ops per segment piece.
