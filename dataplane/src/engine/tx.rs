@@ -296,7 +296,7 @@ fn build_tx(
     pool: &mut Vec<SlotRsps>,
     to: (usize, &mut Vec<PendingTx>),
 ) -> bool {
-    let Some(mut head) = mbufs.get() else {
+    let Some(head) = mbufs.get() else {
         return false;
     };
     let room = usize::from(head.tailroom());
@@ -308,24 +308,19 @@ fn build_tx(
         rsps,
         len: pkt.len,
     };
-    // One data slot that fits the first mbuf (most small frames): one op, no chain walk.
-    if let ([r @ Rsp::Data { .. }], [s]) = (rsps.as_slice(), pkt.slots.as_slice()) {
-        if usize::from(s.len) <= room {
-            let Some(local) = head.append(s.len).map(|d| d.as_mut_ptr()) else {
-                return false;
-            };
-            ops.push(CopyOp {
+    // One data slot (no extra: no GSO) that fits the first mbuf: one op, no chain walk.
+    if let ([Rsp::Data { id }], [s]) = (rsps.as_slice(), pkt.slots.as_slice()) {
+        if usize::from(s.len) <= room && pkt.gso.is_none() {
+            let csum_blank = pkt.flags & NETTXF_CSUM_BLANK != 0;
+            return push_one_op(
+                head,
                 domid,
-                gref: s.gref,
-                offset: s.offset,
-                local,
-                len: s.len,
-                dir: CopyDir::FromForeign,
-                status: 99,
-            });
-            let op = ops.len() - 1;
-            push_in_place(to.1, || pending(head, TxRsps::One(*r, op)));
-            return true;
+                (s.gref, s.offset, s.len),
+                *id,
+                csum_blank,
+                ops,
+                to,
+            );
         }
     }
     match build_tx_chain(head, room, mbufs, domid, pkt, rsps, ops, segs, pool) {
@@ -349,18 +344,42 @@ fn build_tx_one(
     ops: &mut Vec<CopyOp>,
     to: (usize, &mut Vec<PendingTx>),
 ) -> bool {
-    let Some(mut head) = mbufs.get() else {
+    let Some(head) = mbufs.get() else {
         return false;
     };
-    let Some(local) = head.append(r.size).map(|d| d.as_mut_ptr()) else {
+    let csum_blank = r.flags & NETTXF_CSUM_BLANK != 0;
+    push_one_op(
+        head,
+        domid,
+        (r.gref, r.offset, r.size),
+        r.id,
+        csum_blank,
+        ops,
+        to,
+    )
+}
+
+/// A packet of one data slot (`gref`, `offset`, `len`) without extras in `head`: the bytes
+/// appended, their one copy op, and the pending packet with the slot's response (`id`).
+#[inline(always)]
+fn push_one_op(
+    mut head: Mbuf,
+    domid: u16,
+    (gref, offset, len): (u32, u16, u16),
+    id: u16,
+    csum_blank: bool,
+    ops: &mut Vec<CopyOp>,
+    to: (usize, &mut Vec<PendingTx>),
+) -> bool {
+    let Some(local) = head.append(len).map(|d| d.as_mut_ptr()) else {
         return false;
     };
     ops.push(CopyOp {
         domid,
-        gref: r.gref,
-        offset: r.offset,
+        gref,
+        offset,
         local,
-        len: r.size,
+        len,
         dir: CopyDir::FromForeign,
         status: 99,
     });
@@ -368,10 +387,10 @@ fn build_tx_one(
     push_in_place(to.1, || PendingTx {
         q: to.0,
         mbuf: head,
-        csum_blank: r.flags & NETTXF_CSUM_BLANK != 0,
+        csum_blank,
         gso: None,
-        rsps: TxRsps::One(Rsp::Data { id: r.id }, op),
-        len: u32::from(r.size),
+        rsps: TxRsps::One(Rsp::Data { id }, op),
+        len: u32::from(len),
     });
     true
 }
