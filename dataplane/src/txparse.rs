@@ -201,8 +201,8 @@ pub fn one_slot_packet(first: &TxRequest) -> bool {
         && usize::from(first.offset) + usize::from(first.size) <= PAGE_SIZE
 }
 
-/// `parse_tx` writing into `out` (every field is overwritten). A packet of one slot
-/// without extras (most packets) is decided inline, by the same rules.
+/// `parse_tx` writing into `out` (every field is overwritten). The engine decides a
+/// packet that is its one request with `one_slot_packet` and does not parse it.
 #[inline]
 pub fn parse_tx_into(
     out: &mut Parsed,
@@ -211,34 +211,10 @@ pub fn parse_tx_into(
     fetch: impl FnMut(u32) -> TxRequest,
     mcast_enabled: bool,
 ) {
-    if first.flags & (TXF_EXTRA_INFO | TXF_MORE_DATA) != 0 {
-        return parse_tx_general(out, first, avail, fetch, mcast_enabled);
-    }
-    out.responses.clear();
-    out.packet.slots.clear();
-    out.consumed = 1;
-    if first.size < ETH_HLEN {
-        out.responses.push(Rsp::Error { id: first.id });
-        out.verdict = Verdict::Drop(DropReason::Runt);
-        return;
-    }
-    if usize::from(first.offset) + usize::from(first.size) > PAGE_SIZE {
-        out.verdict = Verdict::Rogue(Rogue::FirstSlotCrossesPage);
-        return;
-    }
-    out.responses.push(Rsp::Data { id: first.id });
-    out.packet.slots.push(Slot {
-        gref: first.gref,
-        offset: first.offset,
-        len: first.size,
-    });
-    out.packet.len = u32::from(first.size);
-    out.packet.flags = first.flags;
-    out.packet.gso = None;
-    out.verdict = Verdict::Packet;
+    parse_tx_general(out, first, avail, fetch, mcast_enabled)
 }
 
-/// `parse_tx_into` for any packet (the one-slot case included, for the tests).
+/// The parser (`parse_tx_into`), out of line.
 #[inline(never)]
 fn parse_tx_general(
     out: &mut Parsed,
@@ -460,8 +436,9 @@ mod tests {
         p
     }
 
-    /// The inline one-slot path decides exactly as the general parser, on every edge of
-    /// size (runt) and offset (page crossing) and with every other flag.
+    /// `one_slot_packet` (the engine's way around the parser) holds exactly when the parser
+    /// returns that one-slot packet, on every edge of size (runt) and offset (page
+    /// crossing) and with every other flag; `parse_tx_into` decides as the parser.
     #[test]
     fn one_slot_fast_path_equals_general() {
         let mut seen = 0;

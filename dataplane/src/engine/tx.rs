@@ -233,16 +233,26 @@ impl TxBatchBuilder {
         rsps: &crate::txparse::SmallVec<Rsp, { crate::txparse::MAX_PACKET_SLOTS }>,
         ops: &mut Vec<CopyOp>,
     ) -> Option<Mbuf> {
-        let built = build_tx(
-            &mut self.mbufs,
-            domid,
-            pkt,
-            rsps,
-            ops,
-            &mut self.segs,
-            &mut self.rsps,
-            (0, &mut self.built),
-        );
+        let to = (0, &mut self.built);
+        // A packet of one data slot that fits an mbuf takes the group's one-op path.
+        let built = match (rsps.as_slice(), pkt.slots.as_slice()) {
+            ([Rsp::Data { id }], [s]) if s.len <= self.mbufs.room() && pkt.gso.is_none() => {
+                let csum_blank = pkt.flags & NETTXF_CSUM_BLANK != 0;
+                let one = (s.gref, s.offset, s.len);
+                let head = self.mbufs.get()?;
+                push_one_op(head, domid, one, *id, csum_blank, ops, to)
+            }
+            _ => build_tx(
+                &mut self.mbufs,
+                domid,
+                pkt,
+                rsps,
+                ops,
+                &mut self.segs,
+                &mut self.rsps,
+                to,
+            ),
+        };
         let p = self.built.pop().filter(|_| built)?;
         if let TxRsps::Many(v) = p.rsps {
             self.rsps.push(v);
@@ -278,12 +288,13 @@ fn settled(r: Rsp, good: bool) -> TxResponse {
     }
 }
 
-/// Allocates the mbuf chain for a guest packet and appends its copy ops. The first mbuf
-/// takes as much as fits (>= 128 bytes: the headers are contiguous, XSA-423). A list of
-/// responses, when one is needed, comes from `pool`. The packet goes into `to.1` as queue
-/// `to.0`'s; false when the pool is empty. It is pushed here, not returned: returned
-/// through memory, the result was written field by field and read back wider, a
-/// store-forwarding stall per packet. The chain path stays out of line.
+/// Allocates the mbuf chain for a packet the parser decided (a packet that is its one
+/// request and fits an mbuf takes `build_tx_one` instead) and appends its copy ops. The
+/// first mbuf takes as much as fits (>= 128 bytes: the headers are contiguous, XSA-423).
+/// A list of responses, when one is needed, comes from `pool`. The packet goes into `to.1`
+/// as queue `to.0`'s; false when the pool is empty. It is pushed here, not returned:
+/// returned through memory, the result was written field by field and read back wider, a
+/// store-forwarding stall per packet.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn build_tx(
@@ -308,21 +319,6 @@ fn build_tx(
         rsps,
         len: pkt.len,
     };
-    // One data slot (no extra: no GSO) that fits the first mbuf: one op, no chain walk.
-    if let ([Rsp::Data { id }], [s]) = (rsps.as_slice(), pkt.slots.as_slice()) {
-        if usize::from(s.len) <= room && pkt.gso.is_none() {
-            let csum_blank = pkt.flags & NETTXF_CSUM_BLANK != 0;
-            return push_one_op(
-                head,
-                domid,
-                (s.gref, s.offset, s.len),
-                *id,
-                csum_blank,
-                ops,
-                to,
-            );
-        }
-    }
     match build_tx_chain(head, room, mbufs, domid, pkt, rsps, ops, segs, pool) {
         Some((m, r)) => {
             push_in_place(to.1, || pending(m, r));
