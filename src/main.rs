@@ -347,22 +347,34 @@ fn sim(
         xen::sim::toolstack::add_vif(host.store(), 0, domid, devid, parts[2], &Default::default())
             .with_context(|| format!("--vif {v}"))?;
     }
-    println!("sim root: {}", host.root().display());
-    println!("xenstore: XENSTORED_PATH={}", host.xenstore_path());
-    println!(
+    say(format_args!("sim root: {}", host.root().display()));
+    say(format_args!(
+        "xenstore: XENSTORED_PATH={}",
+        host.xenstore_path()
+    ));
+    say(format_args!(
         "started in {:.1} ms with {} guest(s), {} vif(s)",
         t0.elapsed().as_secs_f64() * 1e3,
         guests.len(),
         vifs.len()
-    );
+    ));
     install_signal_handlers();
     let until = duration.map(|d| Instant::now() + Duration::from_secs(d));
     while !STOP.load(Ordering::SeqCst) && until.is_none_or(|u| Instant::now() < u) {
         std::thread::sleep(Duration::from_millis(50));
     }
     host.stop().context("stopping the simulated host")?;
-    println!("sim stopped, nothing left behind");
+    say(format_args!("sim stopped, nothing left behind"));
     Ok(())
+}
+
+/// One line to stdout for whoever reads it. A reader that went away (a test that stopped
+/// reading, `| head`) is not the sim's failure: the line is dropped, not a panic.
+fn say(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(line).and_then(|()| out.write_all(b"\n"));
+    let _ = out.flush();
 }
 
 /// Logs to stderr through `tracing`. Under systemd (JOURNAL_STREAM set) without colours or

@@ -99,6 +99,21 @@ fn proc_sample(pid: u32) -> ProcSample {
     }
 }
 
+/// A sample once the daemon's descriptors are back to `fds`, or after 2 s. A metrics
+/// scrape's socket outlives the response the test has read (the HTTP server's connection
+/// thread closes its half a moment later), so one sample can count a socket that is
+/// already going; a descriptor the daemon leaks is still there after the 2 s.
+fn settled_sample(pid: u32, fds: i64) -> ProcSample {
+    let t = Instant::now();
+    loop {
+        let s = proc_sample(pid);
+        if s.fds <= fds || t.elapsed() > Duration::from_secs(2) {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The healthy neighbour: dom 10 streams to dom 11 (unicast, guest to guest), sequence-
 // checked, in a thread of its own, phase by phase.
@@ -373,7 +388,7 @@ impl Ctx {
         self.maps0 = before.maps;
         let observed = f(self);
         let ph = healthy.drain();
-        let after = proc_sample(self.pid);
+        let after = settled_sample(self.pid, before.fds);
         assert!(
             std::fs::metadata(format!("/proc/{}", self.pid)).is_ok(),
             "{case}: the daemon exited"
