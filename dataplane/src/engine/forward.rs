@@ -271,6 +271,14 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             }
             return;
         }
+        let m = if self.rx_direct {
+            match self.rx_direct(qi, m) {
+                Ok(()) => return,
+                Err(m) => m,
+            }
+        } else {
+            m
+        };
         enqueue_backlog(&mut self.queues[qi], m, &self.cfg);
     }
 }

@@ -76,6 +76,9 @@ pub struct Group<G: GrantCopy, E: EventChannel> {
     pub(super) held: Vec<(EndpointId, u16, Mbuf)>,
     /// Set by [`Group::drain`]: guest TX requests are no longer consumed.
     pub(super) draining: bool,
+    /// Set while guest RX switches the port's burst: a frame for a queue with an empty
+    /// backlog may go straight to the guest (`Group::rx_direct`).
+    pub(super) rx_direct: bool,
 }
 
 /// Every vif's queues by queue number, the vifs sorted by endpoint: a binary search costs
@@ -275,6 +278,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             in_handoffs: false,
             held: Vec::new(),
             draining: false,
+            rx_direct: false,
         }
     }
 
@@ -418,6 +422,8 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
             backlog: VecDeque::new(),
             gro_fresh: 0,
             gro_tcp: 0,
+            direct: 0,
+            rx_batch_begun: false,
             backlog_bytes: 0,
             head_wait_since: None,
             stalled: false,

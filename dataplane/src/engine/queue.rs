@@ -73,6 +73,12 @@ pub(super) struct Queue {
     /// How many of those may be TCP segments (`gro::maybe_tcp`, counted as they arrive,
     /// while the header is in cache): a pass runs only for two or more.
     pub(super) gro_tcp: usize,
+    /// Packets of this iteration's port burst that went straight to the guest (their
+    /// requests taken, their copies queued) without the backlog; they count against the
+    /// budget.
+    pub(super) direct: usize,
+    /// The RX ring's request snapshot was taken this iteration (for the direct lane).
+    pub(super) rx_batch_begun: bool,
     /// Since when the head packet has waited for RX buffers.
     pub(super) head_wait_since: Option<u64>,
     pub(super) stalled: bool,

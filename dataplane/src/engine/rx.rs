@@ -1,11 +1,13 @@
 //! Guest RX: port burst -> switch -> bounded per-queue backlogs -> slots counted (`rxplan`)
 //! before any request is consumed -> one batched copy -> responses with `more_data`,
 //! checksum flags and the GSO extra (or legacy prefix) -> stall detection (XSA-392).
+//! The common frame (one buffer, no extras) for a queue with nothing waiting skips the
+//! backlog: the switch hands it straight to its request and copy (`rx_direct`).
 use super::forward::Ingress;
 use super::queue::Features;
 use super::{push_in_place, Disable, Group, UPLINK};
 use crate::netif::{
-    ExtraInfo, RxResponse, NETRXF_EXTRA_INFO, NETRXF_GSO_PREFIX, NETRXF_MORE_DATA,
+    ExtraInfo, RxRequest, RxResponse, NETRXF_EXTRA_INFO, NETRXF_GSO_PREFIX, NETRXF_MORE_DATA,
     XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6, XEN_NETIF_RSP_ERROR,
 };
 use crate::offload::guest_rx_csum_flags;
@@ -34,6 +36,85 @@ pub(super) struct PendingRx {
 }
 
 impl<G: GrantCopy, E: EventChannel> Group<G, E> {
+    /// The direct lane: a frame from the port for queue `qi` whose backlog is empty goes
+    /// straight to the guest when it is the common case of the backlog path's fast path
+    /// (one segment in one buffer, no GSO, no hash extra, not held back for GRO) and a
+    /// request is there: its request taken and its copy queued now, as the backlog would
+    /// have done later in this iteration, without passing through it. Anything else (and
+    /// when the guest has no buffer) is handed back for the backlog, which then decides,
+    /// stalls included, as before.
+    #[inline]
+    pub(super) fn rx_direct(&mut self, qi: usize, m: Mbuf) -> Result<(), Mbuf> {
+        let q = &mut self.queues[qi];
+        if !q.backlog.is_empty()
+            || q.disabled.is_some()
+            || q.direct >= self.cfg.budget
+            || q.steer.is_some()
+            || m.nb_segs() != 1
+            || m.ol_flags() & pmd::sys::RTE_MBUF_F_TX_TCP_SEG != 0
+        {
+            return Err(m);
+        }
+        let Some(len) = rxplan::single_len(u32::from(m.data_len())) else {
+            return Err(m);
+        };
+        if self.cfg.gro && q.features.gro_capable() && crate::gro::maybe_tcp(&m) {
+            return Err(m);
+        }
+        if !q.rx_batch_begun {
+            if q.rx.begin_batch().is_err() {
+                // The backlog pass finds the same index and disables the queue.
+                return Err(m);
+            }
+            q.rx_batch_begun = true;
+        }
+        if q.rx.batch_unconsumed() == 0 {
+            return Err(m);
+        }
+        let req = q.rx.next_batch_request().expect("counted above");
+        q.direct += 1;
+        q.head_wait_since = None;
+        q.stalled = false;
+        let domid = q.id.domid;
+        let flags = guest_rx_csum_flags(m.ol_flags());
+        self.queue_one(qi, domid, req, m, len, flags);
+        Ok(())
+    }
+
+    /// Queues the one copy of a packet that fills one buffer without extras (most
+    /// packets) into request `req`, and its pending record: no plan, no buffer list.
+    #[inline(always)]
+    fn queue_one(
+        &mut self,
+        qi: usize,
+        domid: u16,
+        req: RxRequest,
+        mut m: Mbuf,
+        len: u16,
+        flags: u16,
+    ) {
+        let r0 = self.ops.len();
+        self.ops.push(CopyOp {
+            domid,
+            gref: req.gref,
+            offset: 0,
+            local: m.data_ptr(),
+            len,
+            dir: CopyDir::ToForeign,
+            status: 99,
+        });
+        push_in_place(&mut self.prx, || PendingRx {
+            q: qi,
+            mbuf: m,
+            bufs: r0..r0 + 1,
+            one: Some((req.id, len)),
+            gso: None,
+            prefix: false,
+            hash: None,
+            flags,
+        });
+    }
+
     pub(super) fn guest_rx(&mut self) -> usize {
         let now = self.now();
         // Pull no more than the queues can take this iteration: what stays in the port is
@@ -59,16 +140,20 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 break;
             }
         }
+        self.ops.clear();
+        self.scratch.rx_bufs.clear();
         let mut burst = std::mem::take(&mut self.rx_burst);
+        self.rx_direct = true;
         for m in burst.drain(..) {
             // From the wire: the switch's own drops (runts, unknown VLANs) are not a guest's.
             self.switch_frame(UPLINK, m, now, Ingress::Uplink);
         }
+        self.rx_direct = false;
         self.rx_burst = burst;
-        self.ops.clear();
-        self.scratch.rx_bufs.clear();
         for qi in 0..self.queues.len() {
             let q = &mut self.queues[qi];
+            let direct = std::mem::take(&mut q.direct);
+            q.rx_batch_begun = false;
             if q.disabled.is_some() || q.backlog.is_empty() {
                 q.head_wait_since = None;
                 continue;
@@ -97,7 +182,7 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 self.disable(qi, Disable::ImpossibleRxIndex);
                 continue;
             }
-            let mut n = 0;
+            let mut n = direct;
             while n < self.cfg.budget {
                 let q = &mut self.queues[qi];
                 let Some(head) = q.backlog.front() else {
@@ -152,27 +237,8 @@ impl<G: GrantCopy, E: EventChannel> Group<G, E> {
                 if let (Some(len), None, None) = (single, gso, hash) {
                     // One buffer, no extras (most packets): its request, one op, no plan.
                     let req = q.rx.next_batch_request().expect("counted above");
-                    let mut m = m;
-                    let r0 = self.ops.len();
-                    self.ops.push(CopyOp {
-                        domid: q.id.domid,
-                        gref: req.gref,
-                        offset: 0,
-                        local: m.data_ptr(),
-                        len,
-                        dir: CopyDir::ToForeign,
-                        status: 99,
-                    });
-                    push_in_place(&mut self.prx, || PendingRx {
-                        q: qi,
-                        mbuf: m,
-                        bufs: r0..r0 + 1,
-                        one: Some((req.id, len)),
-                        gso: None,
-                        prefix: false,
-                        hash: None,
-                        flags,
-                    });
+                    let domid = q.id.domid;
+                    self.queue_one(qi, domid, req, m, len, flags);
                     n += 1;
                     continue;
                 }
