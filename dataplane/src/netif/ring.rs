@@ -408,6 +408,7 @@ impl<K: RingKind> BackRing<K> {
     }
 
     /// `next_request` within the batch snapshot.
+    #[inline]
     pub fn next_batch_request(&mut self) -> Option<K::Req> {
         let r = self.batch_request(0)?;
         self.req_cons = self.req_cons.wrapping_add(1);
