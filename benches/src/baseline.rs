@@ -12,7 +12,10 @@
 //! heap with one memfd, which is what `net_virtio_user` passes to the vhost-user server
 //! (without it virtio_user cannot share its memory and vhost sees nothing); memif creates its
 //! own memfd regions. No hugepages, no hugetlbfs files; the runtime directory
-//! `/var/run/dpdk/<prefix>` EAL leaves behind is removed after each run.
+//! `/var/run/dpdk/<prefix>` EAL leaves behind is removed after each run. With
+//! [`Memory::Huge`] the vhost-user pair runs on 2 MiB hugepages instead (`--in-memory
+//! --single-file-segments -m 256`: memfd-backed hugepage segments, no hugetlbfs mount, the
+//! memory an HVM/PVH dom0's DPDK runs on); memif testpmds stay on `--no-huge`.
 //!
 //! testpmd runs non-interactively with `--stats-period=1` and is stopped with SIGINT; rates are
 //! the `Rx-pps:`/`Tx-pps:` lines it prints every stats period, totals its final "Accumulated
@@ -45,6 +48,57 @@ pub enum Dir {
     GuestTx,
     /// Guest receives: vhost enqueue.
     GuestRx,
+}
+
+/// The memory DPDK processes and the memcpy baseline run on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Memory {
+    /// 4 KiB pages (`--no-huge -m N` for EAL): works anywhere, as a PV dom0 (which has no
+    /// hugepages) and the tests run DPDK.
+    #[default]
+    NoHuge,
+    /// 2 MiB hugepages (`--in-memory -m N` for EAL, `MAP_HUGETLB` for memcpy): what DPDK runs
+    /// on in an HVM/PVH dom0. They must be reserved first (`vm.nr_hugepages`).
+    Huge,
+}
+
+/// 2 MiB hugepage size.
+pub const HUGEPAGE: usize = 2 << 20;
+
+impl Memory {
+    /// EAL's memory arguments for `mb` megabytes.
+    pub fn eal_args(self, mb: u32) -> Vec<String> {
+        let m = mb.to_string();
+        match self {
+            Memory::NoHuge => vec!["--no-huge".into(), "-m".into(), m],
+            Memory::Huge => vec!["--in-memory".into(), "-m".into(), m],
+        }
+    }
+}
+
+/// Free 2 MiB hugepages (`HugePages_Free` of /proc/meminfo; 0 when it cannot be read).
+pub fn free_hugepages() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("HugePages_Free:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Fails with what to do unless `mb` megabytes of 2 MiB hugepages are free.
+pub fn ensure_hugepages(mb: u64) -> anyhow::Result<()> {
+    let need = mb.div_ceil((HUGEPAGE >> 20) as u64);
+    let free = free_hugepages();
+    anyhow::ensure!(
+        free >= need,
+        "hugepage memory needs {need} free 2 MiB hugepages, {free} are free: reserve them \
+         (echo {need} > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages, or more if \
+         others use some) or run without it"
+    );
+    Ok(())
 }
 
 /// CPU ids the two testpmds are pinned to.
@@ -213,26 +267,31 @@ fn signal(child: &Child, sig: libc::c_int) {
     unsafe { libc::kill(child.id() as libc::pid_t, sig) };
 }
 
+/// A testpmd's EAL file prefix: unique per process and call (`nbd-bl-<pid>-<tag>-<n>-<name>`).
+fn prefix(name: &str, tag: &str) -> String {
+    format!("nbd-bl-{}-{name}", unique(tag))
+}
+
 impl Testpmd {
-    /// Starts testpmd on CPU `cpu` (main and forwarding lcore both there) with one vdev.
+    /// Starts testpmd on CPU `cpu` (main and forwarding lcore both there) with one vdev, EAL
+    /// file prefix `prefix` (see [`prefix`]).
     /// `socket` is the vdev's socket file: removed before start and after stop.
     /// `die_with_thread`: PR_SET_PDEATHSIG (SIGINT) tied to the calling thread; only for
     /// children reaped by the same thread.
     fn spawn(
         die_with_thread: bool,
-        name: &str,
-        tag: &str,
+        prefix: String,
         cpu: usize,
         vdev: &str,
         socket: Option<&Path>,
         app: &[String],
+        mem: Memory,
     ) -> anyhow::Result<Testpmd> {
-        let prefix = format!("nbd-bl-{}-{name}", unique(tag));
         if let Some(s) = socket {
             let _ = std::fs::remove_file(s);
         }
         let mut cmd = Command::new("dpdk-testpmd");
-        cmd.args(eal_args(cpu, &prefix, vdev))
+        cmd.args(eal_args(cpu, &prefix, vdev, mem))
             .arg("--")
             .args(app)
             .stdin(Stdio::null())
@@ -374,26 +433,29 @@ impl Drop for Testpmd {
 }
 
 /// testpmd's EAL arguments (see the module documentation).
-fn eal_args(cpu: usize, prefix: &str, vdev: &str) -> Vec<String> {
-    [
-        "--lcores",
-        &format!("0@{cpu},1@{cpu}"),
-        "--no-pci",
-        "--no-huge",
-        "-m",
-        "256",
-        "--single-file-segments",
-        "--no-shconf",
-        "--file-prefix",
-        prefix,
-        "--log-level",
-        "*:notice",
-        "--vdev",
-        vdev,
-    ]
-    .map(String::from)
-    .to_vec()
+fn eal_args(cpu: usize, prefix: &str, vdev: &str, mem: Memory) -> Vec<String> {
+    let mut v = mem.eal_args(TESTPMD_MB);
+    v.extend(
+        [
+            "--lcores",
+            &format!("0@{cpu},1@{cpu}"),
+            "--no-pci",
+            "--single-file-segments",
+            "--no-shconf",
+            "--file-prefix",
+            prefix,
+            "--log-level",
+            "*:notice",
+            "--vdev",
+            vdev,
+        ]
+        .map(String::from),
+    );
+    v
 }
+
+/// EAL memory of each testpmd, in megabytes.
+pub const TESTPMD_MB: u32 = 256;
 
 /// Ring size (descriptors) of every testpmd port and the vhost/virtio/memif rings.
 pub const RING: u32 = 1024;
@@ -445,6 +507,7 @@ pub fn vhost_user(
     secs: u64,
     cpus: &TestpmdCpus,
     tag: &str,
+    mem: Memory,
 ) -> anyhow::Result<BaselineRun> {
     check_frame_len(frame_len)?;
     let sock = std::env::temp_dir().join(format!("nbd-bl-{}.vhost.sock", unique(tag)));
@@ -454,19 +517,18 @@ pub fn vhost_user(
     };
     let mut host = Testpmd::spawn(
         true,
-        "vhost",
-        tag,
+        prefix("vhost", tag),
         cpus.host,
         &format!("net_vhost0,iface={},queues=1,client=0", sock.display()),
         Some(&sock),
         &app_args(host_mode, frame_len, &[]),
+        mem,
     )?;
     // The vhost-user server's socket exists once its port is probed.
     host.wait_for(STARTED, Duration::from_secs(60), || sock.exists())?;
     let mut guest = Testpmd::spawn(
         true,
-        "virtio",
-        tag,
+        prefix("virtio", tag),
         cpus.guest,
         &format!(
             "net_virtio_user0,path={},queues=1,queue_size={RING}",
@@ -474,6 +536,7 @@ pub fn vhost_user(
         ),
         None,
         &app_args(guest_mode, frame_len, &[]),
+        mem,
     )?;
     guest.wait_for(STARTED, Duration::from_secs(60), || false)?;
 
@@ -522,30 +585,78 @@ pub fn vhost_user(
     })
 }
 
+/// An anonymous private mapping on 4 KiB pages or 2 MiB hugepages, unmapped on drop.
+struct Area {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Area {
+    /// `len` bytes (rounded up to the page size), zeroed by the kernel.
+    fn new(len: usize, mem: Memory) -> anyhow::Result<Area> {
+        let (len, huge) = match mem {
+            Memory::NoHuge => (len.next_multiple_of(4096), 0),
+            Memory::Huge => (len.next_multiple_of(HUGEPAGE), libc::MAP_HUGETLB),
+        };
+        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | huge,
+                -1,
+                0,
+            )
+        };
+        anyhow::ensure!(
+            p != libc::MAP_FAILED,
+            "mapping {len} bytes for memcpy ({mem:?}): {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(Area { ptr: p.cast(), len })
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is `len` bytes, readable and writable, and lives as long as
+        // self; &mut self makes the slice the only access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Area {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in new(), unmapped once.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
 /// One core's memcpy for the same buffer footprint: copies `frame_len`-byte packets from a
 /// source area of `footprint` bytes to a destination area of `footprint` bytes, walking through
 /// both like a ring of buffers: slot `i` of each area starts at `i * stride`, where `stride` is
 /// `frame_len` rounded up to 2 KiB (2 KiB-aligned slots, as mbuf data rooms are), on the
 /// calling thread. Returns per-interval packet rates (`intervals` intervals of `interval` each).
-/// Both areas are touched before timing starts.
+/// Both areas are on `mem`'s pages (page-aligned) and touched before timing starts; fails
+/// only when they cannot be mapped (no free hugepages).
 pub fn memcpy_pps(
     frame_len: usize,
     footprint: usize,
     interval: Duration,
     intervals: usize,
-) -> Vec<f64> {
+    mem: Memory,
+) -> anyhow::Result<Vec<f64>> {
     const SLOT: usize = 2048;
     let stride = frame_len.div_ceil(SLOT).max(1) * SLOT;
     let slots = (footprint / stride).max(1);
     let size = slots * stride;
-    // Both areas 2 KiB-aligned: allocate a slot more and start at the aligned offset.
-    let mut src = vec![0u8; size + SLOT];
-    let so = src.as_ptr().align_offset(SLOT);
-    for (i, b) in src[so..].iter_mut().enumerate() {
+    let mut src_area = Area::new(size, mem)?;
+    let mut dst_area = Area::new(size, mem)?;
+    let src = &mut src_area.bytes()[..size];
+    for (i, b) in src.iter_mut().enumerate() {
         *b = i as u8;
     }
-    let mut dst = vec![1u8; size + SLOT];
-    let d_off = dst.as_ptr().align_offset(SLOT);
+    let dst = &mut dst_area.bytes()[..size];
+    dst.fill(1);
     const BATCH: usize = 32;
     let mut out = Vec::with_capacity(intervals);
     let mut i = 0usize;
@@ -555,11 +666,9 @@ pub fn memcpy_pps(
         while start.elapsed() < interval {
             for _ in 0..BATCH {
                 let off = i * stride;
-                let s = &src[so + off..so + off + frame_len];
-                let d = &mut dst[d_off + off..d_off + off + frame_len];
-                // SAFETY: `s` and `d` are in-bounds slices of two distinct Vecs, both
-                // `frame_len` long, so they cannot overlap and are valid for the copy.
-                unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), d.as_mut_ptr(), frame_len) };
+                let s = &src[off..off + frame_len];
+                let d = &mut dst[off..off + frame_len];
+                d.copy_from_slice(s);
                 std::hint::black_box(&mut *d);
                 i += 1;
                 if i == slots {
@@ -571,7 +680,7 @@ pub fn memcpy_pps(
         out.push(n as f64 / start.elapsed().as_secs_f64());
     }
     std::hint::black_box(&dst);
-    out
+    Ok(out)
 }
 
 /// What a [`MemifPeer`] testpmd does.
@@ -656,12 +765,12 @@ impl MemifPeer {
         };
         let mut tpmd = Testpmd::spawn(
             false,
-            "memif",
-            tag,
+            prefix("memif", tag),
             cpu,
             &format!("net_memif0,role=client,{}", memif_opts(socket)),
             None,
             &app_args(fwd, frame_len, &extra),
+            Memory::NoHuge,
         )?;
         tpmd.wait_for(STARTED, Duration::from_secs(60), || false)?;
         Ok(MemifPeer { tpmd, mode })
@@ -710,12 +819,12 @@ impl MemifSink {
     pub fn start(socket: &Path, cpu: usize, tag: &str) -> anyhow::Result<MemifSink> {
         let mut tpmd = Testpmd::spawn(
             false,
-            "memifsrv",
-            tag,
+            prefix("memifsrv", tag),
             cpu,
             &memif_server_devargs(socket, 0),
             Some(socket),
             &app_args("rxonly", 64, &[]),
+            Memory::NoHuge,
         )?;
         tpmd.wait_for(STARTED, Duration::from_secs(60), || false)?;
         let end = Instant::now() + Duration::from_secs(10);
@@ -845,8 +954,20 @@ mod tests {
     }
 
     #[test]
+    fn memory_modes() {
+        assert_eq!(Memory::NoHuge.eal_args(256), ["--no-huge", "-m", "256"]);
+        assert_eq!(Memory::Huge.eal_args(1024), ["--in-memory", "-m", "1024"]);
+        let a = eal_args(3, "p", "net_null0", Memory::Huge);
+        assert!(a.windows(2).any(|w| w == ["--lcores", "0@3,1@3"]));
+        assert!(!a.iter().any(|x| x == "--no-huge"));
+        // More than any machine has: a clear error naming the knob, not a DPDK failure later.
+        let e = ensure_hugepages(1 << 40).unwrap_err().to_string();
+        assert!(e.contains("nr_hugepages"), "{e}");
+    }
+
+    #[test]
     fn memcpy_runs() {
-        let v = memcpy_pps(64, 1 << 20, Duration::from_millis(5), 2);
+        let v = memcpy_pps(64, 1 << 20, Duration::from_millis(5), 2, Memory::NoHuge).unwrap();
         assert_eq!(v.len(), 2);
         assert!(v.iter().all(|&r| r > 0.0));
     }

@@ -4,11 +4,12 @@
 //! client into a testpmd memif server in rxonly).
 //!
 //! `baselines [--secs N] [--warmup N] [--host-cpu N] [--guest-cpu N] [--footprint-mib N]
-//! [--sizes 64,1518] [--no-vhost] [--no-memif]`
+//! [--sizes 64,1518] [--no-vhost] [--no-memif] [--huge]` (`--huge`: the vhost-user testpmds
+//! and memcpy on 2 MiB hugepages, which must be reserved).
 use std::time::Duration;
 
 use netbackd_benches::baseline::{
-    memcpy_pps, vhost_user, Dir, MemifMode, MemifPeer, MemifSink, TestpmdCpus,
+    memcpy_pps, vhost_user, Dir, MemifMode, MemifPeer, MemifSink, Memory, TestpmdCpus,
 };
 use netbackd_benches::median;
 
@@ -24,6 +25,7 @@ fn main() -> anyhow::Result<()> {
     let mut footprint_mib = 16usize;
     let mut sizes = vec![64usize, 1518];
     let (mut vhost, mut memif) = (true, true);
+    let mut mem = Memory::NoHuge;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || {
@@ -44,6 +46,7 @@ fn main() -> anyhow::Result<()> {
             }
             "--no-vhost" => vhost = false,
             "--no-memif" => memif = false,
+            "--huge" => mem = Memory::Huge,
             _ => anyhow::bail!("unknown argument {a}"),
         }
     }
@@ -54,7 +57,7 @@ fn main() -> anyhow::Result<()> {
     );
     for &len in &sizes {
         for dir in [Dir::GuestTx, Dir::GuestRx].into_iter().filter(|_| vhost) {
-            let r = vhost_user(dir, len, warmup, secs, &cpus, &format!("{len}{dir:?}"))?;
+            let r = vhost_user(dir, len, warmup, secs, &cpus, &format!("{len}{dir:?}"), mem)?;
             let (lo, hi) = minmax(&r.pps);
             println!(
                 "{len:>5} B {dir:?}: vhost-user {:>6.2} Mpps (min {:.2}, max {:.2}; {} s)  tx {} rx {} tx-dropped {}",
@@ -67,7 +70,7 @@ fn main() -> anyhow::Result<()> {
                 r.tx_dropped
             );
         }
-        let m = memcpy_pps(len, footprint, Duration::from_secs(1), secs as usize);
+        let m = memcpy_pps(len, footprint, Duration::from_secs(1), secs as usize, mem)?;
         let (lo, hi) = minmax(&m);
         println!(
             "{len:>5} B memcpy (1 core): {:>6.2} Mpps (min {:.2}, max {:.2})",

@@ -107,7 +107,16 @@ struct Args {
     /// MTU's frame in one mbuf (the larger-data-room alternative to scatter).
     #[arg(long, default_value_t = MBUF_DATA as u16, value_parser = clap::value_parser!(u16).range(1152..))]
     data_room: u16,
+    /// Run on 2 MiB hugepages, as DPDK does in an HVM/PVH dom0: netbackd's mbuf pool, the
+    /// vhost-user testpmds and the memcpy areas (the memif testpmd and the sim guests' RAM
+    /// stay on 4 KiB pages). Needs about 800 free hugepages (vm.nr_hugepages). Default:
+    /// 4 KiB pages (`--no-huge`), as a PV dom0 and the tests run.
+    #[arg(long)]
+    huge: bool,
 }
+
+/// netbackd's EAL memory in this harness, MB.
+const EAL_MB: u32 = 1024;
 
 /// Removes the run's scratch directory (pcap file, memif sockets) on every exit path.
 struct Scratch(PathBuf);
@@ -281,6 +290,26 @@ fn run() -> anyhow::Result<()> {
             on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t,
         )
     };
+    let mem = if args.huge {
+        baseline::Memory::Huge
+    } else {
+        baseline::Memory::NoHuge
+    };
+    if args.huge {
+        // netbackd's EAL, then (one point at a time) the two testpmds and memcpy's two areas.
+        let footprint = args
+            .vifs
+            .iter()
+            .map(|&v| memcpy_footprint(v))
+            .max()
+            .unwrap_or(0);
+        let mut mb = u64::from(EAL_MB);
+        if !args.no_baseline {
+            mb += 2 * u64::from(baseline::TESTPMD_MB)
+                + 2 * (footprint.next_multiple_of(baseline::HUGEPAGE) >> 20) as u64;
+        }
+        baseline::ensure_hugepages(mb).context("--huge")?;
+    }
     let pid = std::process::id();
     let scratch = Scratch(std::env::temp_dir().join(format!("nbd-pktgen-{pid}")));
     std::fs::create_dir_all(&scratch.0)?;
@@ -294,9 +323,6 @@ fn run() -> anyhow::Result<()> {
     let mut eal_args: Vec<String> = [
         "-l",
         "0,1",
-        "--no-huge",
-        "-m",
-        "1024",
         "--no-pci",
         "--no-shconf",
         "--file-prefix",
@@ -309,6 +335,7 @@ fn run() -> anyhow::Result<()> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    eal_args.extend(mem.eal_args(EAL_MB));
     let mut rx_lens: Vec<usize> = plan
         .points
         .iter()
@@ -466,6 +493,7 @@ fn run() -> anyhow::Result<()> {
                     plan.vhost_secs,
                     &cpus,
                     &format!("pktgen{pid}-{n_dev}-{r}"),
+                    mem,
                 ) {
                     Ok(b) => vhost_rounds.push(b.pps),
                     Err(e) => {
@@ -489,7 +517,8 @@ fn run() -> anyhow::Result<()> {
                 memcpy_footprint(p.vifs),
                 plan.memcpy_interval,
                 5,
-            );
+                mem,
+            )?;
             row.set_baselines(vhost_rounds, (!mc.is_empty()).then(|| median(&mc)));
         }
         if p.dir == Direction::G2g && p.vifs % 2 == 1 {
@@ -525,8 +554,12 @@ fn run() -> anyhow::Result<()> {
     bar.finish_and_clear();
     print!("{}", report::table(&rows));
     println!(
-        "pid {pid}, wire {}, {} round(s), warm-up {:?}, {} x {:?} measured per round; total {:.0} s",
+        "pid {pid}, wire {}, memory {}, {} round(s), warm-up {:?}, {} x {:?} measured per round; total {:.0} s",
         args.wire,
+        match mem {
+            baseline::Memory::Huge => "2 MiB hugepages",
+            baseline::Memory::NoHuge => "4 KiB pages (--no-huge)",
+        },
         args.rounds,
         plan.timing.warmup,
         plan.timing.intervals,
