@@ -3,13 +3,14 @@ import subprocess, sys, re
 data, comm, cyc, title = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 out = subprocess.run(['perf','report','-i',data,'--no-children','-g','none','--comm',comm,'--sort','dso,sym','--percent-limit','0'],capture_output=True,text=True).stdout
 cats = [
- ('ring and engine loop (inlined in poll)', r'Group<G,E>::poll|Local::flush|MbufCache::get|drain::Drain'),
+ ('ring and engine loop (inlined in poll)', r'Group<G,E>::poll|Local::flush|MbufCache::get|drain::Drain|counters::'),
  ('grant copy (sim: entry check + memcpy)', r'SimGrant|DomainTable|DomainMem|memmove|memcpy'),
  ('switch (lookup, cache, flood list, egress)', r'switch::|switch_frame|deliver|enqueue_backlog|apply_egress'),
  ('guest TX build (mbuf chain, copy ops)', r'build_tx|segment_ptrs'),
  ('guest TX parse (txparse) + credit', r'txparse|credit::'),
  ('offload (csum/GSO setup)', r'offload::'),
  ('RX planning (rxplan)', r'rxplan'),
+ ('GRO candidate check (gro::maybe_tcp)', r'gro::'),
  ('mbuf alloc/free (DPDK mempool)', r'pktmbuf|mempool|nbd_pktmbuf'),
  ('port bursts (net_null)', r'librte_net_null|eth_rx_burst|eth_tx_burst|tx_burst|rx_burst'),
  ('kernel (timer ticks, page faults)', r'\[kernel'),
