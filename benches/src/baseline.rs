@@ -971,4 +971,51 @@ mod tests {
         assert_eq!(v.len(), 2);
         assert!(v.iter().all(|&r| r > 0.0));
     }
+
+    /// Puts `nr_hugepages` back as it was when dropped.
+    struct Reserve(u64);
+    const NR: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+    impl Drop for Reserve {
+        fn drop(&mut self) {
+            let _ = std::fs::write(NR, self.0.to_string());
+        }
+    }
+
+    /// memcpy on hugepages: runs with two reserved for it, fails (not panics) without.
+    /// Reserving needs root (CI runs as root); without it the test says so and checks only
+    /// the failure path.
+    #[test]
+    fn memcpy_on_hugepages() {
+        let run = || memcpy_pps(1518, 1 << 20, Duration::from_millis(5), 2, Memory::Huge);
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("memcpy_on_hugepages: not root, cannot reserve hugepages");
+            if free_hugepages() == 0 {
+                assert!(run().is_err());
+            }
+            return;
+        }
+        let before: u64 = std::fs::read_to_string(NR)
+            .expect("hugepage sysfs")
+            .trim()
+            .parse()
+            .expect("nr_hugepages");
+        {
+            let _restore = Reserve(before);
+            // Two areas of 1 MiB, each rounded up to one 2 MiB page.
+            std::fs::write(NR, (before + 2).to_string()).expect("reserving 2 hugepages");
+            assert!(
+                free_hugepages() >= 2,
+                "the kernel gave fewer than 2 hugepages"
+            );
+            let v = run().expect("memcpy on 2 reserved hugepages");
+            assert_eq!(v.len(), 2);
+            assert!(v.iter().all(|&r| r > 0.0));
+            assert!(free_hugepages() >= 2, "memcpy's areas were not unmapped");
+        }
+        if free_hugepages() == 0 {
+            let e = run().unwrap_err().to_string();
+            assert!(e.contains("Huge"), "{e}");
+        }
+    }
 }
