@@ -66,6 +66,14 @@ pub enum Memory {
 pub const HUGEPAGE: usize = 2 << 20;
 
 impl Memory {
+    /// What a report calls it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Memory::NoHuge => "4 KiB pages (--no-huge)",
+            Memory::Huge => "2 MiB hugepages",
+        }
+    }
+
     /// EAL's memory arguments for `mb` megabytes.
     pub fn eal_args(self, mb: u32) -> Vec<String> {
         let m = mb.to_string();

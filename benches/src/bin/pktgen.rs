@@ -295,7 +295,7 @@ fn run() -> anyhow::Result<()> {
     } else {
         baseline::Memory::NoHuge
     };
-    if args.huge {
+    if mem == baseline::Memory::Huge {
         // netbackd's EAL, then (one point at a time) the two testpmds and memcpy's two areas.
         let footprint = args
             .vifs
@@ -556,10 +556,7 @@ fn run() -> anyhow::Result<()> {
     println!(
         "pid {pid}, wire {}, memory {}, {} round(s), warm-up {:?}, {} x {:?} measured per round; total {:.0} s",
         args.wire,
-        match mem {
-            baseline::Memory::Huge => "2 MiB hugepages",
-            baseline::Memory::NoHuge => "4 KiB pages (--no-huge)",
-        },
+        mem.label(),
         args.rounds,
         plan.timing.warmup,
         plan.timing.intervals,
